@@ -1,0 +1,83 @@
+// lowrank_benefit (CPU): <G_hat_s, G(b)> for rank-r seeds, tiled over (examples, seeds).
+// Each tile projects the tokens onto the seeds' factors with two GEMMs, then one fused
+// pass reduces sum_t mask_t sum_k gu[t,k] av[t,k]; the B x T x S*r products never exist.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "gdig.h"
+
+namespace gdig {
+
+namespace {
+constexpr int64_t kTileElems = int64_t(1) << 22;  // per projected tensor in one tile
+
+template <typename acc_t>
+void reduce_tile(const acc_t* gu, const acc_t* av, const acc_t* mask, acc_t* out, int64_t bb,
+                 int64_t T, int64_t sb, int64_t r, int64_t out_stride) {
+  const int64_t width = sb * r;
+  at::parallel_for(0, bb * sb, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t b = idx / sb, s = idx % sb;
+      acc_t total = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        const acc_t w = mask[b * T + t];
+        if (w == acc_t(0)) continue;  // padding: skip the work, not just the value
+        const acc_t* x = gu + (b * T + t) * width + s * r;
+        const acc_t* y = av + (b * T + t) * width + s * r;
+        acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t k = 0; k < r; ++k) dot += x[k] * y[k];
+        total += w * dot;
+      }
+      out[b * out_stride + s] += total;
+    }
+  });
+}
+}  // namespace
+
+at::Tensor lowrank_benefit_cpu(const at::Tensor& acts, const at::Tensor& out_grads,
+                               const at::Tensor& mask, const at::Tensor& u,
+                               const at::Tensor& v) {
+  const char* op = "lowrank_benefit";
+  const auto acc = check_token_inputs(op, acts, out_grads, mask);
+  TORCH_CHECK(u.dim() == 3 && u.size(2) == out_grads.size(2), op,
+              ": u must have shape [S,r,d_out] with d_out = ", out_grads.size(2), ", got ",
+              u.sizes());
+  TORCH_CHECK(v.dim() == 3 && v.size(0) == u.size(0) && v.size(1) == u.size(1) &&
+                  v.size(2) == acts.size(2),
+              op, ": v must have shape [S,r,d_in] = [", u.size(0), ",", u.size(1), ",",
+              acts.size(2), "] (S and r from u, d_in from acts), got ", v.sizes());
+  check_same(op, acts, "acts", u, "u");
+  check_same(op, acts, "acts", v, "v");
+
+  const int64_t B = acts.size(0), T = acts.size(1);
+  const int64_t S = u.size(0), r = u.size(1);
+  auto out = at::zeros({B, S}, acts.options().dtype(acc));
+  if (B == 0 || S == 0 || r == 0 || T == 0) return out;
+  const auto m = mask_as(mask, acc).contiguous();
+  const auto uf = u.reshape({S * r, u.size(2)});
+  const auto vf = v.reshape({S * r, v.size(2)});
+
+  // Seeds per tile: as many as fit with at least a few examples; then examples per tile.
+  const int64_t sb = tile_rows(T * r * 8, kTileElems, S);
+  for (int64_t s0 = 0; s0 < S; s0 += sb) {
+    const int64_t s1 = std::min(S, s0 + sb);
+    const auto ut = uf.slice(0, s0 * r, s1 * r).t();
+    const auto vt = vf.slice(0, s0 * r, s1 * r).t();
+    const int64_t bb = tile_rows(T * (s1 - s0) * r, kTileElems, B);
+    for (int64_t b0 = 0; b0 < B; b0 += bb) {
+      const int64_t b1 = std::min(B, b0 + bb);
+      auto gu = at::matmul(out_grads.slice(0, b0, b1), ut).to(acc).contiguous();
+      auto av = at::matmul(acts.slice(0, b0, b1), vt).to(acc).contiguous();
+      auto mt = m.slice(0, b0, b1).contiguous();
+      AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lowrank_benefit_cpu", [&] {
+        reduce_tile<scalar_t>(gu.data_ptr<scalar_t>(), av.data_ptr<scalar_t>(),
+                              mt.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + b0 * S + s0,
+                              b1 - b0, T, s1 - s0, r, S);
+      });
+    }
+  }
+  return out;
+}
+
+}  // namespace gdig
