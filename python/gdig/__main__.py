@@ -1,0 +1,5 @@
+import sys
+
+from gdig.cli import main
+
+sys.exit(main())

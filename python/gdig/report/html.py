@@ -1,0 +1,222 @@
+"""A self-contained HTML report of one selection run (opens offline: images are inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..select.selection import Selection
+from . import figures
+
+MAX_MAP_POINTS = 5000
+N_EXTREMES = 10
+
+CSS = """
+body { font-family: system-ui, "Noto Sans", "Noto Sans CJK SC", "PingFang SC",
+       "Microsoft YaHei", sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
+       padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.9em; }
+td, th { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.pairs td.text { max-width: 380px; overflow-wrap: anywhere; }
+img { max-width: 100%; }
+.note { background: #fff4e5; border-left: 4px solid #e76f51; padding: 6px 10px; margin: 6px 0; }
+.muted { color: #777; }
+"""
+
+
+def sample_map_rows(sel: Selection, max_points: int = MAX_MAP_POINTS, seed: int = 0) -> np.ndarray:
+    """Pool rows to show on the map: selected ones first (up to half), the rest at random.
+
+    Call ``source.feature_rows`` on the result and pass both to :func:`write_report`,
+    so the map never needs the whole pool's features.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = sel.selected_rows
+    if len(chosen) > max_points // 2:
+        chosen = rng.choice(chosen, max_points // 2, replace=False)
+    others = np.flatnonzero(~sel.selected)
+    n_others = min(len(others), max_points - len(chosen))
+    others = rng.choice(others, n_others, replace=False)
+    return np.sort(np.concatenate([chosen, others]).astype(np.int64))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(value)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def _img(name: str, png: bytes, alt: str, out_dir: Path) -> str:
+    # Written beside the report too, so the figures can be reused on their own.
+    (out_dir / f"{name}.png").write_bytes(png)
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _summary_table(sel: Selection, summary: dict) -> str:
+    n = sel.n
+    passed = int(sel.passed_quality.sum())
+    rows: list[tuple[str, object]] = [
+        ("pool size", n),
+        ("seed groups (G)", sel.n_seeds),
+        (
+            "passed quality",
+            (
+                f"{passed} ({100 * passed / max(n, 1):.1f}%), n_pos >= {sel.need} "
+                f"(tau={sel.config.tau}, scoring={sel.config.scoring})"
+            ),
+        ),
+        ("clusters", sel.n_clusters if sel.n_clusters else "none (selector does not cluster)"),
+        ("selected", f"{int(sel.selected.sum())} of budget {sel.config.budget}"),
+        ("filled after a shortfall", int(sel.filled.sum())),
+        ("selector", sel.config.selector),
+    ]
+    rows += [(f"selection {k.removesuffix('_s')} (s)", v) for k, v in sel.timings.items()]
+    rows += _flatten(summary)
+    body = "\n".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
+def _pairs_table(sel: Selection, pairs_text: list[tuple[str, str, str]], rows: np.ndarray) -> str:
+    head = (
+        "<tr><th>#</th><th>id</th><th>mean benefit</th><th>n_pos</th>"
+        "<th>selected</th><th>source</th><th>target</th></tr>"
+    )
+    body = []
+    for rank, r in enumerate(rows, 1):
+        pid, src, tgt = pairs_text[r]
+        body.append(
+            f"<tr><td class=num>{rank}</td><td>{html.escape(str(pid))}</td>"
+            f"<td class=num>{sel.benefit_mean[r]:.4g}</td>"
+            f"<td class=num>{sel.n_pos[r]}/{sel.n_seeds}</td>"
+            f"<td>{'yes' if sel.selected[r] else ''}</td>"
+            f"<td class=text>{html.escape(src)}</td><td class=text>{html.escape(tgt)}</td></tr>"
+        )
+    return f'<table class="pairs">{head}{"".join(body)}</table>'
+
+
+def _check_pairs(sel: Selection, pairs_text: list[tuple[str, str, str]]) -> None:
+    if len(pairs_text) != sel.n:
+        raise ValueError(
+            f"pairs_text has {len(pairs_text)} entries but the selection covers {sel.n} "
+            f"candidates: pass (id, src, tgt) for every pool row, in pool order"
+        )
+    for i, (pid, *_rest) in enumerate(pairs_text):
+        if str(pid) != sel.ids[i]:
+            raise ValueError(
+                f"pairs_text row {i} has id {pid!r} but the selection's row {i} is "
+                f"{sel.ids[i]!r}: pass the pairs in pool order"
+            )
+
+
+def write_report(
+    run_dir: Path,
+    selection: Selection,
+    pairs_text: list[tuple[str, str, str]],
+    features_for_map: np.ndarray | None,
+    summary: dict,
+    *,
+    map_rows: np.ndarray | None = None,
+    title: str = "G-DIG selection report",
+) -> Path:
+    """Write ``run_dir/report.html`` (and its figures in ``run_dir/report_files/``).
+
+    ``pairs_text`` is ``(id, src, tgt)`` for every pool row. ``features_for_map``
+    are projected gradients either of every pool row (``[N, D]``) or of the rows
+    in ``map_rows`` (see :func:`sample_map_rows`); ``None`` leaves the map out.
+    ``summary`` is shown as a table (nested dicts flattened, e.g. stage timings).
+    """
+    run_dir = Path(run_dir)
+    files = run_dir / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    _check_pairs(selection, pairs_text)
+    sel = selection
+
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts.append(
+        "<p class=muted>Benefit = grad L(seed)<sup>T</sup> H<sup>-1</sup> grad L(candidate): "
+        "positive means the candidate lowers the seed's loss.</p>"
+    )
+    parts += [f"<div class=note>{html.escape(n)}</div>" for n in sel.notes]
+    parts += ["<h2>Summary</h2>", _summary_table(sel, summary)]
+
+    parts += ["<h2>Quality</h2>"]
+    parts.append(_img("benefit_hist", figures.benefit_histogram(sel), "mean benefit", files))
+    parts.append(_img("npos", figures.npos_distribution(sel), "n_pos distribution", files))
+
+    parts += ["<h2>Diversity</h2>"]
+    if sel.n_clusters:
+        parts.append(_img("clusters", figures.cluster_sizes(sel), "cluster sizes", files))
+    else:
+        parts.append(f"<p class=muted>Selector {sel.config.selector!r} does not cluster.</p>")
+    if features_for_map is not None:
+        rows = _map_rows(sel, features_for_map, map_rows)
+        feats = features_for_map if map_rows is not None else features_for_map[rows]
+        if map_rows is not None and len(map_rows) > MAX_MAP_POINTS:
+            keep = np.random.default_rng(0).choice(len(map_rows), MAX_MAP_POINTS, replace=False)
+            keep.sort()
+            rows, feats = rows[keep], feats[keep]
+        parts.append(_img("map", figures.pca_map(feats, rows, sel), "gradient map", files))
+    else:
+        parts.append("<p class=muted>No features given: map omitted.</p>")
+
+    order = np.lexsort((np.arange(sel.n), -sel.benefit_mean))
+    k = min(N_EXTREMES, sel.n)
+    parts += [f"<h2>{k} most beneficial pairs</h2>", _pairs_table(sel, pairs_text, order[:k])]
+    parts += [
+        f"<h2>{k} least beneficial pairs</h2>",
+        _pairs_table(sel, pairs_text, order[::-1][:k]),
+    ]
+
+    doc = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
+    out = run_dir / "report.html"
+    out.write_text(doc, encoding="utf-8")
+    return out
+
+
+def _map_rows(sel: Selection, features: np.ndarray, map_rows: np.ndarray | None) -> np.ndarray:
+    if features.ndim != 2:
+        raise ValueError(f"features_for_map must be [rows, D], got shape {features.shape}")
+    if map_rows is None:
+        if len(features) != sel.n:
+            raise ValueError(
+                f"features_for_map has {len(features)} rows but the pool has {sel.n}: pass "
+                f"map_rows to say which pool rows they belong to"
+            )
+        return sample_map_rows(sel)
+    map_rows = np.asarray(map_rows, dtype=np.int64)
+    if len(map_rows) != len(features):
+        raise ValueError(
+            f"map_rows has {len(map_rows)} entries but features_for_map has {len(features)} rows"
+        )
+    if len(map_rows) and (map_rows.min() < 0 or map_rows.max() >= sel.n):
+        raise ValueError(f"map_rows must index the pool's {sel.n} rows")
+    return map_rows

@@ -1,0 +1,83 @@
+"""The HTML report: written, self-contained, with figures and escaped pair text."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pytest
+
+from gdig.report import sample_map_rows, write_report
+from gdig.select import ArraySource, SelectConfig, select
+
+EVIL = '<script>alert("x")</script> & <b>'
+
+
+def make_run(selector: str = "gdig", budget: int = 30):
+    rng = np.random.default_rng(0)
+    n, d, s = 200, 16, 6
+    feats = rng.standard_normal((n, d)) + 1.0
+    feats[rng.random(n) < 0.3] *= -1  # pairs that hurt the seeds, so some fail quality
+    seeds = np.ones((s, d)) + 0.3 * rng.standard_normal((s, d))
+    ids = [f"id{i}" for i in range(n)]
+    src = ArraySource(feats.astype(np.float32), seed_grads=seeds.astype(np.float32), ids=ids)
+    sel = select(src, SelectConfig(budget=budget, selector=selector, tau=0.8, on_short="fill"))
+    pairs = [(ids[i], f"源句 {i}", f"target {i}") for i in range(n)]
+    best = int(np.argmax(sel.benefit_mean))
+    pairs[best] = (ids[best], "最好的", EVIL)  # lands in the "most beneficial" table
+    return src, sel, pairs
+
+
+def images(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_report_is_self_contained_with_figures_and_escaped_text(tmp_path) -> None:
+    src, sel, pairs = make_run()
+    rows = sample_map_rows(sel, max_points=120)
+    summary = {"timings": {"score_s": 1.5}, "model": "tiny <model>"}
+    out = write_report(tmp_path, sel, pairs, src.feature_rows(rows), summary, map_rows=rows)
+    assert out == tmp_path / "report.html" and out.exists()
+    html = out.read_text(encoding="utf-8")
+    pngs = images(html)
+    assert len(pngs) == 4  # benefit histogram, n_pos, cluster sizes, map
+    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 1000 for p in pngs)
+    assert len(list((tmp_path / "report_files").glob("*.png"))) == 4
+    assert "<script>" not in html and EVIL not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;" in html
+    assert "最好的" in html and "tiny &lt;model&gt;" in html
+    assert "timings.score_s" in html and "1.5" in html
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from outside
+
+
+def test_report_map_from_whole_pool_features_and_without_clusters(tmp_path) -> None:
+    src, sel, pairs = make_run(selector="quality")
+    out = write_report(tmp_path, sel, pairs, src.feature_rows(np.arange(src.n)), {})
+    html = out.read_text(encoding="utf-8")
+    assert len(images(html)) == 3  # no cluster-size chart: the selector does not cluster
+    assert "does not cluster" in html
+
+
+def test_report_without_features_and_with_shortfall_note(tmp_path) -> None:
+    _, sel, pairs = make_run(budget=199)  # more than pass at tau=0.8: filled
+    assert sel.filled.any()
+    html = write_report(tmp_path, sel, pairs, None, {}).read_text(encoding="utf-8")
+    assert "map omitted" in html and "shortfall" in html
+    assert len(images(html)) == 3
+
+
+def test_sample_map_rows_keeps_selected_and_bounds_size() -> None:
+    _, sel, _ = make_run()
+    rows = sample_map_rows(sel, max_points=100)
+    assert len(rows) == 100 and len(np.unique(rows)) == 100
+    assert set(sel.selected_rows) <= set(rows)
+
+
+def test_report_rejects_misaligned_pairs(tmp_path) -> None:
+    _, sel, pairs = make_run()
+    with pytest.raises(ValueError, match="200 candidates"):
+        write_report(tmp_path, sel, pairs[:-1], None, {})
+    swapped = [pairs[1], pairs[0], *pairs[2:]]
+    with pytest.raises(ValueError, match="row 0 has id 'id1'"):
+        write_report(tmp_path, sel, swapped, None, {})
