@@ -3,7 +3,7 @@
 GDIG_CUDA=auto (default): compile the CUDA sources when the installed torch is a
 CUDA build and nvcc is found, even with no GPU present. GDIG_CUDA=1 forces them
 (failing loudly if impossible); GDIG_CUDA=0 skips them.
-GDIG_CUDA_ARCH: TORCH_CUDA_ARCH_LIST to compile for (default "8.0;9.0").
+GDIG_CUDA_ARCH: TORCH_CUDA_ARCH_LIST to compile for (default "8.0;9.0+PTX").
 GDIG_DEBUG=1: -O0 -g instead of -O3.
 """
 
@@ -81,7 +81,7 @@ def _extension():
         import torch.utils.cpp_extension as cpp_ext
 
         os.environ["CUDA_HOME"] = cpp_ext.CUDA_HOME = _cuda_home()
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("GDIG_CUDA_ARCH", "8.0;9.0"))
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("GDIG_CUDA_ARCH", "8.0;9.0+PTX"))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         return CUDAExtension(
             "gdig_ext._C",

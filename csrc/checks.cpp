@@ -68,6 +68,60 @@ at::ScalarType check_score_inputs(const at::Tensor& cand, const at::Tensor& seed
   return cand.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+at::ScalarType check_project_grads(const at::Tensor& acts, const at::Tensor& out_grads,
+                                   const at::Tensor& mask, const at::Tensor& p_in,
+                                   const at::Tensor& p_out) {
+  const char* op = "project_grads";
+  const auto acc = check_token_inputs(op, acts, out_grads, mask);
+  TORCH_CHECK(p_in.dim() == 2 && p_in.size(0) == acts.size(2), op,
+              ": p_in must have shape [d_in,k_in] with d_in = ", acts.size(2), ", got ",
+              p_in.sizes());
+  TORCH_CHECK(p_out.dim() == 2 && p_out.size(0) == out_grads.size(2), op,
+              ": p_out must have shape [d_out,k_out] with d_out = ", out_grads.size(2), ", got ",
+              p_out.sizes());
+  check_same(op, acts, "acts", p_in, "p_in");
+  check_same(op, acts, "acts", p_out, "p_out");
+  return acc;
+}
+
+at::ScalarType check_lowrank_benefit(const at::Tensor& acts, const at::Tensor& out_grads,
+                                     const at::Tensor& mask, const at::Tensor& u,
+                                     const at::Tensor& v) {
+  const char* op = "lowrank_benefit";
+  const auto acc = check_token_inputs(op, acts, out_grads, mask);
+  TORCH_CHECK(u.dim() == 3 && u.size(2) == out_grads.size(2), op,
+              ": u must have shape [S,r,d_out] with d_out = ", out_grads.size(2), ", got ",
+              u.sizes());
+  TORCH_CHECK(v.dim() == 3 && v.size(0) == u.size(0) && v.size(1) == u.size(1) &&
+                  v.size(2) == acts.size(2),
+              op, ": v must have shape [S,r,d_in] = [", u.size(0), ",", u.size(1), ",",
+              acts.size(2), "] (S and r from u, d_in from acts), got ", v.sizes());
+  check_same(op, acts, "acts", u, "u");
+  check_same(op, acts, "acts", v, "v");
+  return acc;
+}
+
+at::ScalarType check_ekfac_accumulate(const at::Tensor& acts, const at::Tensor& out_grads,
+                                      const at::Tensor& mask, const at::Tensor& q_a,
+                                      const at::Tensor& q_s, const at::Tensor& lam) {
+  const char* op = "ekfac_accumulate";
+  const auto acc = check_token_inputs(op, acts, out_grads, mask);
+  const int64_t d_in = acts.size(2), d_out = out_grads.size(2);
+  check_shape(op, q_a, "q_a", {d_in, d_in}, "[d_in,d_in]");
+  check_shape(op, q_s, "q_s", {d_out, d_out}, "[d_out,d_out]");
+  check_same(op, acts, "acts", q_a, "q_a");
+  check_same(op, acts, "acts", q_s, "q_s");
+  check_shape(op, lam, "lam", {d_out, d_in}, "[d_out,d_in]");
+  TORCH_CHECK(lam.scalar_type() == at::kFloat || lam.scalar_type() == at::kDouble, op,
+              ": lam must be float32 or float64 (it accumulates), got ", lam.scalar_type());
+  TORCH_CHECK(acc != at::kDouble || lam.scalar_type() == at::kDouble, op,
+              ": lam must be float64 for float64 inputs, got ", lam.scalar_type());
+  TORCH_CHECK(lam.device() == acts.device(), op, ": lam is on ", lam.device(),
+              " but acts is on ", acts.device(), "; move them to one device");
+  TORCH_CHECK(lam.is_contiguous(), op, ": lam must be contiguous (it is written in place)");
+  return acc;
+}
+
 at::Tensor mask_as(const at::Tensor& mask, at::ScalarType dtype) {
   return mask.to(dtype);
 }

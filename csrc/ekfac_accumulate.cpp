@@ -30,21 +30,8 @@ void square_accumulate(const acc_t* tile, int64_t bb, int64_t rows, int64_t d_in
 void ekfac_accumulate_cpu(const at::Tensor& acts, const at::Tensor& out_grads,
                           const at::Tensor& mask, const at::Tensor& q_a, const at::Tensor& q_s,
                           at::Tensor& lam) {
-  const char* op = "ekfac_accumulate";
-  const auto acc = check_token_inputs(op, acts, out_grads, mask);
+  check_ekfac_accumulate(acts, out_grads, mask, q_a, q_s, lam);
   const int64_t B = acts.size(0), d_in = acts.size(2), d_out = out_grads.size(2);
-  check_shape(op, q_a, "q_a", {d_in, d_in}, "[d_in,d_in]");
-  check_shape(op, q_s, "q_s", {d_out, d_out}, "[d_out,d_out]");
-  check_same(op, acts, "acts", q_a, "q_a");
-  check_same(op, acts, "acts", q_s, "q_s");
-  check_shape(op, lam, "lam", {d_out, d_in}, "[d_out,d_in]");
-  TORCH_CHECK(lam.scalar_type() == at::kFloat || lam.scalar_type() == at::kDouble, op,
-              ": lam must be float32 or float64 (it accumulates), got ", lam.scalar_type());
-  TORCH_CHECK(acc != at::kDouble || lam.scalar_type() == at::kDouble, op,
-              ": lam must be float64 for float64 inputs, got ", lam.scalar_type());
-  TORCH_CHECK(lam.device() == acts.device(), op, ": lam is on ", lam.device(),
-              " but acts is on ", acts.device());
-  TORCH_CHECK(lam.is_contiguous(), op, ": lam must be contiguous (it is written in place)");
   if (B == 0) return;
 
   const auto lam_t = lam.scalar_type();

@@ -17,6 +17,16 @@ void check_same(const char* op, const at::Tensor& ref, const char* ref_name,
 void check_shape(const char* op, const at::Tensor& t, const char* name,
                  at::IntArrayRef expected, const char* expected_text);
 at::ScalarType check_score_inputs(const at::Tensor& cand, const at::Tensor& seeds, int64_t k);
+// Whole-op checks (token inputs plus the op's own arguments); return the accumulation dtype.
+at::ScalarType check_project_grads(const at::Tensor& acts, const at::Tensor& out_grads,
+                                   const at::Tensor& mask, const at::Tensor& p_in,
+                                   const at::Tensor& p_out);
+at::ScalarType check_lowrank_benefit(const at::Tensor& acts, const at::Tensor& out_grads,
+                                     const at::Tensor& mask, const at::Tensor& u,
+                                     const at::Tensor& v);
+at::ScalarType check_ekfac_accumulate(const at::Tensor& acts, const at::Tensor& out_grads,
+                                      const at::Tensor& mask, const at::Tensor& q_a,
+                                      const at::Tensor& q_s, const at::Tensor& lam);
 // Mask as 0/1 in the accumulation dtype, on acts' device: [B,T].
 at::Tensor mask_as(const at::Tensor& mask, at::ScalarType dtype);
 

@@ -38,17 +38,7 @@ void reduce_tile(const acc_t* gu, const acc_t* av, const acc_t* mask, acc_t* out
 at::Tensor lowrank_benefit_cpu(const at::Tensor& acts, const at::Tensor& out_grads,
                                const at::Tensor& mask, const at::Tensor& u,
                                const at::Tensor& v) {
-  const char* op = "lowrank_benefit";
-  const auto acc = check_token_inputs(op, acts, out_grads, mask);
-  TORCH_CHECK(u.dim() == 3 && u.size(2) == out_grads.size(2), op,
-              ": u must have shape [S,r,d_out] with d_out = ", out_grads.size(2), ", got ",
-              u.sizes());
-  TORCH_CHECK(v.dim() == 3 && v.size(0) == u.size(0) && v.size(1) == u.size(1) &&
-                  v.size(2) == acts.size(2),
-              op, ": v must have shape [S,r,d_in] = [", u.size(0), ",", u.size(1), ",",
-              acts.size(2), "] (S and r from u, d_in from acts), got ", v.sizes());
-  check_same(op, acts, "acts", u, "u");
-  check_same(op, acts, "acts", v, "v");
+  const auto acc = check_lowrank_benefit(acts, out_grads, mask, u, v);
 
   const int64_t B = acts.size(0), T = acts.size(1);
   const int64_t S = u.size(0), r = u.size(1);

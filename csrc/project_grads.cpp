@@ -13,16 +13,7 @@ constexpr int64_t kTileElems = int64_t(1) << 24;  // projected tokens held per t
 at::Tensor project_grads_cpu(const at::Tensor& acts, const at::Tensor& out_grads,
                              const at::Tensor& mask, const at::Tensor& p_in,
                              const at::Tensor& p_out) {
-  const char* op = "project_grads";
-  const auto acc = check_token_inputs(op, acts, out_grads, mask);
-  TORCH_CHECK(p_in.dim() == 2 && p_in.size(0) == acts.size(2), op,
-              ": p_in must have shape [d_in,k_in] with d_in = ", acts.size(2), ", got ",
-              p_in.sizes());
-  TORCH_CHECK(p_out.dim() == 2 && p_out.size(0) == out_grads.size(2), op,
-              ": p_out must have shape [d_out,k_out] with d_out = ", out_grads.size(2), ", got ",
-              p_out.sizes());
-  check_same(op, acts, "acts", p_in, "p_in");
-  check_same(op, acts, "acts", p_out, "p_out");
+  const auto acc = check_project_grads(acts, out_grads, mask, p_in, p_out);
 
   const int64_t B = acts.size(0), T = acts.size(1);
   const int64_t k_in = p_in.size(1), k_out = p_out.size(1);
