@@ -291,7 +291,7 @@ def _model(state: RunState):
     if state.model is None:
         import torch
 
-        from gdig.engine import load_model
+        from gdig.model import load_model
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
         state.model, state.tokenizer = load_model(

@@ -1,0 +1,175 @@
+"""The `gdig` command end to end on a tiny random model: every stage, config files,
+help, resume and the error paths a user meets first."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from helpers_models import save_tiny, toy_pairs
+
+from gdig.cli import build_parser, main
+from gdig.data.pairs import write_jsonl
+
+FAST = ["--no-progress", "--factor-samples", "40", "--k-in", "4", "--k-out", "4", "--rank", "4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny("llama", tmp_path_factory.mktemp("model") / "llama")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("data")
+    pairs = toy_pairs(48, seed=3)
+    seed, pool = d / "seed.jsonl", d / "pool.jsonl"
+    write_jsonl(seed, [p.to_record() for p in pairs[:6]])
+    recs = [dict(p.to_record(), origin="toy", noise="clean") for p in pairs[6:]]
+    for rec in recs[::4]:
+        rec["tgt"], rec["noise"] = rec["src"], "untranslated"
+    write_jsonl(pool, recs)
+    return seed, pool
+
+
+def _args(tiny_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    seed, pool = data
+    return ["--model", str(tiny_dir), "--seed", str(seed), "--pool", str(pool), "--out", str(out),
+            *FAST, *extra]  # fmt: skip
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_writes_every_output(tiny_dir, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["run", *_args(tiny_dir, data, out, "--budget", "10", "--tau", "0.5",
+                             "--on-short", "fill", "--label-field", "noise")])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    for name in ("selected.jsonl", "scores.csv", "manifest.json", "report.html",
+                 "factors.safetensors", "store"):  # fmt: skip
+        assert (out / name).exists(), name
+    rows = _read_csv(out / "scores.csv")
+    pool_ids = [json.loads(x)["id"] for x in data[1].read_text().splitlines()]
+    assert [r["id"] for r in rows] == pool_ids  # pool order
+    assert sum(int(r["selected"]) for r in rows) == 10
+    selected = [json.loads(x) for x in (out / "selected.jsonl").read_text().splitlines()]
+    assert len(selected) == 10 and len({s["id"] for s in selected}) == 10
+    # every input field survives, plus the scores
+    assert all(s["origin"] == "toy" and "benefit_mean" in s and "cluster" in s for s in selected)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"fit", "score", "select", "report"}
+    assert manifest["inputs"]["pool"]["sha256"]
+    text = capsys.readouterr().out
+    assert "report:" in text and "noise detection" in text
+
+
+def test_stages_one_by_one_match_run(tiny_dir, data, tmp_path):
+    whole, staged = tmp_path / "whole", tmp_path / "staged"
+    extra = ("--budget", "8", "--tau", "0", "--random-seed", "5")
+    assert main(["run", *_args(tiny_dir, data, whole, *extra)]) == 0
+    for stage in ("fit", "score", "select", "report"):
+        assert main([stage, *_args(tiny_dir, data, staged, *extra)]) == 0, stage
+    assert (whole / "scores.csv").read_text() == (staged / "scores.csv").read_text()
+    assert (whole / "selected.jsonl").read_text() == (staged / "selected.jsonl").read_text()
+
+
+def test_rerun_resumes_and_changed_option_is_refused(tiny_dir, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = _args(tiny_dir, data, out, "--budget", "5", "--tau", "0")
+    assert main(["run", *args]) == 0
+    before = json.loads((out / "manifest.json").read_text())["stages"]["score"]
+    assert main(["run", *args]) == 0  # nothing to redo: the score record is kept as is
+    after = json.loads((out / "manifest.json").read_text())["stages"]["score"]
+    assert before == after
+    capsys.readouterr()
+    assert main(["run", *args, "--rank", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "rank: 4 -> 2" in err and "--force-restart" in err
+    assert main(["run", *args, "--rank", "2", "--force-restart"]) == 0
+
+
+def test_config_file_yaml_and_toml(tiny_dir, data, tmp_path):
+    seed, pool = data
+    yaml_cfg = tmp_path / "c.yaml"
+    yaml_cfg.write_text(
+        f"model: {tiny_dir}\nseed: {seed}\npool: {pool}\nbudget: 6\ntau: 0.0\n"
+        "random_seed: 1\nfactor_samples: 40\nrank: 4\nk_in: 4\nk_out: 4\nprogress: false\n"
+    )
+    out_y = tmp_path / "y"
+    assert main(["run", "--config", str(yaml_cfg), "--out", str(out_y)]) == 0
+    toml_cfg = tmp_path / "c.toml"
+    toml_cfg.write_text(
+        f'model = "{tiny_dir}"\nseed = "{seed}"\npool = "{pool}"\nbudget = 6\ntau = 0.0\n'
+        "random_seed = 1\nfactor_samples = 40\nrank = 4\nk_in = 4\nk_out = 4\nprogress = false\n"
+    )
+    out_t = tmp_path / "t"
+    assert main(["run", "--config", str(toml_cfg), "--out", str(out_t)]) == 0
+    assert (out_y / "selected.jsonl").read_text() == (out_t / "selected.jsonl").read_text()
+    manifest = json.loads((out_y / "manifest.json").read_text())
+    assert manifest["config"]["select"]["budget"] == 6
+
+
+def test_config_file_unknown_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("budgett: 3\n")
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert "unknown option(s) budgett" in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--model", "--seed", "--pool", "--budget", "--tau", "--clusters", "--rank",
+                 "--k-in", "--damping", "--method", "--exact", "--selector", "--seed-group",
+                 "--scoring", "--random-seed", "--layers", "--batch-size", "--device"):  # fmt: skip
+        assert flag in text, flag
+    parser = build_parser()
+    assert {"run", "fit", "score", "select", "report", "demo"} <= set(
+        parser._subparsers._group_actions[0].choices
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda a, d: a.__setitem__(a.index("--pool") + 1, str(d / "nope.jsonl")), "not found"),
+        (lambda a, d: a.__setitem__(a.index("--model") + 1, str(d)), "no config.json"),
+    ],
+)
+def test_missing_inputs(tiny_dir, data, tmp_path, capsys, mutate, expected):
+    args = _args(tiny_dir, data, tmp_path / "run")
+    mutate(args, tmp_path)
+    assert main(["run", *args]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_malformed_pool_line_names_file_and_line(tiny_dir, data, tmp_path, capsys):
+    bad = tmp_path / "pool.jsonl"
+    lines = data[1].read_text().splitlines()
+    lines[3] = '{"src": "x", "tgt": '
+    bad.write_text("\n".join(lines) + "\n")
+    args = _args(tiny_dir, (data[0], bad), tmp_path / "run")
+    assert main(["run", *args]) == 2
+    assert f"{bad}:4:" in capsys.readouterr().err
+
+
+def test_empty_pool_and_empty_seed(tiny_dir, data, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["run", *_args(tiny_dir, (data[0], empty), tmp_path / "a")]) == 2
+    assert "empty.jsonl" in capsys.readouterr().err
+    assert main(["run", *_args(tiny_dir, (empty, data[1]), tmp_path / "b")]) == 2
+    assert "empty.jsonl" in capsys.readouterr().err
+
+
+def test_budget_larger_than_pool_stops_with_numbers(tiny_dir, data, tmp_path, capsys):
+    assert main(["run", *_args(tiny_dir, data, tmp_path / "run", "--budget", "500")]) == 2
+    err = capsys.readouterr().err
+    assert "500" in err and "42" in err  # budget and pool size
