@@ -81,7 +81,9 @@ def _extension():
         import torch.utils.cpp_extension as cpp_ext
 
         os.environ["CUDA_HOME"] = cpp_ext.CUDA_HOME = _cuda_home()
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("GDIG_CUDA_ARCH", "8.0;9.0+PTX"))
+        os.environ.setdefault(
+            "TORCH_CUDA_ARCH_LIST", os.environ.get("GDIG_CUDA_ARCH", "8.0;9.0+PTX")
+        )
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         return CUDAExtension(
             "gdig_ext._C",

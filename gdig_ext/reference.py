@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["project_grads", "lowrank_benefit", "score_stats", "ekfac_accumulate"]
+__all__ = ["ekfac_accumulate", "lowrank_benefit", "project_grads", "score_stats"]
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:

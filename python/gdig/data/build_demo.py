@@ -203,7 +203,8 @@ against known labels.
 | file | pairs | what |
 | --- | --- | --- |
 | `seed.jsonl` | {summary["seed"]} | clean pairs of moderate length (the trusted seed set) |
-| `pool.jsonl` | {summary["pool"]} | candidates; each line's `noise` field says `clean` or the kind of noise |
+| `pool.jsonl` | {summary["pool"]} | candidates; each line's `noise` field says `clean` \
+or the kind of noise |
 
 Pool lines by `noise`:
 

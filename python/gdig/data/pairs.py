@@ -53,6 +53,8 @@ class Pair:
     src_lang: str | None = None
     tgt_lang: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Line of the input file the pair came from (for messages); not part of its identity.
+    line: int | None = field(default=None, compare=False, repr=False)
 
     def to_record(self) -> dict[str, Any]:
         """All input fields as a JSON-ready dict (languages only when known)."""
@@ -381,6 +383,7 @@ def iter_pairs(
                 )
                 continue
             first_line_of_id[pair.id] = line_no
+            pair.line = line_no
             n_pairs += 1
             yield pair
 
