@@ -1,6 +1,9 @@
 // score_stats (CPU): n_pos / mean / min / top-k of cand @ seeds^T, one row tile at a time.
 // Tiles are read straight from `cand`, so a memory-mapped pool is paged in chunk by chunk.
+// One tile buffer is reused for the whole call: repeated large allocations would let
+// glibc's growing mmap threshold keep freed tiles resident and inflate the peak.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <limits>
@@ -12,17 +15,19 @@ namespace gdig {
 namespace {
 constexpr int64_t kTileElems = int64_t(1) << 22;  // scores held at once
 
-template <typename acc_t>
-void reduce_rows(const acc_t* sc, int64_t rows, int64_t S, int64_t* n_pos, acc_t* mean,
+// Scores arrive in the input dtype (bf16 GEMMs use the CPU's bf16 units and accumulate
+// in fp32 inside); statistics are accumulated in acc_t (float, or double for double).
+template <typename scalar_t, typename acc_t>
+void reduce_rows(const scalar_t* sc, int64_t rows, int64_t S, int64_t* n_pos, acc_t* mean,
                  acc_t* mn) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const acc_t* row = sc + i * S;
+      const scalar_t* row = sc + i * S;
       int64_t pos = 0;
       double sum = 0;  // wider than the scores: S may be large
       acc_t lo = std::numeric_limits<acc_t>::infinity();
       for (int64_t s = 0; s < S; ++s) {
-        const acc_t x = row[s];
+        const acc_t x = static_cast<acc_t>(row[s]);
         pos += x > acc_t(0);
         sum += x;
         lo = x < lo ? x : lo;
@@ -48,20 +53,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> score_sta
   auto mn = at::empty({N}, opts);
   auto top_val = at::empty({N, k}, opts);
   auto top_idx = at::empty({N, k}, seeds.options().dtype(at::kLong));
+  if (N == 0) return {n_pos, mean, mn, top_val, top_idx};
   const auto seeds_t = seeds.t();
   const int64_t rows = tile_rows(S, kTileElems, N);
+  auto buf = at::empty({rows, S}, seeds.options());
+  const bool same = seeds.scalar_type() == acc;
   for (int64_t c0 = 0; c0 < N; c0 += rows) {
     const int64_t c1 = std::min(N, c0 + rows);
-    auto sc = at::mm(cand.slice(0, c0, c1), seeds_t).to(acc).contiguous();
-    AT_DISPATCH_FLOATING_TYPES(acc, "score_stats_cpu", [&] {
-      reduce_rows<scalar_t>(sc.data_ptr<scalar_t>(), c1 - c0, S,
-                            n_pos.data_ptr<int64_t>() + c0, mean.data_ptr<scalar_t>() + c0,
-                            mn.data_ptr<scalar_t>() + c0);
-    });
+    auto sc = buf.narrow(0, 0, c1 - c0);
+    at::mm_out(sc, cand.slice(0, c0, c1), seeds_t);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, sc.scalar_type(), "score_stats_cpu",
+                                    [&] {
+                                      using acc_t = at::opmath_type<scalar_t>;
+                                      reduce_rows<scalar_t, acc_t>(
+                                          sc.data_ptr<scalar_t>(), c1 - c0, S,
+                                          n_pos.data_ptr<int64_t>() + c0,
+                                          mean.data_ptr<acc_t>() + c0, mn.data_ptr<acc_t>() + c0);
+                                    });
     if (k > 0) {
       auto vals = top_val.slice(0, c0, c1);
       auto idx = top_idx.slice(0, c0, c1);
-      at::topk_out(vals, idx, sc, k, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
+      if (same) {
+        at::topk_out(vals, idx, sc, k, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
+      } else {  // top-k of a reduced-precision tile, widened into the float outputs
+        auto [v, i] = at::topk(sc, k, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
+        vals.copy_(v);
+        idx.copy_(i);
+      }
     }
   }
   return {n_pos, mean, mn, top_val, top_idx};
