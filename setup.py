@@ -116,6 +116,7 @@ setup(
         "torch>=2.6",
         "numpy",
         "transformers>=4.45",
+        "accelerate",  # transformers needs it to load GGUF weights
         "gguf",
         "safetensors",
         "faiss-cpu",

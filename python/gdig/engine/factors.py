@@ -1,0 +1,384 @@
+"""K-FAC / EK-FAC factors of the tracked layers (METHOD.md §3): fit, save, load, precondition.
+
+Per layer: ``A = E[a aᵀ]`` and ``S = E[g gᵀ]`` over the (non-padding) tokens of a sample of
+the pool, their eigendecompositions in float64, and the eigen-diagonal ``Λ``: EK-FAC refits
+it with a second pass, ``Λ = E_z[(Q_Sᵀ G(z) Q_A)²]``; K-FAC uses ``outer(λ_S, λ_A)``. Both
+precondition the same way, ``H⁻¹G = Q_S ((Q_Sᵀ G Q_A) / (Λ + λ)) Q_Aᵀ``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import gdig_ext
+from gdig.engine.batching import auto_max_tokens, collate, plan_batches
+from gdig.engine.capture import GradientCapture
+from gdig.engine.config import EngineConfig
+from gdig.engine.layers import select_layers, tracked_layers, weight_stats
+from gdig.engine.projection import make_projections, projection_key
+from gdig.engine.template import encode_pair
+
+FORMAT_VERSION = 1
+_TENSORS = ("q_a", "eig_a", "q_s", "eig_s", "lam")
+# Config keys that describe a checkpoint, not the network (ignored when comparing models).
+_VOLATILE_CONFIG = (
+    "_name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "architectures",
+    "use_cache",
+    "quantization_config",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "_commit_hash",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+)
+
+
+class FactorsMismatchError(ValueError):
+    """Saved factors do not belong to this model, layer set or configuration."""
+
+
+@dataclass
+class LayerFactors:
+    """Eigenbases and eigen-diagonal of one tracked layer (all float64 on CPU)."""
+
+    name: str
+    q_a: torch.Tensor  # [d_in, d_in]
+    eig_a: torch.Tensor  # [d_in]
+    q_s: torch.Tensor  # [d_out, d_out]
+    eig_s: torch.Tensor  # [d_out]
+    lam: torch.Tensor  # [d_out, d_in]
+
+    def damping(self, cfg: EngineConfig) -> float:
+        """λ: the absolute ``cfg.damping`` or ``cfg.damping_factor * mean(Λ)``."""
+        if cfg.damping is not None:
+            return float(cfg.damping)
+        return float(cfg.damping_factor * self.lam.mean())
+
+    def precondition(self, grads: torch.Tensor, cfg: EngineConfig) -> torch.Tensor:
+        """``H⁻¹ G`` for ``grads [B, d_out, d_in]``, in ``grads``' dtype (float32 or float64)."""
+        g = grads
+        q_a, q_s = self.q_a.to(g.device, g.dtype), self.q_s.to(g.device, g.dtype)
+        denom = (self.lam.to(g.device, torch.float64) + self.damping(cfg)).to(g.dtype)
+        if bool((denom <= 0).any()):
+            raise ValueError(
+                f"layer {self.name}: Λ + λ has non-positive entries; set a positive damping"
+            )
+        return q_s @ ((q_s.T @ g @ q_a) / denom) @ q_a.T
+
+
+def model_fingerprint(model: nn.Module, names: Sequence[str]) -> dict[str, Any]:
+    """What identifies a network for its factors: class, config and tracked-weight stats."""
+    cfg = model.config.to_dict() if hasattr(model, "config") else {}
+    cfg = {k: v for k, v in cfg.items() if k not in _VOLATILE_CONFIG}
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return {
+        "class": type(model).__name__,
+        "config": json.loads(json.dumps(cfg, sort_keys=True, default=str)),
+        "dtype": dtype,
+        "weight_stats": weight_stats(model, list(names)),
+    }
+
+
+def _compare_fingerprints(saved: dict, now: dict, path: str) -> None:
+    if saved["class"] != now["class"]:
+        raise FactorsMismatchError(
+            f"{path}: factors were fitted on a {saved['class']}, not this {now['class']}; "
+            "refit them (fit_factors) for this model"
+        )
+    diff = sorted(
+        k
+        for k in set(saved["config"]) | set(now["config"])
+        if saved["config"].get(k) != now["config"].get(k)
+    )
+    if diff:
+        raise FactorsMismatchError(
+            f"{path}: factors were fitted on a model whose config differs in {diff[:8]}; "
+            "refit them for this model"
+        )
+    # Same dtype: weights must agree to rounding; across dtypes, to the coarser rounding.
+    rtol = 1e-6 if saved["dtype"] == now["dtype"] else 2e-2
+    for (s_sum, s_sq), (n_sum, n_sq) in zip(
+        saved["weight_stats"], now["weight_stats"], strict=True
+    ):
+        if abs(s_sq - n_sq) > rtol * max(abs(s_sq), 1e-30) or abs(s_sum - n_sum) > rtol * (
+            abs(s_sq) ** 0.5 * 100 + 1e-30
+        ):
+            raise FactorsMismatchError(
+                f"{path}: the tracked weights differ from those the factors were fitted on "
+                "(another checkpoint of the same architecture?); refit them for this model"
+            )
+
+
+@dataclass
+class Factors:
+    """Fitted factors of every tracked layer, with the configuration that produced them."""
+
+    layers: list[LayerFactors]
+    method: str
+    fingerprint: dict[str, Any]
+    config: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+    # The same factors in the projected space of `projection` (None in exact mode).
+    projected: list[LayerFactors] | None = None
+    projection: dict[str, Any] | None = None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [lf.name for lf in self.layers]
+
+    def __getitem__(self, name: str) -> LayerFactors:
+        for lf in self.layers:
+            if lf.name == name:
+                return lf
+        raise KeyError(f"no factors for layer {name!r}; have {self.layer_names}")
+
+    def projected_for(self, cfg: EngineConfig) -> list[LayerFactors] | None:
+        """Projected-space factors when they were fitted with ``cfg``'s projections."""
+        if self.projected is None or self.projection != projection_key(cfg):
+            return None
+        return self.projected
+
+    # --- persistence ---
+    def save(self, path: str | Path) -> Path:
+        """Write one safetensors file (atomic rename) holding tensors and metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for prefix, group in (("", self.layers), ("proj.", self.projected or [])):
+            for i, lf in enumerate(group):
+                for key in _TENSORS:
+                    tensors[f"{prefix}{i}.{key}"] = getattr(lf, key).contiguous()
+        meta = {
+            "format": "gdig-factors",
+            "version": FORMAT_VERSION,
+            "method": self.method,
+            "layers": self.layer_names,
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+            "stats": self.stats,
+            "projection": self.projection,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"gdig": json.dumps(meta)})
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module, cfg: EngineConfig) -> Factors:
+        """Read factors, refusing (FactorsMismatchError) if they belong to another model,
+        layer set or method than ``model`` under ``cfg``."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"factors file {path} does not exist; run fit_factors first")
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("gdig")
+            if raw is None:
+                raise FactorsMismatchError(f"{path} is not a gdig factors file (no metadata)")
+            meta = json.loads(raw)
+            groups = {}
+            for prefix in ("", "proj."):
+                if prefix and meta.get("projection") is None:
+                    continue
+                groups[prefix] = [
+                    LayerFactors(name, **{k: f.get_tensor(f"{prefix}{i}.{k}") for k in _TENSORS})
+                    for i, name in enumerate(meta["layers"])
+                ]
+        factors = cls(
+            groups[""],
+            meta["method"],
+            meta["fingerprint"],
+            meta["config"],
+            meta["stats"],
+            projected=groups.get("proj."),
+            projection=meta.get("projection"),
+        )
+        factors.check(model, cfg, where=str(path))
+        return factors
+
+    def check(self, model: nn.Module, cfg: EngineConfig, where: str = "factors") -> None:
+        """Raise FactorsMismatchError unless these factors fit ``model`` and ``cfg``."""
+        if self.fingerprint["class"] != type(model).__name__:
+            raise FactorsMismatchError(
+                f"{where}: factors were fitted on a {self.fingerprint['class']}, not this "
+                f"{type(model).__name__}; refit them (fit_factors) for this model"
+            )
+        expected = select_layers(model, cfg.layers, cfg.layer_stride)
+        if expected != self.layer_names:
+            raise FactorsMismatchError(
+                f"{where}: factors cover layers {self.layer_names} but the configuration tracks "
+                f"{expected}; refit them or set EngineConfig.layers to match"
+            )
+        if self.method != cfg.method:
+            raise FactorsMismatchError(
+                f"{where}: factors were fitted with method={self.method!r} but "
+                f"EngineConfig.method={cfg.method!r}; refit them or change the method"
+            )
+        _compare_fingerprints(self.fingerprint, model_fingerprint(model, expected), where)
+
+
+def _sample(n: int, k: int, seed: int) -> list[int]:
+    if k == 0 or k >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), k))
+
+
+def _acc_dtype(model: nn.Module) -> torch.dtype:
+    return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+
+
+class _SpaceFit:
+    """Accumulates one layer's factors in one space (the full one or the projected one)."""
+
+    def __init__(self, name: str, d_out: int, d_in: int, device) -> None:
+        self.name = name
+        self.cov_a = torch.zeros(d_in, d_in, dtype=torch.float64, device=device)
+        self.cov_s = torch.zeros(d_out, d_out, dtype=torch.float64, device=device)
+        self.lam: torch.Tensor | None = None
+        self.result: LayerFactors | None = None
+
+    def add_cov(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> None:
+        m = mask.unsqueeze(-1)
+        a2, g2 = (a * m).flatten(0, 1), (g * m).flatten(0, 1)
+        self.cov_a += (a2.T @ a2).to(torch.float64)
+        self.cov_s += (g2.T @ g2).to(torch.float64)
+
+    def eigen(self, n_tokens: int) -> None:
+        eig_a, q_a = torch.linalg.eigh(self.cov_a / max(n_tokens, 1))
+        eig_s, q_s = torch.linalg.eigh(self.cov_s / max(n_tokens, 1))
+        eig_a, eig_s = eig_a.clamp_min(0), eig_s.clamp_min(0)  # round-off negatives
+        self.result = LayerFactors(
+            self.name,
+            q_a.cpu(),
+            eig_a.cpu(),
+            q_s.cpu(),
+            eig_s.cpu(),
+            torch.outer(eig_s, eig_a).cpu(),
+        )
+        self.cov_a = self.cov_s = None  # type: ignore[assignment]
+
+    def add_lam(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> None:
+        assert self.result is not None
+        if self.lam is None:
+            self.lam = torch.zeros_like(self.result.lam, dtype=a.dtype, device=a.device)
+            self._q = (self.result.q_a.to(a.device, a.dtype), self.result.q_s.to(a.device, a.dtype))
+        gdig_ext.ekfac_accumulate(a, g, mask, self._q[0], self._q[1], self.lam)
+
+    def finish_lam(self, n_examples: int) -> None:
+        assert self.result is not None and self.lam is not None
+        self.result.lam = (self.lam.to(torch.float64) / max(n_examples, 1)).cpu()
+
+
+def fit_factors(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[Any],
+    cfg: EngineConfig,
+    progress: bool = True,
+) -> Factors:
+    """Fit the factors of the tracked layers on a sample of ``pairs`` (``cfg.factor_samples``).
+
+    Pass 1 accumulates ``A`` and ``S``; EK-FAC then refits the eigen-diagonal with
+    ``gdig_ext.ekfac_accumulate`` on the same examples, reusing the first pass's captured
+    activations while they fit in ``cfg.factor_cache_mb`` and recomputing the rest.
+    The same is done, at little extra cost, in the projected space of ``cfg.k_in``/``k_out``
+    (unless exact): those factors precondition the seeds' projected gradients so that
+    re-scoring from stored features is consistent (METHOD.md §4, projected mode).
+    """
+    if len(pairs) == 0:
+        raise ValueError("fit_factors: no pairs to fit the factors on")
+    names = select_layers(model, cfg.layers, cfg.layer_stride)
+    layers = tracked_layers(model, names)
+    device = next(model.parameters()).device
+    acc = _acc_dtype(model)
+    rows = _sample(len(pairs), cfg.factor_samples, cfg.factor_seed)
+    encoded = [encode_pair(pairs[r], tokenizer, cfg.template, cfg.max_length) for r in rows]
+    max_tokens = cfg.max_batch_tokens or auto_max_tokens(model, device)
+    batches = plan_batches([len(e) for e in encoded], cfg.batch_size, max_tokens)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ekfac = cfg.method == "ekfac"
+
+    full = [_SpaceFit(ly.name, ly.d_out, ly.d_in, device) for ly in layers]
+    projections = None
+    if not cfg.exact:
+        projections = [
+            p.to(device, acc) for p in make_projections(layers, cfg.k_in, cfg.k_out, cfg.proj_seed)
+        ]
+        proj = [_SpaceFit(ly.name, cfg.k_out, cfg.k_in, device) for ly in layers]
+    n_tokens = 0
+    cache: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    cache_bytes, budget = 0, (cfg.factor_cache_mb << 20) if ekfac else 0
+
+    def generator(b: int) -> torch.Generator:
+        # Sampled labels must be the same in both passes: one fixed stream per batch.
+        return torch.Generator(device=device).manual_seed(cfg.factor_seed * 100_003 + b)
+
+    def capture(cap: GradientCapture, b: int):
+        batch = collate(encoded, batches[b], pad_id, device)
+        got = cap.run(batch, cfg.fisher_labels, generator(b))
+        return [(a.to(acc), g.to(acc)) for a, g in got.layers], got.mask.to(acc)
+
+    def projected(i: int, a: torch.Tensor, g: torch.Tensor):
+        return a @ projections[i].p_in, g @ projections[i].p_out
+
+    total = len(encoded) * (2 if ekfac else 1)
+    with (
+        GradientCapture(model, names, cfg.autocast) as cap,
+        tqdm(total=total, desc="fit factors", unit="ex", disable=not progress) as bar,
+    ):
+        for b in range(len(batches)):
+            captured, mask = capture(cap, b)
+            n_tokens += int(mask.sum())
+            for i, (a, g) in enumerate(captured):
+                full[i].add_cov(a, g, mask)
+                if projections is not None:
+                    proj[i].add_cov(*projected(i, a, g), mask)
+            size = sum(a.numel() + g.numel() for a, g in captured) * captured[0][0].element_size()
+            if cache_bytes + size <= budget:
+                cache[b] = captured + [(mask, mask)]
+                cache_bytes += size
+            bar.update(len(batches[b]))
+
+        spaces = full + (proj if projections is not None else [])
+        for sp in spaces:
+            sp.eigen(n_tokens)
+        if ekfac:
+            for b in range(len(batches)):
+                if b in cache:
+                    *captured, (mask, _) = cache.pop(b)
+                else:
+                    captured, mask = capture(cap, b)
+                for i, (a, g) in enumerate(captured):
+                    full[i].add_lam(a, g, mask)
+                    if projections is not None:
+                        proj[i].add_lam(*projected(i, a, g), mask)
+                bar.update(len(batches[b]))
+            for sp in spaces:
+                sp.finish_lam(len(encoded))
+
+    return Factors(
+        layers=[sp.result for sp in full],
+        method=cfg.method,
+        fingerprint=model_fingerprint(model, names),
+        config=cfg.factor_key(),
+        stats={"examples": len(encoded), "tokens": n_tokens},
+        projected=[sp.result for sp in proj] if projections is not None else None,
+        projection=projection_key(cfg) if projections is not None else None,
+    )

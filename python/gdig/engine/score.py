@@ -1,0 +1,214 @@
+"""Scoring the pool (METHOD.md §4): one forward/backward per batch gives every candidate's
+benefit on every seed (``gdig_ext.lowrank_benefit``, summed over layers) and its projected
+gradient (``gdig_ext.project_grads``); both stream into the on-disk gradient store shard by
+shard, so memory does not grow with the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import gdig_ext
+from gdig.engine.batching import auto_max_tokens, collate, plan_batches
+from gdig.engine.capture import Captured, GradientCapture
+from gdig.engine.config import EngineConfig
+from gdig.engine.factors import model_fingerprint
+from gdig.engine.projection import Projection, make_projections, projection_key
+from gdig.engine.seeds import SeedGradients
+from gdig.engine.store import GradStore, StoreWriter, sha256_json
+from gdig.engine.template import encode_pair
+
+# Options that do not change any stored number (a resumed run may differ in them).
+_EXECUTION_ONLY = (
+    "batch_size",
+    "max_batch_tokens",
+    "shard_size",
+    "export_benefit_matrix",
+    "factor_cache_mb",
+)
+
+
+def gram_norm_sq(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] ``||Σ_t g_t a_tᵀ||²_F = Σ_{t,t'} (g_t·g_t')(a_t·a_t')`` without forming G."""
+    gm = g * mask.to(g.dtype).unsqueeze(-1)
+    return (torch.bmm(gm, gm.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum(dim=(1, 2))
+
+
+def batch_stats(benefit: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """n_pos, mean, min and top-k (descending) of each row of a benefit block ``[B, S]``."""
+    val, idx = benefit.topk(min(k, benefit.shape[1]), dim=1)
+    return {
+        "n_pos": (benefit > 0).sum(dim=1),
+        "mean": benefit.mean(dim=1),
+        "min": benefit.amin(dim=1),
+        "topk_val": val,
+        "topk_idx": idx,
+    }
+
+
+class CandidateScorer:
+    """Turns one batch's captured ``a``/``g`` into benefits, features and norms."""
+
+    def __init__(self, seeds: SeedGradients, projections: list[Projection], device, dtype):
+        self.dtype = dtype
+        self.u = [u.to(device, dtype) for u in seeds.u]
+        self.v = [v.to(device, dtype) for v in seeds.v]
+        self.proj = [p.to(device, dtype) for p in projections]
+
+    def __call__(self, got: Captured) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = got.mask.to(self.dtype)
+        benefit, feats, norm_sq = None, [], None
+        for i, (a, g) in enumerate(got.layers):
+            a, g = a.to(self.dtype), g.to(self.dtype)
+            b = gdig_ext.lowrank_benefit(a, g, mask, self.u[i], self.v[i])
+            benefit = b if benefit is None else benefit + b
+            p = gdig_ext.project_grads(a, g, mask, self.proj[i].p_in, self.proj[i].p_out)
+            feats.append(p.reshape(p.shape[0], -1))
+            n = gram_norm_sq(a, g, mask)
+            norm_sq = n if norm_sq is None else norm_sq + n
+        return benefit, torch.cat(feats, dim=1), norm_sq.clamp_min(0).sqrt()
+
+
+def run_key(model: nn.Module, seeds: SeedGradients, cfg: EngineConfig) -> dict[str, Any]:
+    """Everything the stored numbers depend on; a store is resumed only under the same key."""
+    config = {k: v for k, v in cfg.to_dict().items() if k not in _EXECUTION_ONLY}
+    return {
+        "config": config,
+        "model": sha256_json(model_fingerprint(model, seeds.layer_names)),
+        "seeds": seeds.ids,
+        # float16 rounding: a bit-level difference in a recomputation must not block resume.
+        "seed_features": hashlib.sha256(seeds.features.astype(np.float16).tobytes()).hexdigest(),
+    }
+
+
+def score_candidates(
+    model: nn.Module,
+    tokenizer: Any,
+    pool: Sequence[Any],
+    seed_grads: SeedGradients,
+    cfg: EngineConfig,
+    store_dir: str | Path,
+    shard_size: int | None = None,
+    progress: bool = True,
+) -> GradStore:
+    """Score every pool pair against every seed and write the gradient store at ``store_dir``.
+
+    Benefit ``B(m, s) = ∇L(s)ᵀ H⁻¹ ∇L(m)``: positive means candidate ``m`` helps seed ``s``.
+    Shards already written by an identical earlier run are kept (resume).
+    """
+    if seed_grads.proj_key != projection_key(cfg):
+        raise ValueError(
+            f"seed gradients were prepared with projection {seed_grads.proj_key} but the "
+            f"configuration says {projection_key(cfg)}; prepare the seeds with this configuration"
+        )
+    shard_size = shard_size or cfg.shard_size
+    layers = seed_grads.layers
+    projections = make_projections(layers, cfg.k_in, cfg.k_out, cfg.proj_seed, cfg.exact)
+    device = next(model.parameters()).device
+    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    scorer = CandidateScorer(seed_grads, projections, device, dtype)
+    ids = [str(getattr(p, "id", i)) for i, p in enumerate(pool)]
+    if len(set(ids)) != len(ids):
+        raise ValueError("score_candidates: pool ids are not unique; give every pair its own id")
+    writer = StoreWriter(
+        store_dir,
+        run_key=run_key(model, seed_grads, cfg),
+        n=len(pool),
+        shard_size=shard_size,
+        seed_ids=seed_grads.ids,
+        seed_features=seed_grads.features,
+        seed_norm=seed_grads.norm,
+        layers=[{"name": ly.name, "d_out": ly.d_out, "d_in": ly.d_in} for ly in layers],
+    )
+    max_tokens = cfg.max_batch_tokens or auto_max_tokens(model, device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    k = min(cfg.top_k, seed_grads.n)
+    n_shards = (len(pool) + shard_size - 1) // shard_size
+    with (
+        GradientCapture(model, seed_grads.layer_names, cfg.autocast) as cap,
+        tqdm(total=len(pool), desc="score candidates", unit="ex", disable=not progress) as bar,
+    ):
+        for index in range(n_shards):
+            start = index * shard_size
+            stop = min(start + shard_size, len(pool))
+            if writer.shard_done(index, ids[start:stop]):
+                bar.update(stop - start)
+                continue
+            encoded = [
+                encode_pair(pool[r], tokenizer, cfg.template, cfg.max_length)
+                for r in range(start, stop)
+            ]
+            arrays = _empty_shard(stop - start, seed_grads.n, projections, k)
+            for rows in plan_batches([len(e) for e in encoded], cfg.batch_size, max_tokens):
+                got = cap.run(collate(encoded, rows, pad_id, device))
+                benefit, feats, norm = scorer(got)
+                arrays["benefit"][rows] = benefit.float().cpu().numpy()
+                arrays["features"][rows] = feats.float().cpu().numpy()
+                arrays["cand_norm"][rows] = norm.float().cpu().numpy()
+                for key, val in batch_stats(benefit, k).items():
+                    arrays[key][rows] = val.cpu().numpy()
+                bar.update(len(rows))
+            writer.write_shard(index, start, ids[start:stop], arrays)
+    writer.finish(n_shards)
+    store = GradStore.open(store_dir)
+    if cfg.export_benefit_matrix:
+        store.export_benefit_matrix()
+    return store
+
+
+def _empty_shard(n: int, s: int, projections: list[Projection], k: int) -> dict[str, np.ndarray]:
+    dim = sum(p.dim for p in projections)
+    return {
+        "benefit": np.zeros((n, s), dtype=np.float32),
+        "features": np.zeros((n, dim), dtype=np.float32),
+        "cand_norm": np.zeros(n, dtype=np.float32),
+        "n_pos": np.zeros(n, dtype=np.int64),
+        "mean": np.zeros(n, dtype=np.float32),
+        "min": np.zeros(n, dtype=np.float32),
+        "topk_val": np.zeros((n, k), dtype=np.float32),
+        "topk_idx": np.zeros((n, k), dtype=np.int64),
+    }
+
+
+def rescore(
+    store: GradStore, seed_features: np.ndarray | SeedGradients | None = None, top_k: int = 5
+) -> dict[str, np.ndarray]:
+    """Per-candidate stats against (new) seeds from the stored projected gradients alone.
+
+    ``seed_features`` is ``[S, D]`` (or a :class:`SeedGradients` prepared with the store's
+    projection settings); default: the store's own seeds. No model pass: one
+    ``gdig_ext.score_stats`` GEMM per shard over the memory-mapped features.
+    Returns n_pos, mean, min, topk_val, topk_idx in pool order (benefit: positive = helps).
+    """
+    if seed_features is None:
+        seeds = store.seed_features
+    elif isinstance(seed_features, SeedGradients):
+        seeds = seed_features.features
+    else:
+        seeds = np.asarray(seed_features, dtype=np.float32)
+    if seeds.ndim != 2 or seeds.shape[1] != store.dim:
+        raise ValueError(f"rescore: seed features must be [S, {store.dim}], got {seeds.shape}")
+    seeds_t = torch.from_numpy(np.ascontiguousarray(seeds, dtype=np.float32))
+    k = min(top_k, seeds.shape[0])
+    parts: dict[str, list[np.ndarray]] = {
+        key: [] for key in ("n_pos", "mean", "min", "topk_val", "topk_idx")
+    }
+    for feats in store.feature_shards():
+        cand = torch.from_numpy(np.array(feats, dtype=np.float32))  # one shard, in memory
+        for key, val in zip(parts, gdig_ext.score_stats(cand, seeds_t, k), strict=True):
+            parts[key].append(val.numpy())
+    return {key: np.concatenate(v) if v else np.zeros(0) for key, v in parts.items()}
+
+
+def read_manifest(store_dir: str | Path) -> dict[str, Any]:
+    """The store's manifest as a dict (for reports)."""
+    return json.loads((Path(store_dir) / "manifest.json").read_text())

