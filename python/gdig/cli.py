@@ -113,6 +113,9 @@ def print_summary(state) -> None:
                 f"failed-quality precision {m['failed_quality_precision']:.3f} "
                 f"recall {m['failed_quality_recall']:.3f}"
             )
+    warnings = state.manifest.get("warnings", [])
+    if warnings:
+        print(f"  warnings: {len(warnings)} (above, and in {state.out / 'manifest.json'})")
     report = state.out / "report.html"
     if report.exists():
         print(f"  report: {report.resolve()}")
@@ -129,7 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         opts = options_from_args(args)
         stages = STAGES if args.command in ("run", "demo") else (args.command,)
         state = run_stages(opts, stages)
-    except (RunError, PairsError, ConfigFileError, ShortfallError, ValueError) as exc:
+    except (
+        RunError,
+        PairsError,
+        ConfigFileError,
+        ShortfallError,
+        ValueError,
+        FileNotFoundError,
+        MemoryError,
+    ) as exc:
         print(f"gdig {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,7 +4,9 @@ Each stage records a fingerprint of everything its output depends on in
 ``manifest.json``. Re-running a stage whose output exists with the same fingerprint
 skips it (a resumed run redoes only what is missing; the gradient store also resumes
 shard by shard); a different fingerprint is refused with the list of what changed,
-unless ``force_restart`` is set.
+unless ``force_restart`` is set. Outputs are written atomically and recorded with their
+sha256; a resumed run verifies them (and every store shard) and recomputes, with a
+warning, whatever fails. RELIABILITY.md states the guarantees.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import csv
 import hashlib
 import io
 import json
-import os
+import logging
 import platform
 import shutil
 import time
@@ -25,16 +27,33 @@ from typing import Any
 import numpy as np
 
 from gdig import __version__
+from gdig.atomicio import atomic_write_text, remove_stale_temps
 from gdig.data.pairs import Pair, read_pairs, write_jsonl
+from gdig.diskspace import (
+    DiskSpaceError,
+    SpaceEstimate,
+    check_free_space,
+    factor_bytes,
+    folder_bytes,
+    store_bytes,
+)
 from gdig.engine.config import EngineConfig
+from gdig.faults import fault_point
+from gdig.integrity import bad_files, check_store, file_digests, sha256_file
+from gdig.lengths import model_context, split_too_long, token_lengths
 from gdig.options import as_dict
 from gdig.runconfig import RunConfig
 from gdig.select.config import SelectConfig
+
+log = logging.getLogger("gdig")
 
 STAGES = ("fit", "score", "select", "report")
 FACTORS_FILE = "factors.safetensors"
 STORE_DIR = "store"
 SELECTION_FILE = "selection.npz"
+SKIPPED_FILE = "skipped_lines.jsonl"
+NONFINITE_FILE = "nonfinite.jsonl"
+SELECT_OUTPUTS = [SELECTION_FILE, "scores.csv", "selected.jsonl"]
 # Engine fields that change neither factors nor scores (execution only).
 EXECUTION_FIELDS = {"batch_size", "max_batch_tokens", "factor_cache_mb", "shard_size"}
 
@@ -68,29 +87,15 @@ class RunState:
     pool: list[Pair] | None = None
     model: Any = None
     tokenizer: Any = None
-    skipped: list[dict] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    long_skipped: dict[str, int] = field(default_factory=dict)  # too-long pairs left out
 
 
 # ---------------------------------------------------------------- manifest, hashing
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def load_manifest(out: Path) -> dict[str, Any]:
@@ -104,7 +109,7 @@ def load_manifest(out: Path) -> dict[str, Any]:
 
 
 def save_manifest(state: RunState) -> None:
-    _atomic_write_text(state.out / "manifest.json", json.dumps(state.manifest, indent=2) + "\n")
+    atomic_write_text(state.out / "manifest.json", json.dumps(state.manifest, indent=2) + "\n")
 
 
 def _versions() -> dict[str, str]:
@@ -143,12 +148,30 @@ def _model_path(run: RunConfig) -> Path:
 
 
 def _model_identity(path: Path) -> dict[str, Any]:
-    """Cheap identity of a model folder: its config and the names and sizes of its files."""
+    """Identity of a model folder: its config, and each file's size and a sampled sha256.
+
+    Two checkpoints of one architecture have equal configs and file sizes, so the weights'
+    bytes must enter too; hashing 64 evenly spread 64 KiB blocks of each file (whole files
+    up to 4 MiB) sees any fine-tune, which changes nearly every weight, in well under a
+    second even for multi-GB checkpoints.
+    """
     files = sorted(p for p in path.iterdir() if p.is_file())
     return {
         "config_sha256": sha256_file(path / "config.json"),
-        "files": {p.name: p.stat().st_size for p in files},
+        "files": {p.name: {"size": p.stat().st_size, "sha256": _sampled_sha256(p)} for p in files},
     }
+
+
+def _sampled_sha256(path: Path, blocks: int = 64, block: int = 1 << 16) -> str:
+    size = path.stat().st_size
+    if size <= blocks * block:
+        return sha256_file(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for i in range(blocks):
+            fh.seek((size - block) * i // (blocks - 1))
+            h.update(fh.read(block))
+    return h.hexdigest()
 
 
 def _input_identity(path: str | None, what: str) -> dict[str, Any]:
@@ -163,13 +186,17 @@ def _input_identity(path: str | None, what: str) -> dict[str, Any]:
 def stage_fingerprints(opts: RunOptions, identities: dict[str, Any]) -> dict[str, str]:
     """Fingerprint of each stage's output: everything it depends on, chained."""
     eng = {k: v for k, v in as_dict(opts.engine).items() if k not in EXECUTION_FIELDS}
+    e = opts.engine
     fit = _fingerprint(
         {
             "model": identities["model"],
             "pool": identities["pool"]["sha256"],
-            "factor": opts.engine.factor_key(),
+            "factor": e.factor_key(),
+            # The factors also hold their projected-space twin (for re-scoring).
+            "projection": [e.k_in, e.k_out, e.proj_seed, e.exact],
             "dtype": opts.run.dtype,
             "bad_lines": opts.run.bad_lines,
+            "too_long": opts.run.too_long,
         }
     )
     score = _fingerprint({"fit": fit, "seed": identities["seed"]["sha256"], "engine": eng})
@@ -213,6 +240,8 @@ def open_run(opts: RunOptions) -> RunState:
         "config": opts.as_manifest(),
         "fingerprints": prints,
         "stages": {},
+        "execution": old.get("execution", {}),
+        "warnings": [],
     }
     if old:
         changed = [
@@ -221,6 +250,7 @@ def open_run(opts: RunOptions) -> RunState:
             if s in old.get("stages", {}) and old["fingerprints"].get(s) != prints[s]
         ]
         if changed:
+            # (a stage counts once it has begun: a killed scoring pass has shards to lose)
             what = _diff(
                 {"inputs": old.get("inputs", {}), "config": old.get("config", {})},
                 {"inputs": identities, "config": opts.as_manifest()},
@@ -249,7 +279,7 @@ def _clear_stage(out: Path, stage: str) -> None:
     doomed = {
         "fit": [FACTORS_FILE],
         "score": [STORE_DIR],
-        "select": [SELECTION_FILE, "scores.csv", "selected.jsonl"],
+        "select": SELECT_OUTPUTS,
         "report": ["report.html", "report_files"],
     }[stage]
     for name in doomed:
@@ -265,6 +295,14 @@ def _stage_done(state: RunState, stage: str, *paths: str) -> bool:
     return bool(rec and rec.get("done")) and all((state.out / p).exists() for p in paths)
 
 
+def _begin(state: RunState, stage: str) -> None:
+    """Note that ``stage`` has begun: its partial work (store shards) now belongs to this
+    configuration, so resuming it with other options is refused like a finished stage."""
+    if stage not in state.manifest["stages"]:
+        state.manifest["stages"][stage] = {"done": False}
+        save_manifest(state)
+
+
 def _record(state: RunState, stage: str, seconds: float, **extra: Any) -> None:
     state.manifest["stages"][stage] = {"done": True, "seconds": round(seconds, 3), **extra}
     save_manifest(state)
@@ -273,16 +311,62 @@ def _record(state: RunState, stage: str, seconds: float, **extra: Any) -> None:
 # ---------------------------------------------------------------- inputs and model
 
 
+def _warn(state: RunState, message: str) -> None:
+    """A warning the user must see: logged (stderr) and kept in the manifest."""
+    log.warning("%s", message)
+    state.manifest.setdefault("warnings", []).append(message)
+
+
+def _record_skips(state: RunState, path: str, records: list[dict]) -> None:
+    """Replace ``path``'s entries in RUN_DIR/skipped_lines.jsonl (one file for all inputs)."""
+    file = state.out / SKIPPED_FILE
+    old = []
+    if file.exists():
+        old = [json.loads(x) for x in file.read_text(encoding="utf-8").splitlines() if x]
+    keep = [r for r in old if r.get("file") != path]
+    if records or len(keep) != len(old):
+        write_jsonl(file, keep + records)
+
+
 def _pairs(state: RunState, which: str) -> list[Pair]:
+    """The seed or pool pairs after the bad-line and too-long policies (cached)."""
     cached = getattr(state, which)
     if cached is not None:
         return cached
-    path = state.opts.run.seed if which == "seeds" else state.opts.run.pool
+    run = state.opts.run
+    path = run.seed if which == "seeds" else run.pool
     skipped: list[dict] = []
-    pairs = read_pairs(path, bad_lines=state.opts.run.bad_lines, skipped=skipped)
+    pairs = read_pairs(path, bad_lines=run.bad_lines, skipped=skipped)
+    checks = state.manifest.setdefault("input_checks", {})
+    checks.setdefault("skipped_lines", {})[which] = len(skipped)
     if skipped:
-        state.skipped += skipped
-        write_jsonl(state.out / "skipped_lines.jsonl", state.skipped)
+        _warn(
+            state,
+            f"{path}: skipped {len(skipped)} bad line(s) (--bad-lines skip), first at line "
+            f"{skipped[0]['line']} field '{skipped[0]['field']}': {skipped[0]['reason']}; "
+            f"all are listed in {state.out / SKIPPED_FILE}",
+        )
+    if run.too_long == "skip":
+        _, tok = _model(state)
+        limit = state.opts.engine.max_length
+        pairs, long = split_too_long(
+            pairs, token_lengths(pairs, tok, state.opts.engine.template), limit, str(path)
+        )
+        if long:
+            _warn(
+                state,
+                f"{path}: skipped {len(long)} pair(s) longer than max_length={limit} tokens "
+                f"(--too-long skip), first {long[0]['id']!r} at line {long[0]['line']}; "
+                f"listed in {state.out / SKIPPED_FILE}",
+            )
+            skipped += long
+        state.long_skipped[which] = len(long)
+        if not pairs:
+            raise RunError(
+                f"{path}: every pair is longer than max_length={limit} tokens; raise "
+                "--max-length or use --too-long truncate"
+            )
+    _record_skips(state, str(path), skipped)
     setattr(state, which, pairs)
     return pairs
 
@@ -302,6 +386,115 @@ def _model(state: RunState):
     return state.model, state.tokenizer
 
 
+def check_outputs(state: RunState) -> None:
+    """Verify what earlier runs left in the folder; drop (and say so) whatever fails.
+
+    Recorded outputs must match the sha256 in the manifest; the gradient store's shards
+    must match theirs (the engine recomputes those that do not, and only those).
+    """
+    out, stages = state.out, state.manifest["stages"]
+    remove_stale_temps(out)  # leftovers of writers killed mid-file
+    checks = {"fit": [FACTORS_FILE], "select": SELECT_OUTPUTS}
+    for stage, names in checks.items():
+        rec = stages.get(stage)
+        if not rec or not rec.get("done"):
+            continue
+        recorded = rec.get("sha256", {})
+        broken = [n for n in names if n not in recorded] + bad_files(out, recorded)
+        if broken:
+            _warn(
+                state,
+                f"{out / broken[0]} is missing or fails its checksum (corrupt or truncated); "
+                f"recomputing the {stage} stage",
+            )
+            _drop_from(state, stage)
+    store = out / STORE_DIR
+    bad, readable = check_store(store)
+    if not readable:
+        _warn(state, f"{store / 'manifest.json'} is unreadable; recomputing the whole store")
+        shutil.rmtree(store)
+        _drop_from(state, "score")
+    elif bad:
+        _warn(
+            state,
+            f"gradient store: {len(bad)} shard(s) fail their checksums (corrupt or truncated): "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; recomputing them",
+        )
+        _drop_from(state, "score")
+    save_manifest(state)
+
+
+def _drop_from(state: RunState, stage: str) -> None:
+    """Forget the records of ``stage`` and every later stage (they will be redone)."""
+    for s in STAGES[STAGES.index(stage) :]:
+        state.manifest["stages"].pop(s, None)
+
+
+def preflight(state: RunState) -> None:
+    """Before the model passes: the inputs' sizes and lengths, the model's context,
+    free disk space, and a batch size that stays the same when the run resumes."""
+    from gdig.engine.layers import select_layers, tracked_layers
+
+    run, eng = state.opts.run, state.opts.engine
+    model, tok = _model(state)
+    context = model_context(model)
+    if context is not None and eng.max_length > context:
+        raise RunError(
+            f"--max-length {eng.max_length} exceeds the model's context of {context} tokens "
+            f"({run.model}); pass --max-length {context} or less"
+        )
+    seeds, pool = _pairs(state, "seeds"), _pairs(state, "pool")
+    if len(seeds) > len(pool):
+        _warn(
+            state,
+            f"the seed set ({run.seed}, {len(seeds)} pairs) is larger than the pool "
+            f"({run.pool}, {len(pool)} pairs); check that --seed and --pool are not swapped",
+        )
+    zero = {"seeds": 0, "pool": 0}
+    truncated = dict(zero)
+    if run.too_long == "truncate":
+        for which, pairs in (("seeds", seeds), ("pool", pool)):
+            lengths = token_lengths(pairs, tok, eng.template)
+            truncated[which] = sum(n > eng.max_length for n in lengths)
+        if any(truncated.values()):
+            _warn(
+                state,
+                f"{truncated['pool']} pool and {truncated['seeds']} seed pair(s) exceed "
+                f"max_length={eng.max_length} tokens and are truncated (--too-long truncate; "
+                "'skip' leaves them out)",
+            )
+    state.manifest.setdefault("input_checks", {})["too_long"] = {
+        "policy": run.too_long,
+        "max_length": eng.max_length,
+        "truncated": truncated,
+        "skipped": {**zero, **state.long_skipped},
+    }
+
+    names = select_layers(model, eng.layers, eng.layer_stride)
+    dims = [(ly.d_out, ly.d_in) for ly in tracked_layers(model, names)]
+    dim = sum(a * b for a, b in dims) if eng.exact else len(dims) * eng.k_in * eng.k_out
+    estimate = SpaceEstimate(
+        store_bytes=store_bytes(len(pool), len(seeds), dim, eng.top_k, eng.export_benefit_matrix),
+        factor_bytes=factor_bytes(dims, eng.k_in, eng.k_out, eng.exact),
+        existing_bytes=folder_bytes(state.out / STORE_DIR, state.out / FACTORS_FILE),
+    )
+    try:
+        check_free_space(state.out, estimate)
+    except DiskSpaceError as exc:
+        raise RunError(str(exc)) from exc
+
+    # Auto batch sizing depends on free memory, and batch composition changes the last bits
+    # of the scores: fix it at the first run so that a resumed run computes the same bytes.
+    if eng.batch_size is None and eng.max_batch_tokens is None:
+        execution = state.manifest.setdefault("execution", {})
+        if "max_batch_tokens" not in execution:
+            from gdig.engine.batching import auto_max_tokens
+
+            execution["max_batch_tokens"] = auto_max_tokens(model)
+        eng.max_batch_tokens = int(execution["max_batch_tokens"])
+    save_manifest(state)
+
+
 # ---------------------------------------------------------------- stages
 
 
@@ -310,12 +503,22 @@ def stage_fit(state: RunState) -> None:
         return
     from gdig.engine import fit_factors
 
+    _begin(state, "fit")
     t = time.perf_counter()
     pool = _pairs(state, "pool")
     model, tok = _model(state)
     factors = fit_factors(model, tok, pool, state.opts.engine, progress=state.opts.run.progress)
     factors.save(state.out / FACTORS_FILE)
-    _record(state, "fit", time.perf_counter() - t, examples=factors.stats.get("examples"))
+    fault_point("fit:saved")
+    bad = _note_nonfinite(state, "fit", factors.stats.get("nonfinite_ids", []))
+    _record(
+        state,
+        "fit",
+        time.perf_counter() - t,
+        examples=factors.stats.get("examples"),
+        nonfinite=bad,
+        sha256=file_digests(state.out, [FACTORS_FILE]),
+    )
 
 
 def stage_score(state: RunState) -> None:
@@ -325,6 +528,7 @@ def stage_score(state: RunState) -> None:
 
     if not (state.out / FACTORS_FILE).exists():
         raise RunError(f"{state.out / FACTORS_FILE} is missing: run `gdig fit` first")
+    _begin(state, "score")
     t = time.perf_counter()
     seeds = _pairs(state, "seeds")
     pool = _pairs(state, "pool")
@@ -337,7 +541,37 @@ def stage_score(state: RunState) -> None:
     store = score_candidates(
         model, tok, pool, seed_grads, eng, state.out / STORE_DIR, progress=state.opts.run.progress
     )
-    _record(state, "score", time.perf_counter() - t, candidates=store.n, seeds=store.n_seeds)
+    bad = _note_nonfinite(state, "score", _nonfinite_ids(store))
+    _record(
+        state,
+        "score",
+        time.perf_counter() - t,
+        candidates=store.n,
+        seeds=store.n_seeds,
+        nonfinite=bad,
+    )
+
+
+def _note_nonfinite(state: RunState, stage: str, ids: list[str]) -> int:
+    """List a stage's non-finite pool examples in RUN_DIR/nonfinite.jsonl (and warn)."""
+    file = state.out / NONFINITE_FILE
+    old = []
+    if file.exists():
+        old = [json.loads(x) for x in file.read_text(encoding="utf-8").splitlines() if x]
+    keep = [r for r in old if r.get("stage") != stage]
+    if ids:
+        line = {p.id: p.line for p in _pairs(state, "pool")}
+        path = str(state.opts.run.pool)
+        keep += [{"id": i, "stage": stage, "file": path, "line": line.get(i)} for i in ids]
+        what = "left out of the factors" if stage == "fit" else "left out of selection"
+        _warn(
+            state,
+            f"{len(ids)} pool pair(s) have a NaN/Inf loss or gradient and are {what}: "
+            f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; listed in {file}",
+        )
+    if keep or old:
+        write_jsonl(file, keep)
+    return len(ids)
 
 
 def _open_store(state: RunState):
@@ -346,6 +580,33 @@ def _open_store(state: RunState):
     if not (state.out / STORE_DIR).exists():
         raise RunError(f"{state.out / STORE_DIR} is missing: run `gdig score` first")
     return GradStore.open(state.out / STORE_DIR)
+
+
+def _nonfinite_ids(store) -> list[str]:
+    """Candidates whose loss or gradient was NaN/Inf (the engine lists them per shard)."""
+    shards = store.manifest.get("shards", {})
+    return [i for name in sorted(shards) for i in shards[name].get("nonfinite", [])]
+
+
+def _scored(state: RunState):
+    """``(score source, pool)`` for selection and the report: the gradient store and the
+    pool, less the candidates whose numbers were not finite (listed in nonfinite.jsonl)."""
+    store = _open_store(state)
+    pool = _pairs(state, "pool")
+    if [p.id for p in pool] != list(store.ids):
+        raise RunError(
+            f"{state.out / STORE_DIR}: its candidates are not the pool's ({state.opts.run.pool}); "
+            "use --force-restart"
+        )
+    bad = set(_nonfinite_ids(store))
+    if not bad:
+        return store, pool
+    from gdig.rowsubset import RowSubset
+
+    keep = np.array([r for r, p in enumerate(pool) if p.id not in bad], dtype=np.int64)
+    if len(keep) == 0:
+        raise RunError(f"{state.opts.run.pool}: every candidate's loss or gradient is NaN/Inf")
+    return RowSubset(store, keep), [pool[r] for r in keep]
 
 
 def _select_config(state: RunState) -> SelectConfig:
@@ -359,20 +620,23 @@ def stage_select(state: RunState) -> None:
 
     if _stage_done(state, "select", SELECTION_FILE, "scores.csv", "selected.jsonl"):
         return
+    _begin(state, "select")
     t = time.perf_counter()
-    store = _open_store(state)
+    store, pool = _scored(state)
     sel = select(store, _select_config(state))
-    pool = _pairs(state, "pool")
-    if [p.id for p in pool] != list(store.ids):
-        raise RunError(
-            f"{state.out / STORE_DIR}: its candidates are not the pool's ({state.opts.run.pool}); "
-            "use --force-restart"
-        )
     _write_scores(state.out / "scores.csv", sel)
+    fault_point("select:scores")
     _write_selected(state.out / "selected.jsonl", sel, pool)
     sel.save(state.out / SELECTION_FILE)
     assert isinstance(sel, Selection)
-    _record(state, "select", time.perf_counter() - t, **sel.summary())
+    fault_point("select:saved")
+    _record(
+        state,
+        "select",
+        time.perf_counter() - t,
+        sha256=file_digests(state.out, SELECT_OUTPUTS),
+        **sel.summary(),
+    )
 
 
 def _write_scores(path: Path, sel) -> None:
@@ -403,7 +667,7 @@ def _write_scores(path: Path, sel) -> None:
                 int(bool(sel.selected[i])),
             ]
         )
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _write_selected(path: Path, sel, pool: list[Pair]) -> None:
@@ -421,7 +685,7 @@ def _write_selected(path: Path, sel, pool: list[Pair]) -> None:
     write_jsonl(path, records)
 
 
-def noise_summary(state: RunState, sel) -> dict[str, Any] | None:
+def noise_summary(state: RunState, sel, store, pool: list[Pair]) -> dict[str, Any] | None:
     """How well each scoring separates the pool's labelled noise (when labels exist)."""
     field_name = state.opts.run.label_field
     if not field_name:
@@ -429,13 +693,11 @@ def noise_summary(state: RunState, sel) -> dict[str, Any] | None:
     from gdig.select import noise_detection
     from gdig.select.quality import quality_stats
 
-    pool = _pairs(state, "pool")
     labels = [p.extra.get(field_name) for p in pool]
     if any(v is None for v in labels):
         missing = next(p.id for p, v in zip(pool, labels, strict=True) if v is None)
         raise RunError(f"{state.opts.run.pool}: pair {missing!r} has no field {field_name!r}")
     is_noise = np.array([str(v) != "clean" for v in labels])
-    store = _open_store(state)
     out: dict[str, Any] = {"noise_fraction": float(is_noise.mean())}
     cfg = state.opts.select
     for scoring in ("raw", "zscore", "cosine"):
@@ -460,8 +722,7 @@ def stage_report(state: RunState) -> Path:
     if not (state.out / SELECTION_FILE).exists():
         raise RunError(f"{state.out / SELECTION_FILE} is missing: run `gdig select` first")
     sel = Selection.load(state.out / SELECTION_FILE)
-    store = _open_store(state)
-    pool = _pairs(state, "pool")
+    store, pool = _scored(state)
     rows = sample_map_rows(sel)
     summary = {
         "pool": len(pool),
@@ -471,7 +732,7 @@ def stage_report(state: RunState) -> Path:
         "selected": int(sel.selected.sum()),
         "stage seconds": {s: rec.get("seconds") for s, rec in state.manifest["stages"].items()},
     }
-    noise = noise_summary(state, sel)
+    noise = noise_summary(state, sel, store, pool)
     if noise:
         summary["noise detection"] = noise
     state.summary = summary
@@ -496,8 +757,21 @@ STAGE_FUNCS: dict[str, Callable[[RunState], Any]] = {
 
 
 def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunState:
-    state = open_run(opts)
-    for stage in stages:
-        if stage == "report" or not _stage_done(state, stage):
-            STAGE_FUNCS[stage](state)
+    """Run ``stages`` in the run folder, resuming what an earlier run left there."""
+    from gdig.runlock import RunLockedError, run_lock
+
+    if opts.run.out is None:
+        raise RunError("no run folder given: pass --out DIR")
+    Path(opts.run.out).mkdir(parents=True, exist_ok=True)
+    try:
+        with run_lock(opts.run.out):
+            state = open_run(opts)
+            check_outputs(state)
+            if any(s in stages and not _stage_done(state, s) for s in ("fit", "score")):
+                preflight(state)
+            for stage in stages:
+                if stage == "report" or not _stage_done(state, stage):
+                    STAGE_FUNCS[stage](state)
+    except RunLockedError as exc:
+        raise RunError(str(exc)) from exc
     return state

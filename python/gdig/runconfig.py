@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 BAD_LINES = ("error", "skip")
+TOO_LONG = ("truncate", "skip")
 DTYPES = ("float32", "bfloat16", "float64")
 
 
@@ -37,6 +38,14 @@ class RunConfig:
             "leaves it out and lists it in RUN_DIR/skipped_lines.jsonl"
         },
     )
+    too_long: str = field(
+        default="truncate",
+        metadata={
+            "help": "a pair longer than --max-length tokens: 'truncate' keeps the instruction and "
+            "the head of the target, 'skip' leaves it out and lists it in "
+            "RUN_DIR/skipped_lines.jsonl; either way the manifest counts them"
+        },
+    )
     label_field: str | None = field(
         default=None,
         metadata={
@@ -56,6 +65,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.bad_lines not in BAD_LINES:
             raise ValueError(f"RunConfig.bad_lines={self.bad_lines!r}: use one of {BAD_LINES}")
+        if self.too_long not in TOO_LONG:
+            raise ValueError(f"RunConfig.too_long={self.too_long!r}: use one of {TOO_LONG}")
         if self.dtype not in DTYPES:
             raise ValueError(f"RunConfig.dtype={self.dtype!r}: use one of {DTYPES}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -26,6 +26,7 @@ from gdig.engine.config import EngineConfig
 from gdig.engine.layers import select_layers, tracked_layers, weight_stats
 from gdig.engine.projection import make_projections, projection_key
 from gdig.engine.template import encode_pair
+from gdig.faults import finite_rows, run_with_backoff
 
 FORMAT_VERSION = 1
 _TENSORS = ("q_a", "eig_a", "q_s", "eig_s", "lam")
@@ -330,10 +331,32 @@ def fit_factors(
         # Sampled labels must be the same in both passes: one fixed stream per batch.
         return torch.Generator(device=device).manual_seed(cfg.factor_seed * 100_003 + b)
 
-    def capture(cap: GradientCapture, b: int):
-        batch = collate(encoded, batches[b], pad_id, device)
+    nonfinite: set[str] = set()
+
+    def capture(cap: GradientCapture, b: int, sub: list[int]):
+        batch = collate(encoded, sub, pad_id, device)
         got = cap.run(batch, cfg.fisher_labels, generator(b))
-        return [(a.to(acc), g.to(acc)) for a, g in got.layers], got.mask.to(acc)
+        captured = [(a.to(acc), g.to(acc)) for a, g in got.layers]
+        mask = got.mask.to(acc)
+        ok = torch.isfinite(got.losses)
+        for a, g in captured:
+            ok &= finite_rows(a, g)
+        if not bool(ok.all()):
+            # NaN/Inf: zero and mask the example so it enters no sum, and list it.
+            bad = ~ok
+            for j in bad.nonzero().flatten().tolist():
+                nonfinite.add(str(getattr(pairs[rows[sub[j]]], "id", rows[sub[j]])))
+            captured = [
+                (a.masked_fill(bad[:, None, None], 0), g.masked_fill(bad[:, None, None], 0))
+                for a, g in captured
+            ]
+            mask = mask.masked_fill(bad[:, None], 0)
+        return captured, mask
+
+    def capture_batch(cap: GradientCapture, b: int):
+        """``[(captured, mask)]`` of batch ``b``, halved as often as memory requires."""
+        parts = run_with_backoff(lambda sub: capture(cap, b, list(sub)), batches[b], "factor batch")
+        return [out for _, out in parts]
 
     def projected(i: int, a: torch.Tensor, g: torch.Tensor):
         return a @ projections[i].p_in, g @ projections[i].p_out
@@ -344,41 +367,47 @@ def fit_factors(
         tqdm(total=total, desc="fit factors", unit="ex", disable=not progress) as bar,
     ):
         for b in range(len(batches)):
-            captured, mask = capture(cap, b)
-            n_tokens += int(mask.sum())
-            for i, (a, g) in enumerate(captured):
-                full[i].add_cov(a, g, mask)
-                if projections is not None:
-                    proj[i].add_cov(*projected(i, a, g), mask)
-            size = sum(a.numel() + g.numel() for a, g in captured) * captured[0][0].element_size()
+            parts = capture_batch(cap, b)
+            size = 0
+            for captured, mask in parts:
+                n_tokens += int(mask.sum())
+                for i, (a, g) in enumerate(captured):
+                    full[i].add_cov(a, g, mask)
+                    if projections is not None:
+                        proj[i].add_cov(*projected(i, a, g), mask)
+                    size += (a.numel() + g.numel()) * a.element_size()
             if cache_bytes + size <= budget:
-                cache[b] = captured + [(mask, mask)]
+                cache[b] = parts
                 cache_bytes += size
             bar.update(len(batches[b]))
+        if len(nonfinite) == len(encoded):
+            raise ValueError("fit_factors: every example's loss or gradient is NaN/Inf")
 
         spaces = full + (proj if projections is not None else [])
         for sp in spaces:
             sp.eigen(n_tokens)
         if ekfac:
             for b in range(len(batches)):
-                if b in cache:
-                    *captured, (mask, _) = cache.pop(b)
-                else:
-                    captured, mask = capture(cap, b)
-                for i, (a, g) in enumerate(captured):
-                    full[i].add_lam(a, g, mask)
-                    if projections is not None:
-                        proj[i].add_lam(*projected(i, a, g), mask)
+                parts = cache.pop(b) if b in cache else capture_batch(cap, b)
+                for captured, mask in parts:
+                    for i, (a, g) in enumerate(captured):
+                        full[i].add_lam(a, g, mask)
+                        if projections is not None:
+                            proj[i].add_lam(*projected(i, a, g), mask)
                 bar.update(len(batches[b]))
             for sp in spaces:
-                sp.finish_lam(len(encoded))
+                sp.finish_lam(len(encoded) - len(nonfinite))
 
     return Factors(
         layers=[sp.result for sp in full],
         method=cfg.method,
         fingerprint=model_fingerprint(model, names),
         config=cfg.factor_key(),
-        stats={"examples": len(encoded), "tokens": n_tokens},
+        stats={
+            "examples": len(encoded) - len(nonfinite),
+            "tokens": n_tokens,
+            "nonfinite_ids": sorted(nonfinite),
+        },
         projected=[sp.result for sp in proj] if projections is not None else None,
         projection=projection_key(cfg) if projections is not None else None,
     )

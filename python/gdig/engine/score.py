@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from gdig.engine.projection import Projection, make_projections, projection_key
 from gdig.engine.seeds import SeedGradients
 from gdig.engine.store import GradStore, StoreWriter, sha256_json
 from gdig.engine.template import encode_pair
+from gdig.faults import fault_point, finite_rows, run_with_backoff
+
+log = logging.getLogger("gdig")
 
 # Options that do not change any stored number (a resumed run may differ in them).
 _EXECUTION_ONLY = (
@@ -148,16 +152,40 @@ def score_candidates(
                 for r in range(start, stop)
             ]
             arrays = _empty_shard(stop - start, seed_grads.n, projections, k)
-            for rows in plan_batches([len(e) for e in encoded], cfg.batch_size, max_tokens):
+            bad_rows: list[int] = []
+
+            def score_rows(rows, encoded=encoded):
                 got = cap.run(collate(encoded, rows, pad_id, device))
                 benefit, feats, norm = scorer(got)
-                arrays["benefit"][rows] = benefit.float().cpu().numpy()
-                arrays["features"][rows] = feats.float().cpu().numpy()
-                arrays["cand_norm"][rows] = norm.float().cpu().numpy()
-                for key, val in batch_stats(benefit, k).items():
-                    arrays[key][rows] = val.cpu().numpy()
-                bar.update(len(rows))
-            writer.write_shard(index, start, ids[start:stop], arrays)
+                ok = finite_rows(benefit, feats, norm) & torch.isfinite(got.losses)
+                return benefit, feats, norm, ok
+
+            for batch in plan_batches([len(e) for e in encoded], cfg.batch_size, max_tokens):
+                for rows, (benefit, feats, norm, ok) in run_with_backoff(
+                    score_rows, batch, "scoring batch"
+                ):
+                    if not bool(ok.all()):  # NaN/Inf: zero the row, list the candidate
+                        bad = ~ok
+                        bad_rows += [rows[j] for j in bad.nonzero().flatten().tolist()]
+                        benefit = benefit.masked_fill(bad[:, None], 0)
+                        feats = feats.masked_fill(bad[:, None], 0)
+                        norm = norm.masked_fill(bad, 0)
+                    arrays["benefit"][rows] = benefit.float().cpu().numpy()
+                    arrays["features"][rows] = feats.float().cpu().numpy()
+                    arrays["cand_norm"][rows] = norm.float().cpu().numpy()
+                    for key, val in batch_stats(benefit, k).items():
+                        arrays[key][rows] = val.cpu().numpy()
+                    bar.update(len(rows))
+                fault_point("score:batch")
+            nonfinite = [ids[start + r] for r in sorted(bad_rows)]
+            if nonfinite:
+                log.warning(
+                    "shard %d: %d candidate(s) with a NaN/Inf loss or gradient left out: %s",
+                    index,
+                    len(nonfinite),
+                    ", ".join(nonfinite[:5]),
+                )
+            writer.write_shard(index, start, ids[start:stop], arrays, nonfinite)
     writer.finish(n_shards)
     store = GradStore.open(store_dir)
     if cfg.export_benefit_matrix:

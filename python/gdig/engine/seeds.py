@@ -22,6 +22,7 @@ from gdig.engine.factors import Factors
 from gdig.engine.layers import TrackedLayer, tracked_layers
 from gdig.engine.projection import make_projections, project_dense, projection_key
 from gdig.engine.template import encode_pair
+from gdig.faults import finite_rows, run_with_backoff
 
 
 @dataclass
@@ -94,6 +95,20 @@ def compress(grads: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
     return (u * s[:, None, :]).transpose(1, 2).contiguous(), vh.contiguous()
 
 
+def check_finite_seeds(got: Any, pairs: Sequence[Any]) -> None:
+    """Raise ValueError naming the seeds whose loss or captured gradients are NaN/Inf: seeds are
+    few and trusted, and dropping one would change what "helps every seed" means."""
+    ok = torch.isfinite(got.losses)
+    for a, g in got.layers:
+        ok &= finite_rows(a, g)
+    if not bool(ok.all()):
+        bad = [str(getattr(pairs[j], "id", j)) for j in (~ok).nonzero().flatten().tolist()]
+        raise ValueError(
+            f"seed pair(s) {', '.join(bad)} give a non-finite (NaN/Inf) loss or gradient; fix "
+            "or remove them from the seed set"
+        )
+
+
 def prepare_seeds(
     model: nn.Module,
     tokenizer: Any,
@@ -136,8 +151,11 @@ def prepare_seeds(
         GradientCapture(model, names, cfg.autocast) as cap,
         tqdm(total=n, desc="seed gradients", unit="ex", disable=not progress) as bar,
     ):
-        for rows in batches:
+
+        def seed_rows(rows: list[int]) -> None:
+            sq_norm[rows] = 0.0  # a retry after running out of memory must not add twice
             got = cap.run(collate(encoded, rows, pad_id, device))
+            check_finite_seeds(got, [seeds[r] for r in rows])
             for i, (a, g) in enumerate(got.layers):
                 # float64 (exact mode or a float64 model) or float32: seeds are few, but a
                 # float64 preconditioning of large layers costs more than their model pass.
@@ -159,6 +177,9 @@ def prepare_seeds(
                     us[i][r] = u[j].to(compute)
                     vs[i][r] = v[j].to(compute)
             bar.update(len(rows))
+
+        for batch in batches:
+            run_with_backoff(lambda sub: seed_rows(list(sub)), batch, "seed batch")
     return SeedGradients(
         ids=[str(getattr(p, "id", i)) for i, p in enumerate(seeds)],
         layers=layers,

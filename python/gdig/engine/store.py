@@ -135,9 +135,16 @@ class StoreWriter:
         return True
 
     def write_shard(
-        self, index: int, start: int, ids: Sequence[str], arrays: dict[str, np.ndarray]
+        self,
+        index: int,
+        start: int,
+        ids: Sequence[str],
+        arrays: dict[str, np.ndarray],
+        nonfinite: Sequence[str] = (),
     ) -> None:
-        """Write one shard's arrays (keys: :data:`SHARD_FILES`) and record it in the manifest."""
+        """Write one shard's arrays (keys: :data:`SHARD_FILES`) and record it in the manifest;
+        ``nonfinite`` lists the shard's candidates whose loss or gradient was NaN/Inf (their
+        rows hold zeros and must not be selected)."""
         missing = [k for k in SHARD_FILES if k not in arrays]
         if missing:
             raise ValueError(f"shard {index}: arrays {missing} missing")
@@ -153,6 +160,8 @@ class StoreWriter:
             "ids_sha256": sha256_json(list(ids)),
             "files": files,
         }
+        if nonfinite:
+            self.manifest["shards"][shard_name(index)]["nonfinite"] = list(nonfinite)
         self._save()
 
     def finish(self, n_shards: int) -> None:

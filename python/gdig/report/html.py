@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomicio import atomic_write_bytes, atomic_write_text
 from ..select.selection import Selection
 from . import figures
 
@@ -69,7 +70,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _img(name: str, png: bytes, alt: str, out_dir: Path) -> str:
     # Written beside the report too, so the figures can be reused on their own.
-    (out_dir / f"{name}.png").write_bytes(png)
+    atomic_write_bytes(out_dir / f"{name}.png", png)
     data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
@@ -198,7 +199,7 @@ def write_report(
         + "\n</body></html>\n"
     )
     out = run_dir / "report.html"
-    out.write_text(doc, encoding="utf-8")
+    atomic_write_text(out, doc)
     return out
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomicio import atomic_open
 from .config import SelectConfig
 
 
@@ -95,7 +96,8 @@ class Selection:
             "notes": self.notes,
         }
         arrays = {name: getattr(self, name) for name in self._ARRAYS}
-        with open(path, "wb") as f:  # a file object keeps numpy from renaming the path
+        # A file object keeps numpy from renaming the path; atomic: whole file or none.
+        with atomic_open(path) as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod

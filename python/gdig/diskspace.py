@@ -1,0 +1,81 @@
+"""Free-space check before a run writes its factors and gradient store.
+
+The store holds, per candidate, its benefit on every seed (``S`` floats), its projected
+gradient (``D`` floats) and a few statistics; the factors hold each tracked layer's
+eigenbases and eigen-diagonal in float64. Running out of disk half-way through a pool
+wastes hours, so the run checks first and stops with the numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MARGIN = 1.05  # 5 % slack for manifests, ids, npy headers
+FIXED_BYTES = 16 << 20  # report, figures, scores.csv and the like
+
+
+class DiskSpaceError(RuntimeError):
+    """Not enough free space for the run's outputs; the message has the numbers."""
+
+
+@dataclass
+class SpaceEstimate:
+    store_bytes: int
+    factor_bytes: int
+    existing_bytes: int  # already on disk in the run folder (counted as done)
+
+    @property
+    def needed_bytes(self) -> int:
+        total = (self.store_bytes + self.factor_bytes) * MARGIN + FIXED_BYTES
+        return max(int(total) - self.existing_bytes, 0)
+
+
+def store_bytes(n: int, n_seeds: int, dim: int, top_k: int, export_matrix: bool = False) -> int:
+    """Bytes of a gradient store: ``N x (S + D + small) x 4`` (plus the optional N x S matrix)."""
+    k = min(top_k, n_seeds)
+    per_row = 4 * (n_seeds + dim + 3) + 8 + 12 * k  # benefit, features, norm/mean/min, n_pos, top-k
+    return n * per_row + (n * n_seeds * 4 if export_matrix else 0) + 4 * n_seeds * (dim + 1)
+
+
+def factor_bytes(dims: Sequence[tuple[int, int]], k_in: int, k_out: int, exact: bool) -> int:
+    """Bytes of the factors file: per layer ``Q_A, Q_S, λ_A, λ_S, Λ`` in float64, plus the
+    same in the projected space unless exact."""
+
+    def one(d_out: int, d_in: int) -> int:
+        return 8 * (d_in * d_in + d_out * d_out + d_in + d_out + d_out * d_in)
+
+    total = sum(one(d_out, d_in) for d_out, d_in in dims)
+    if not exact:
+        total += len(dims) * one(k_out, k_in)
+    return total
+
+
+def folder_bytes(*paths: Path) -> int:
+    total = 0
+    for p in paths:
+        if p.is_file():
+            total += p.stat().st_size
+        elif p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return total
+
+
+def check_free_space(folder: str | os.PathLike[str], estimate: SpaceEstimate) -> None:
+    """Raise DiskSpaceError when ``folder``'s file system has less room than the run needs."""
+    free = shutil.disk_usage(folder).free
+    need = estimate.needed_bytes
+    if free < need:
+        raise DiskSpaceError(
+            f"{folder}: {_mib(free)} free but this run needs about {_mib(need)} more "
+            f"(gradient store {_mib(estimate.store_bytes)}, factors "
+            f"{_mib(estimate.factor_bytes)}, {_mib(estimate.existing_bytes)} already written); "
+            "free some space, use another --out, or shrink the store (--k-in/--k-out, fewer seeds)"
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MiB"
