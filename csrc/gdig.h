@@ -33,6 +33,11 @@ at::Tensor mask_as(const at::Tensor& mask, at::ScalarType dtype);
 // Rows of B processed at once so that a tile holds about `budget_elems` values.
 int64_t tile_rows(int64_t per_row_elems, int64_t budget_elems, int64_t total);
 
+// Device-agnostic body of project_grads (ATen GEMMs only), tiled over examples.
+at::Tensor project_grads_tiled(const at::Tensor& acts, const at::Tensor& out_grads,
+                               const at::Tensor& mask, const at::Tensor& p_in,
+                               const at::Tensor& p_out, at::ScalarType acc, int64_t tile_elems);
+
 at::Tensor project_grads_cpu(const at::Tensor& acts, const at::Tensor& out_grads,
                              const at::Tensor& mask, const at::Tensor& p_in,
                              const at::Tensor& p_out);

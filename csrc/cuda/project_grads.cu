@@ -1,6 +1,6 @@
 // project_grads (CUDA): per-example projected gradient P_out^T G(b) P_in from projected
-// tokens. Pure GEMM work, so it goes through cuBLAS (fp32 accumulation) via ATen; tiling
-// over examples only bounds the projected tokens held at once.
+// tokens. Pure GEMM work, so it runs the shared ATen body (csrc/project_grads.cpp) on
+// cuBLAS with the GPU's larger tiles.
 #include <torch/library.h>
 
 #include "cuda_utils.cuh"
@@ -16,21 +16,7 @@ at::Tensor project_grads_cuda(const at::Tensor& acts, const at::Tensor& out_grad
   cuda::check_cuda(op, acts, "acts", acts, "acts");
   const c10::cuda::CUDAGuard guard(acts.device());
 
-  const int64_t B = acts.size(0), T = acts.size(1);
-  const int64_t k_in = p_in.size(1), k_out = p_out.size(1);
-  auto out = at::empty({B, k_out, k_in}, acts.options().dtype(acc));
-  if (B == 0) return out;
-  const auto m = mask_as(mask, acc).unsqueeze(-1);
-  const int64_t rows = tile_rows(T * (k_in + k_out), cuda::kTileElems, B);
-  for (int64_t b0 = 0; b0 < B; b0 += rows) {
-    const int64_t b1 = std::min(B, b0 + rows);
-    auto a = at::matmul(acts.slice(0, b0, b1), p_in).to(acc);
-    auto g = at::matmul(out_grads.slice(0, b0, b1), p_out).to(acc);
-    g.mul_(m.slice(0, b0, b1));
-    auto dst = out.slice(0, b0, b1);
-    at::bmm_out(dst, g.transpose(1, 2), a);
-  }
-  return out;
+  return project_grads_tiled(acts, out_grads, mask, p_in, p_out, acc, cuda::kTileElems);
 }
 
 }  // namespace gdig

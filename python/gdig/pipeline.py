@@ -724,12 +724,10 @@ def stage_report(state: RunState) -> Path:
     sel = Selection.load(state.out / SELECTION_FILE)
     store, pool = _scored(state)
     rows = sample_map_rows(sel)
+    # Counts (pool, passed quality, clusters, selected) come from Selection.summary() in the
+    # report itself; only what the selection does not know is added here.
     summary = {
-        "pool": len(pool),
         "seeds": store.n_seeds,
-        "passed quality": int(sel.passed_quality.sum()),
-        "clusters": int(sel.n_clusters),
-        "selected": int(sel.selected.sum()),
         "stage seconds": {s: rec.get("seconds") for s, rec in state.manifest["stages"].items()},
     }
     noise = noise_summary(state, sel, store, pool)
