@@ -30,7 +30,8 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; outputs are ordinary data files
+        # mkstemp makes it 0600: keep the replaced file's mode, else an ordinary data file's
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,7 +55,8 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         return removed
     for p in root.rglob("*"):
-        # ours (.NAME.XXXX.tmp), the store's (.NAME.tmpPID) and the factors' (NAME.tmp)
+        # atomic_open's (.NAME.XXXX.tmp), the benefit-matrix export's (.NAME.tmpPID), and
+        # NAME.tmp, which factor files of earlier versions were written to
         temp = (p.name.startswith(".") and TEMP_MARK in p.name) or p.name.endswith(TEMP_MARK)
         if temp and p.is_file():
             p.unlink(missing_ok=True)

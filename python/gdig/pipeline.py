@@ -12,6 +12,7 @@ warning, whatever fails. RELIABILITY.md states the guarantees.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -39,7 +40,7 @@ from gdig.diskspace import (
 )
 from gdig.engine.config import EngineConfig
 from gdig.faults import fault_point
-from gdig.integrity import bad_files, check_store, file_digests, sha256_file
+from gdig.integrity import bad_files, check_store, file_digests, sha256_file, sha256_json
 from gdig.lengths import model_context, split_too_long, token_lengths
 from gdig.options import as_dict
 from gdig.runconfig import RunConfig
@@ -92,10 +93,6 @@ class RunState:
 
 
 # ---------------------------------------------------------------- manifest, hashing
-
-
-def _fingerprint(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_manifest(out: Path) -> dict[str, Any]:
@@ -187,7 +184,7 @@ def stage_fingerprints(opts: RunOptions, identities: dict[str, Any]) -> dict[str
     """Fingerprint of each stage's output: everything it depends on, chained."""
     eng = {k: v for k, v in as_dict(opts.engine).items() if k not in EXECUTION_FIELDS}
     e = opts.engine
-    fit = _fingerprint(
+    fit = sha256_json(
         {
             "model": identities["model"],
             "pool": identities["pool"]["sha256"],
@@ -199,9 +196,9 @@ def stage_fingerprints(opts: RunOptions, identities: dict[str, Any]) -> dict[str
             "too_long": opts.run.too_long,
         }
     )
-    score = _fingerprint({"fit": fit, "seed": identities["seed"]["sha256"], "engine": eng})
-    select = _fingerprint({"score": score, "select": as_dict(opts.select)})
-    report = _fingerprint({"select": select, "label_field": opts.run.label_field})
+    score = sha256_json({"fit": fit, "seed": identities["seed"]["sha256"], "engine": eng})
+    select = sha256_json({"score": score, "select": as_dict(opts.select)})
+    report = sha256_json({"select": select, "label_field": opts.run.label_field})
     return {"fit": fit, "score": score, "select": select, "report": report}
 
 
@@ -317,13 +314,13 @@ def _warn(state: RunState, message: str) -> None:
     state.manifest.setdefault("warnings", []).append(message)
 
 
-def _record_skips(state: RunState, path: str, records: list[dict]) -> None:
-    """Replace ``path``'s entries in RUN_DIR/skipped_lines.jsonl (one file for all inputs)."""
-    file = state.out / SKIPPED_FILE
+def _replace_entries(file: Path, key: str, value: str, records: list[dict]) -> None:
+    """Replace the entries of JSONL ``file`` whose ``key`` is ``value`` by ``records``
+    (one file serves every input or stage; the file is only written when it changes)."""
     old = []
     if file.exists():
         old = [json.loads(x) for x in file.read_text(encoding="utf-8").splitlines() if x]
-    keep = [r for r in old if r.get("file") != path]
+    keep = [r for r in old if r.get(key) != value]
     if records or len(keep) != len(old):
         write_jsonl(file, keep + records)
 
@@ -366,7 +363,7 @@ def _pairs(state: RunState, which: str) -> list[Pair]:
                 f"{path}: every pair is longer than max_length={limit} tokens; raise "
                 "--max-length or use --too-long truncate"
             )
-    _record_skips(state, str(path), skipped)
+    _replace_entries(state.out / SKIPPED_FILE, "file", str(path), skipped)
     setattr(state, which, pairs)
     return pairs
 
@@ -555,22 +552,18 @@ def stage_score(state: RunState) -> None:
 def _note_nonfinite(state: RunState, stage: str, ids: list[str]) -> int:
     """List a stage's non-finite pool examples in RUN_DIR/nonfinite.jsonl (and warn)."""
     file = state.out / NONFINITE_FILE
-    old = []
-    if file.exists():
-        old = [json.loads(x) for x in file.read_text(encoding="utf-8").splitlines() if x]
-    keep = [r for r in old if r.get("stage") != stage]
+    records = []
     if ids:
         line = {p.id: p.line for p in _pairs(state, "pool")}
         path = str(state.opts.run.pool)
-        keep += [{"id": i, "stage": stage, "file": path, "line": line.get(i)} for i in ids]
+        records = [{"id": i, "stage": stage, "file": path, "line": line.get(i)} for i in ids]
         what = "left out of the factors" if stage == "fit" else "left out of selection"
         _warn(
             state,
             f"{len(ids)} pool pair(s) have a NaN/Inf loss or gradient and are {what}: "
             f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; listed in {file}",
         )
-    if keep or old:
-        write_jsonl(file, keep)
+    _replace_entries(file, "stage", stage, records)
     return len(ids)
 
 
@@ -616,7 +609,7 @@ def _select_config(state: RunState) -> SelectConfig:
 
 
 def stage_select(state: RunState) -> None:
-    from gdig.select import Selection, select
+    from gdig.select import select
 
     if _stage_done(state, "select", SELECTION_FILE, "scores.csv", "selected.jsonl"):
         return
@@ -628,7 +621,6 @@ def stage_select(state: RunState) -> None:
     fault_point("select:scores")
     _write_selected(state.out / "selected.jsonl", sel, pool)
     sel.save(state.out / SELECTION_FILE)
-    assert isinstance(sel, Selection)
     fault_point("select:saved")
     _record(
         state,
@@ -702,16 +694,9 @@ def noise_summary(state: RunState, sel, store, pool: list[Pair]) -> dict[str, An
     cfg = state.opts.select
     for scoring in ("raw", "zscore", "cosine"):
         q = quality_stats(store, scoring=scoring, seed_group=cfg.seed_group, tau=cfg.tau)
-        proxy = _ProxySelection(q.mean, q.passed, sel.selected)
-        out[scoring] = noise_detection(proxy, is_noise)
+        scored = dataclasses.replace(sel, benefit_mean=q.mean, passed_quality=q.passed)
+        out[scoring] = noise_detection(scored, is_noise)
     return out
-
-
-@dataclass
-class _ProxySelection:
-    benefit_mean: np.ndarray
-    passed_quality: np.ndarray
-    selected: np.ndarray
 
 
 def stage_report(state: RunState) -> Path:

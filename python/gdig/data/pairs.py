@@ -18,12 +18,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from gdig.atomicio import atomic_open
 
 __all__ = [
     "FILE_FIELD",
@@ -421,27 +422,13 @@ def read_pairs(
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any] | Pair]) -> int:
     """Write records (dicts or Pairs) as UTF-8 JSONL, atomically; return how many.
 
-    The file appears whole or not at all: a temp file in the same folder is
-    renamed over ``path`` with os.replace, so a crash never leaves half a file.
+    The file appears whole or not at all (:func:`gdig.atomicio.atomic_open`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for rec in records:
-                if isinstance(rec, Pair):
-                    rec = rec.to_record()
-                fh.write(json.dumps(rec, ensure_ascii=False))
-                fh.write("\n")
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file 0600; give it the usual permissions of a data file
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        for rec in records:
+            if isinstance(rec, Pair):
+                rec = rec.to_record()
+            fh.write(json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n")
+            n += 1
     return n

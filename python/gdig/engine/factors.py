@@ -156,7 +156,9 @@ class Factors:
     # --- persistence ---
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (atomic rename) holding tensors and metadata."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from gdig.atomicio import atomic_write_bytes
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,9 +177,7 @@ class Factors:
             "stats": self.stats,
             "projection": self.projection,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"gdig": json.dumps(meta)})
-        tmp.replace(path)
+        atomic_write_bytes(path, save(tensors, metadata={"gdig": json.dumps(meta)}))
         return path
 
     @classmethod

@@ -25,9 +25,10 @@ from gdig.engine.config import EngineConfig
 from gdig.engine.factors import model_fingerprint
 from gdig.engine.projection import Projection, make_projections, projection_key
 from gdig.engine.seeds import SeedGradients
-from gdig.engine.store import GradStore, StoreWriter, sha256_json
+from gdig.engine.store import GradStore, StoreWriter
 from gdig.engine.template import encode_pair
 from gdig.faults import fault_point, finite_rows, run_with_backoff
+from gdig.integrity import sha256_json
 
 log = logging.getLogger("gdig")
 

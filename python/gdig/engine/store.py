@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from gdig.atomicio import atomic_open, atomic_write_bytes
+from gdig.integrity import bad_files, sha256_file, sha256_json
+
 FORMAT = "gdig-gradstore"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -34,34 +37,10 @@ STAT_FILES = ("n_pos", "mean", "min", "topk_val", "topk_idx")
 SHARD_FILES = ("benefit", "features", "cand_norm") + STAT_FILES
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_npy(path: Path, array: np.ndarray) -> str:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """Write ``array`` as .npy atomically; return the file's sha256."""
+    with atomic_open(path) as f:
         np.save(f, np.ascontiguousarray(array))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return sha256_file(path)
 
 
@@ -120,19 +99,14 @@ class StoreWriter:
 
     def _save(self) -> None:
         data = json.dumps(self.manifest, indent=1, sort_keys=True).encode()
-        _atomic_bytes(self.root / MANIFEST, data)
+        atomic_write_bytes(self.root / MANIFEST, data)
 
     def shard_done(self, index: int, ids: Sequence[str]) -> bool:
         """True when shard ``index`` holds exactly ``ids`` and its files match their checksums."""
         entry = self.manifest["shards"].get(shard_name(index))
         if entry is None or entry["ids_sha256"] != sha256_json(list(ids)):
             return False
-        folder = self.root / shard_name(index)
-        for fname, digest in entry["files"].items():
-            path = folder / fname
-            if not path.is_file() or sha256_file(path) != digest:
-                return False
-        return True
+        return not bad_files(self.root / shard_name(index), entry["files"])
 
     def write_shard(
         self,
@@ -152,7 +126,7 @@ class StoreWriter:
         folder.mkdir(exist_ok=True)
         files = {f"{k}.npy": _atomic_npy(folder / f"{k}.npy", arrays[k]) for k in SHARD_FILES}
         ids_bytes = json.dumps(list(ids)).encode()
-        _atomic_bytes(folder / "ids.json", ids_bytes)
+        atomic_write_bytes(folder / "ids.json", ids_bytes)
         files["ids.json"] = hashlib.sha256(ids_bytes).hexdigest()
         self.manifest["shards"][shard_name(index)] = {
             "start": start,
