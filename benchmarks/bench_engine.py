@@ -36,8 +36,9 @@ for p in (ROOT / "python", ROOT, ROOT / "tests"):
     if str(p) not in sys.path:
         sys.path.append(str(p))
 
+from helpers_models import engine_config, with_options  # noqa: E402
+
 from gdig.engine import (  # noqa: E402
-    EngineConfig,
     collate,
     encode_pair,
     fit_factors,
@@ -92,15 +93,17 @@ class _null:
 
 
 def bench_model(name, model, tok, pool, seeds, fit_set, cfg, repeats):
-    enc = [encode_pair(p, tok, cfg.template, cfg.max_length) for p in pool]
-    plan = plan_batches([len(e) for e in enc], cfg.batch_size, cfg.max_batch_tokens or 4096)
+    enc = [encode_pair(p, tok, cfg.factors.template, cfg.factors.max_length) for p in pool]
+    plan = plan_batches(
+        [len(e) for e in enc], cfg.execution.batch_size, cfg.execution.max_batch_tokens or 4096
+    )
     batches = [collate(enc, rows, tok.pad_token_id, "cpu") for rows in plan]
 
     t0 = time.perf_counter()
     factors = fit_factors(model, tok, fit_set, cfg, progress=False)
     fit_s = time.perf_counter() - t0
     seed_grads = prepare_seeds(model, tok, seeds, factors, cfg, progress=False)
-    cfg16 = EngineConfig(**{**cfg.to_dict(), "autocast": "bf16"})
+    cfg16 = with_options(cfg, autocast="bf16")
     seed_grads16 = prepare_seeds(model, tok, seeds, factors, cfg16, progress=False)
 
     stores = {}
@@ -167,7 +170,7 @@ def main() -> None:
     seeds = read_pairs(args.seeds, start=0)
     pool = read_pairs(args.candidates, start=args.seeds)
     fit_set = read_pairs(args.fit, start=args.seeds + args.candidates)
-    cfg = EngineConfig(factor_samples=0, batch_size=args.batch_size)
+    cfg = engine_config(factor_samples=0, batch_size=args.batch_size)
     results = []
 
     from helpers_models import tiny_model

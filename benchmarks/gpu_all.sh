@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go: build gdig_ext in place with its CUDA kernels
-# (for this GPU's architecture only), run the CUDA tests, then time the ops on the GPU.
+# (for this GPU's architecture only), run the CUDA cases of tests/test_ops.py, then time the
+# ops on the GPU.
 #
 #   OUT=/some/dir benchmarks/gpu_all.sh            # logs and results under $OUT
 #   BENCH_ARGS="--quick" benchmarks/gpu_all.sh     # extra bench_ops.py flags
@@ -41,7 +42,7 @@ fi
 
 status=0
 echo "== CUDA tests"
-"$PY" -m pytest -q -ra -p no:cacheprovider tests/test_ops_cuda.py --junitxml "$OUT/tests.xml" \
+"$PY" -m pytest -q -ra -p no:cacheprovider tests/test_ops.py -m cuda --junitxml "$OUT/tests.xml" \
   2>&1 | tee "$OUT/tests.log" || status=1
 
 echo "== op benchmarks"

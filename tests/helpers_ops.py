@@ -1,4 +1,4 @@
-"""Shared by the CPU and CUDA op tests: inputs, float64 oracles and error bounds.
+"""Shared by the op tests (tests/test_ops.py, every device): inputs, float64 oracles, bounds.
 
 The oracles are written from the definitions in METHOD.md, not from the kernels or the
 references: every per-example gradient G_b = sum_t mask[b,t] g_t a_t^T is formed
@@ -51,6 +51,18 @@ def assert_close(x: torch.Tensor, y: torch.Tensor, tol: float, what: str) -> Non
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
 
 
+def assert_close_nan(x: torch.Tensor, y: torch.Tensor, tol: float, what: str) -> None:
+    """assert_close where the oracle ``y`` may hold NaN: ``x`` must be NaN exactly where
+    ``y`` is, and within ``tol`` of it (and finite) everywhere else."""
+    assert x.shape == y.shape, f"{what}: shape {tuple(x.shape)} != {tuple(y.shape)}"
+    x, y = x.cpu(), y.cpu()
+    x_nan, y_nan = torch.isnan(x), torch.isnan(y)
+    assert torch.equal(x_nan, y_nan), (
+        f"{what}: NaN at {x_nan.nonzero().tolist()}, oracle NaN at {y_nan.nonzero().tolist()}"
+    )
+    assert_close(x[~x_nan], y[~y_nan], tol, what)
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return F64 if dtype == F64 else F32
 
@@ -58,6 +70,12 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def rand(*shape: int, dtype: torch.dtype, scale: float = 1.0, device: str = "cpu") -> torch.Tensor:
     """Standard normal values rounded to ``dtype`` (the oracle upcasts these same values)."""
     return (torch.randn(*shape, dtype=F64, device=device) * scale).to(dtype)
+
+
+def orthogonal(d: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    """A random orthogonal [d,d] basis, made on the CPU (same values for every device)."""
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=F64))
+    return q.to(device, dtype)
 
 
 def token_inputs(
@@ -121,7 +139,10 @@ def check_score_stats(
     exact_npos: bool = False,
 ) -> None:
     """Compare score_stats' outputs (on seeds' device) with the float64 scores; unless
-    ``exact_npos``, n_pos may differ only where a score lies within rounding distance of 0."""
+    ``exact_npos``, n_pos may differ only where a score lies within rounding distance of 0.
+
+    NaN scores get torch's semantics, as the oracle computes them: a row holding one has
+    mean and min NaN, NaN is not counted in n_pos and ranks above every number in top-k."""
     n_pos, mean, mn, tv, ti = out
     n, s = cand.shape[0], seeds.shape[0]
     acc = acc_dtype(cand.dtype)
@@ -142,16 +163,17 @@ def check_score_stats(
     if exact_npos:
         assert torch.equal(n_pos, want_pos), "n_pos differs from the oracle"
     else:
-        rms = sc.square().mean(dim=1, keepdim=True).sqrt()
+        rms = sc.square().nanmean(dim=1, keepdim=True).sqrt()  # NaN scores set no scale
         slack = (sc.abs() <= tol * rms).sum(dim=1)
         assert ((n_pos - want_pos).abs() <= slack).all(), "n_pos differs beyond near-zero scores"
 
-    assert_close(mean, sc.mean(dim=1), tol, "score_stats mean")
-    assert_close(mn, sc.amin(dim=1), tol, "score_stats min")
+    assert_close_nan(mean, sc.mean(dim=1), tol, "score_stats mean")
+    assert_close_nan(mn, sc.amin(dim=1), tol, "score_stats min")
     if k == 0:
         return
-    assert (tv[:, :-1] >= tv[:, 1:]).all(), "top-k values are not sorted descending"
-    assert_close(tv, sc.topk(k, dim=1).values, tol, "score_stats top-k values")
+    hi, lo = tv[:, :-1], tv[:, 1:]  # descending, NaN first (torch.topk ranks it largest)
+    assert (hi.isnan() | (~lo.isnan() & (hi >= lo))).all(), "top-k values not sorted descending"
+    assert_close_nan(tv, sc.topk(k, dim=1).values, tol, "score_stats top-k values")
     assert ((ti >= 0) & (ti < s)).all(), "top-k index out of range"
     assert (ti.sort(dim=1).values.diff(dim=1) > 0).all(), "top-k indices repeat within a row"
-    assert_close(sc.gather(1, ti), tv, tol, "scores at top-k indices vs top-k values")
+    assert_close_nan(sc.gather(1, ti), tv, tol, "scores at top-k indices vs top-k values")

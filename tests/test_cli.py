@@ -36,7 +36,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 def _args(tiny_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     seed, pool = data
-    return ["--model", str(tiny_dir), "--seed", str(seed), "--pool", str(pool), "--out", str(out),
+    return ["--model", str(tiny_dir), "--seeds", str(seed), "--pool", str(pool), "--out", str(out),
             *FAST, *extra]  # fmt: skip
 
 
@@ -69,11 +69,18 @@ def test_run_writes_every_output(tiny_dir, data, tmp_path, capsys):
 
 
 def test_stages_one_by_one_match_run(tiny_dir, data, tmp_path):
+    """Each verb takes only its stages' options; the rest come from the run folder."""
     whole, staged = tmp_path / "whole", tmp_path / "staged"
-    extra = ("--budget", "8", "--tau", "0", "--random-seed", "5")
-    assert main(["run", *_args(tiny_dir, data, whole, *extra)]) == 0
-    for stage in ("fit", "score", "select", "report"):
-        assert main([stage, *_args(tiny_dir, data, staged, *extra)]) == 0, stage
+    seed, pool = data
+    select_opts = ("--budget", "8", "--tau", "0", "--random-seed", "5")
+    assert main(["run", *_args(tiny_dir, data, whole, *select_opts)]) == 0
+    common = ["--out", str(staged), "--no-progress"]
+    fit = ["--model", str(tiny_dir), "--pool", str(pool), "--factor-samples", "40",
+           "--k-in", "4", "--k-out", "4"]  # fmt: skip
+    assert main(["fit", *common, *fit]) == 0
+    assert main(["score", *common, "--seeds", str(seed), "--rank", "4"]) == 0
+    assert main(["select", *common, *select_opts]) == 0
+    assert main(["report", *common]) == 0
     assert (whole / "scores.csv").read_text() == (staged / "scores.csv").read_text()
     assert (whole / "selected.jsonl").read_text() == (staged / "selected.jsonl").read_text()
 
@@ -96,7 +103,7 @@ def test_rerun_resumes_and_changed_option_is_refused(tiny_dir, data, tmp_path, c
 def test_config_file_yaml_and_toml(tiny_dir, data, tmp_path):
     seed, pool = data
     yaml_cfg = tmp_path / "c.yaml"
-    yaml_cfg.write_text(
+    yaml_cfg.write_text(  # `seed` is the old name of `seeds`: config files keep working
         f"model: {tiny_dir}\nseed: {seed}\npool: {pool}\nbudget: 6\ntau: 0.0\n"
         "random_seed: 1\nfactor_samples: 40\nrank: 4\nk_in: 4\nk_out: 4\nprogress: false\n"
     )
@@ -104,7 +111,7 @@ def test_config_file_yaml_and_toml(tiny_dir, data, tmp_path):
     assert main(["run", "--config", str(yaml_cfg), "--out", str(out_y)]) == 0
     toml_cfg = tmp_path / "c.toml"
     toml_cfg.write_text(
-        f'model = "{tiny_dir}"\nseed = "{seed}"\npool = "{pool}"\nbudget = 6\ntau = 0.0\n'
+        f'model = "{tiny_dir}"\nseeds = "{seed}"\npool = "{pool}"\nbudget = 6\ntau = 0.0\n'
         "random_seed = 1\nfactor_samples = 40\nrank = 4\nk_in = 4\nk_out = 4\nprogress = false\n"
     )
     out_t = tmp_path / "t"
@@ -121,19 +128,47 @@ def test_config_file_unknown_key(tmp_path, capsys):
     assert "unknown option(s) budgett" in capsys.readouterr().err
 
 
-def test_help_lists_every_option(capsys):
+def _help(verb: str, capsys) -> str:
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--help"])
+        main([verb, "--help"])
     assert exc.value.code == 0
-    text = capsys.readouterr().out
-    for flag in ("--model", "--seed", "--pool", "--budget", "--tau", "--clusters", "--rank",
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_option(capsys):
+    text = _help("run", capsys)
+    for flag in ("--model", "--seeds", "--pool", "--budget", "--tau", "--clusters", "--rank",
                  "--k-in", "--damping", "--method", "--exact", "--selector", "--seed-group",
-                 "--scoring", "--random-seed", "--layers", "--batch-size", "--device"):  # fmt: skip
+                 "--scoring", "--random-seed", "--layers", "--batch-size", "--device",
+                 "--label-field", "--src-field", "--src-lang"):  # fmt: skip
         assert flag in text, flag
+    assert "{gdig,quality,diversity,random}" in text and "{ekfac,kfac}" in text
+    assert "Config(" not in text and "Config." not in text  # no dataclass reprs
     parser = build_parser()
     assert {"run", "fit", "score", "select", "report", "demo"} <= set(
         parser._subparsers._group_actions[0].choices
     )
+
+
+@pytest.mark.parametrize(
+    ("verb", "has", "lacks"),
+    [
+        ("fit", ["--model", "--pool", "--k-in", "--method", "--batch-size"],
+         ["--budget", "--damping", "--rank", "--label-field", "--seeds"]),
+        ("score", ["--seeds", "--damping", "--rank", "--top-k"],
+         ["--budget", "--k-in", "--method", "--label-field"]),
+        ("select", ["--budget", "--selector", "--tau", "--out", "--device"],
+         ["--k-in", "--damping", "--model", "--pool", "--seeds", "--batch-size"]),
+        ("report", ["--label-field", "--out"],
+         ["--k-in", "--damping", "--budget", "--model", "--pool"]),
+    ],
+)  # fmt: skip
+def test_each_verb_lists_only_its_own_options(capsys, verb, has, lacks):
+    text = _help(verb, capsys)
+    for flag in has:
+        assert flag in text, (verb, flag)
+    for flag in lacks:
+        assert f"{flag} " not in text and f"{flag}\n" not in text, (verb, flag)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 import gdig.data.demo
 from gdig.data import Pair, PairsError, demo_paths, iter_pairs, read_pairs, write_jsonl
 from gdig.data.build_demo import NOISE_KINDS, DemoConfig, DemoError, build_demo, main
+from gdig.data.checks import check_label_field, compare_seeds_pool, is_noise
 from gdig.data.pairs import FILE_FIELD, LINE_FIELD
+from gdig.io.errors import GdigError, UsageError
 
 TATOEBA = Path("/work/shared/data/tatoeba.zh-en.jsonl")
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -298,6 +301,270 @@ def test_write_jsonl_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]  # no temp left
     write_jsonl(out, [Pair(id="x", src="中", tgt="mid")])
     assert out.read_text(encoding="utf-8") == '{"id": "x", "src": "中", "tgt": "mid"}\n'
+
+
+# --- error family -----------------------------------------------------------------------------
+
+
+def test_pairs_error_is_a_usage_error(tmp_path):
+    path = _jsonl(tmp_path / "u.jsonl", _rec(1), {"src": "x"})
+    with pytest.raises(UsageError) as exc:
+        read_pairs(path)
+    err = exc.value
+    assert isinstance(err, PairsError) and isinstance(err, GdigError)
+    assert isinstance(err, ValueError) and err.exit_status == 2
+    assert str(err).startswith(f"{path}:2: field 'tgt': missing; fields found: src;")
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is PairsError and str(again) == str(err)
+    assert (again.path, again.line, again.field) == (str(path), 2, "tgt")
+
+
+# --- other field names and default languages ----------------------------------------------------
+
+
+def test_src_tgt_field_names_read_and_written_back(tmp_path):
+    recs = [
+        {"id": "a", "source": "你好", "target": "Hello", "src": "kept as extra"},
+        {"source": "再见", "target": "Bye", "noise": "clean"},
+    ]
+    path = _jsonl(tmp_path / "st.jsonl", *recs)
+    pairs = read_pairs(path, src_field="source", tgt_field="target")
+    assert [(p.src, p.tgt) for p in pairs] == [("你好", "Hello"), ("再见", "Bye")]
+    assert pairs[0].extra == {"src": "kept as extra"}  # not a text field under these names
+    assert pairs[1].extra == {"noise": "clean"}
+    # written back under the input's names: no src/tgt added, nothing lost
+    assert pairs[0].to_record() == recs[0]
+    assert pairs[1].to_record() == {"id": "st-2", **recs[1]}
+    out = tmp_path / "out.jsonl"
+    write_jsonl(out, pairs)
+    written = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert all("target" in r and "tgt" not in r for r in written)
+    again = read_pairs(out, src_field="source", tgt_field="target")
+    assert again == pairs
+    assert [p.to_record() for p in again] == [p.to_record() for p in pairs]
+    # the same content read under the default names is the same pair (names are not identity)
+    plain = Pair(id="st-2", src="再见", tgt="Bye", extra={"noise": "clean"})
+    assert plain == pairs[1] and plain.to_record()["src"] == "再见"
+
+
+def test_missing_text_field_lists_the_fields_found(tmp_path):
+    path = _jsonl(tmp_path / "st.jsonl", {"source": "你好", "target": "Hello", "id": "x1"})
+    with pytest.raises(PairsError) as exc:
+        read_pairs(path)  # default names: src/tgt
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}:1: field 'src': missing; fields found: source, target, id;")
+    assert "--src-field" in msg
+    assert (exc.value.line, exc.value.field) == (1, "src")
+
+    path2 = _jsonl(tmp_path / "half.jsonl", {"source": "a", "target": "b"}, {"source": "c"})
+    with pytest.raises(PairsError) as exc:
+        read_pairs(path2, src_field="source", tgt_field="target")
+    msg = str(exc.value)
+    assert msg.startswith(f"{path2}:2: field 'target': missing; fields found: source;")
+    assert "--tgt-field" in msg
+    # other errors name the field as the input calls it
+    path3 = _jsonl(tmp_path / "e.jsonl", {"source": " ", "target": "b"})
+    with pytest.raises(PairsError, match=r":1: field 'source': empty"):
+        read_pairs(path3, src_field="source", tgt_field="target")
+    path4 = _jsonl(tmp_path / "empty_rec.jsonl", {})
+    with pytest.raises(PairsError, match=r":1: field 'src': missing; fields found: none;"):
+        read_pairs(path4)
+
+
+def test_field_names_in_skip_policy(tmp_path):
+    path = _jsonl(tmp_path / "m.jsonl", {"s": "a", "t": "b"}, {"src": "c", "tgt": "d"})
+    skipped: list = []
+    pairs = read_pairs(path, src_field="s", tgt_field="t", bad_lines="skip", skipped=skipped)
+    assert [p.src for p in pairs] == ["a"]
+    assert [(s["line"], s["field"]) for s in skipped] == [(2, "s")]
+
+
+def test_tsv_with_other_field_names(tmp_path):
+    plain = tmp_path / "plain.tsv"
+    plain.write_text("你好\tHello\n", encoding="utf-8")
+    (pair,) = read_pairs(plain, src_field="source", tgt_field="target")
+    assert pair.to_record() == {"id": "plain-1", "source": "你好", "target": "Hello"}
+    head = tmp_path / "head.tsv"
+    head.write_text("Source\tTARGET\tid\n你好\tHello\th1\n", encoding="utf-8")
+    (pair,) = read_pairs(head, src_field="source", tgt_field="target")
+    assert (pair.id, pair.src, pair.tgt, pair.extra) == ("h1", "你好", "Hello", {})
+    assert pair.to_record() == {"id": "h1", "source": "你好", "target": "Hello"}
+    # with the default names that header is a data line, as before
+    assert read_pairs(head)[0].src == "Source"
+    notab = tmp_path / "notab.tsv"
+    notab.write_text("a\tb\nno tab\n", encoding="utf-8")
+    with pytest.raises(PairsError, match=r":2: field 'target': missing \(no tab"):
+        read_pairs(notab, src_field="source", tgt_field="target")
+
+
+@pytest.mark.parametrize(
+    ("kw", "what"),
+    [
+        ({"src_field": ""}, r"src_field='' \(--src-field\): must be a non-empty"),
+        ({"tgt_field": None}, r"tgt_field=None \(--tgt-field\)"),
+        ({"src_field": "id"}, r"src_field='id' .*reserved"),
+        ({"tgt_field": "src_lang"}, r"tgt_field='src_lang' .*reserved"),
+        ({"src_field": "x", "tgt_field": "x"}, r"both 'x'"),
+        ({"src_lang": 5}, r"src_lang=5 \(--src-lang\)"),
+    ],
+)
+def test_bad_field_and_language_options(tmp_path, kw, what):
+    path = _jsonl(tmp_path / "ok.jsonl", _rec(1))
+    with pytest.raises(UsageError, match=what):
+        read_pairs(path, **kw)
+
+
+def test_default_languages_apply_only_where_missing(tmp_path):
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("你好\tHello\n", encoding="utf-8")
+    assert read_pairs(tsv)[0].src_lang is None  # unchanged without the options
+    (pair,) = read_pairs(tsv, src_lang="zh", tgt_lang="en")
+    assert (pair.src_lang, pair.tgt_lang) == ("zh", "en")
+    # the languages given are written out, so the output says what it holds
+    assert pair.to_record() == {
+        "id": "p-1",
+        "src_lang": "zh",
+        "tgt_lang": "en",
+        "src": "你好",
+        "tgt": "Hello",
+    }
+    path = _jsonl(
+        tmp_path / "l.jsonl",
+        _rec(1, src_lang="de"),  # its own src_lang wins, tgt_lang from the option
+        _rec(2, src_lang="", tgt_lang="fr"),  # empty counts as none
+        _rec(3),
+    )
+    pairs = read_pairs(path, src_lang="zh", tgt_lang="en")
+    assert [(p.src_lang, p.tgt_lang) for p in pairs] == [("de", "en"), ("zh", "fr"), ("zh", "en")]
+    bad = _jsonl(tmp_path / "b.jsonl", _rec(1, src_lang=7))
+    with pytest.raises(PairsError, match=r":1: field 'src_lang': expected a string"):
+        read_pairs(bad, src_lang="zh")  # a default does not hide a bad value
+
+
+# --- noise labels -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "noise"),
+    [
+        ("clean", False),
+        (" Clean ", False),
+        ("misaligned", True),
+        ("wrong_language", True),
+        ("true", True),
+        ("TRUE", True),
+        ("false", False),
+        ("1", True),
+        ("0", False),
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        (1.0, True),
+        (0.0, False),
+    ],
+)
+def test_is_noise_accepts(value, noise):
+    assert is_noise(value, "pool.jsonl:3") is noise
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", 2, -1, 0.5, float("nan"), ["clean"], {"k": 1}])
+def test_is_noise_rejects_with_where_and_value(value):
+    with pytest.raises(UsageError) as exc:
+        is_noise(value, "pool.jsonl:3")
+    msg = str(exc.value)
+    assert msg.startswith("pool.jsonl:3: noise label ")
+    assert repr(value) in msg
+    assert "'clean'" in msg  # says what a label may be
+
+
+def test_check_label_field(tmp_path):
+    path = _jsonl(
+        tmp_path / "pool.jsonl",
+        _rec(1, noise="clean"),
+        _rec(2, noise="misaligned"),
+        _rec(3, noise=True),
+        _rec(4, noise=0),
+    )
+    pairs = read_pairs(path)
+    assert check_label_field(pairs, "noise", str(path)) == [False, True, True, False]
+    assert check_label_field([], "noise", str(path)) == []
+
+    missing = _jsonl(
+        tmp_path / "miss.jsonl", _rec(1, noise="clean"), "", {"src": "a", "tgt": "b", "k": 1}
+    )
+    with pytest.raises(UsageError) as exc:
+        check_label_field(read_pairs(missing), "noise", str(missing))
+    msg = str(exc.value)
+    assert msg.startswith(f"{missing}:3: field 'noise': missing; fields found: id, src, tgt, k;")
+    assert "--label-field" in msg
+
+    bad = _jsonl(tmp_path / "bad.jsonl", _rec(1, label="clean"), _rec(2, label=0.5))
+    with pytest.raises(UsageError) as exc:
+        check_label_field(read_pairs(bad), "label", str(bad))
+    msg = str(exc.value)
+    assert msg.startswith(f"{bad}:2: field 'label': noise label 0.5 ")
+    assert "fields found: id, src, tgt, label" in msg
+
+    null = _jsonl(tmp_path / "null.jsonl", _rec(1, noise=None))
+    with pytest.raises(UsageError, match=r"null\.jsonl:1: field 'noise': null; fields found"):
+        check_label_field(read_pairs(null), "noise", str(null))
+    # pairs made in code have no line: the id names them
+    with pytest.raises(UsageError, match=r"^mem: pair 'x': field 'noise': missing"):
+        check_label_field([Pair(id="x", src="a", tgt="b")], "noise", "mem")
+    # a label may live in any field, not only extra; names follow the input's
+    st = _jsonl(tmp_path / "st.jsonl", {"source": "a", "target": "b", "tgt_lang": "en"})
+    st_pairs = read_pairs(st, src_field="source", tgt_field="target")
+    with pytest.raises(UsageError, match=r"fields found: id, tgt_lang, source, target"):
+        check_label_field(st_pairs, "noise", str(st))
+    assert check_label_field(st_pairs, "tgt_lang", str(st)) == [True]  # 'en': some kind
+
+
+# --- seeds vs pool ------------------------------------------------------------------------------
+
+
+def _pairs(prefix: str, n: int, langs=("zh", "en"), **kw) -> list[Pair]:
+    return [
+        Pair(f"{prefix}{i}", f"{prefix}源{i}", f"{prefix} t{i}", *langs, **kw) for i in range(n)
+    ]
+
+
+def test_compare_seeds_pool_clean_case_has_no_warnings():
+    assert compare_seeds_pool(_pairs("s", 3), _pairs("p", 10)) == []
+    # no languages on one side: nothing to compare
+    assert compare_seeds_pool(_pairs("s", 3, (None, None)), _pairs("p", 5, ("en", "zh"))) == []
+
+
+def test_compare_seeds_pool_direction():
+    seeds = _pairs("s", 3, ("zh", "en")) + _pairs("x", 1, ("en", "zh"))
+    pool = (
+        _pairs("p", 4, ("en", "zh")) + _pairs("q", 1, ("zh", "en")) + _pairs("n", 2, (None, None))
+    )
+    (msg,) = compare_seeds_pool(seeds, pool)
+    assert "zh->en (3 of 4" in msg and "en->zh (4 of 5)" in msg
+    assert msg.index("zh->en") < msg.index("en->zh")  # seeds first, then the pool
+    # same most common direction: no warning even though both are mixed
+    assert (
+        compare_seeds_pool(seeds, _pairs("p", 4, ("zh", "en")) + _pairs("q", 1, ("en", "zh"))) == []
+    )
+
+
+def test_compare_seeds_pool_overlap():
+    seeds = _pairs("s", 8)
+    pool = _pairs("p", 20)
+    # 7 seeds copied into the pool, two with extra whitespace, one under the same id
+    for i in range(7):
+        src, tgt = seeds[i].src, seeds[i].tgt
+        if i < 2:
+            src, tgt = f"  {src}\n", f"{tgt} "
+        pool.append(Pair("s0" if i == 0 else f"dup{i}", src, tgt, "zh", "en"))
+    pool.append(Pair("near", seeds[7].src, seeds[7].tgt + "!", "zh", "en"))  # not the same
+    (msg,) = compare_seeds_pool(seeds, pool)
+    assert msg.startswith("7 of 8 seed pairs also occur in the pool")
+    assert "'s0', 's1' (pool 'dup1'), 's2' (pool 'dup2')" in msg
+    assert "'s4' (pool 'dup4') and 2 more" in msg and "'s5'" not in msg
+    (one,) = compare_seeds_pool(seeds[:1], pool)
+    assert one.startswith("1 of 1 seed pairs") and "more" not in one
 
 
 # --- demo builder -------------------------------------------------------------------------------

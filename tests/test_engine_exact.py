@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_models import ARCHES, tiny_model, toy_pairs
+from helpers_models import ARCHES, engine_config, tiny_model, toy_pairs
 
 from gdig.engine import (
-    EngineConfig,
     encode_pair,
     fit_factors,
     prepare_seeds,
@@ -87,7 +86,7 @@ def test_exact_mode_matches_dense_float64(arch, method, tmp_path):
     model, tok = tiny_model(arch, dtype=torch.float64)
     pool = toy_pairs(14, seed=1)
     fit_set, seed_set, cands = pool, pool[:3], pool[3:11]
-    cfg = EngineConfig(
+    cfg = engine_config(
         layers=PATTERN, exact=True, method=method, factor_samples=0, batch_size=5,
         export_benefit_matrix=True,
     )  # fmt: skip
@@ -132,7 +131,7 @@ def test_exact_float64_benefit_before_float32_store(tmp_path):
 
     model, tok = tiny_model("llama", dtype=torch.float64)
     pool = toy_pairs(12, seed=2)
-    cfg = EngineConfig(layers=PATTERN, exact=True, factor_samples=0, batch_size=4)
+    cfg = engine_config(layers=PATTERN, exact=True, factor_samples=0, batch_size=4)
     factors = fit_factors(model, tok, pool, cfg, progress=False)
     seeds = prepare_seeds(model, tok, pool[:4], factors, cfg, progress=False)
     proj = make_projections(seeds.layers, 1, 1, 0, exact=True)

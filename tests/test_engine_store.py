@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers_models import tiny_model, toy_pairs
+from helpers_models import engine_config, tiny_model, toy_pairs, with_options
 
 import gdig_ext
 from gdig.engine import (
-    EngineConfig,
     GradStore,
     fit_factors,
     prepare_seeds,
@@ -27,7 +26,7 @@ PATTERN = r"mlp\.down_proj$"
 def scored(tmp_path_factory):
     model, tok = tiny_model("llama", hidden=16, inter=48)
     pool = toy_pairs(23, seed=11)
-    cfg = EngineConfig(layers=PATTERN, factor_samples=16, k_in=8, k_out=4, rank=4, top_k=3)
+    cfg = engine_config(layers=PATTERN, factor_samples=16, k_in=8, k_out=4, rank=4, top_k=3)
     factors = fit_factors(model, tok, pool, cfg, progress=False)
     seeds = prepare_seeds(model, tok, pool[:5], factors, cfg, progress=False)
     root = tmp_path_factory.mktemp("store")
@@ -99,7 +98,7 @@ def test_resume_skips_good_shards_and_redoes_bad_ones(scored):
     assert redone == ["shard-00002"]
     assert store.n == 23
     # A different configuration invalidates every shard.
-    cfg2 = EngineConfig(**{**cfg.to_dict(), "top_k": 2})
+    cfg2 = with_options(cfg, top_k=2)
     score_candidates(model, tok, pool, seeds, cfg2, root, shard_size=7, progress=False)
     again = {p: p.stat().st_mtime_ns for p in root.glob("shard-*/benefit.npy")}
     assert all(again[p] != after[p] for p in after)

@@ -1,14 +1,30 @@
-"""CPU tests of the compiled ops: each against its reference and a float64 oracle.
+"""Tests of the compiled ops on every device: against a float64 oracle, the reference and,
+on CUDA, the CPU kernel.
 
-The oracle is written from the definitions in METHOD.md, not from the reference:
-it forms every per-example gradient G_b = sum_t mask[b,t] g_t a_t^T explicitly in
-float64 and then applies P_out^T G P_in, sum_k u_k^T G v_k, (Q_S^T G Q_A)^2 and
-cand @ seeds^T. Low-precision inputs are rounded first and the oracle is fed the
-same rounded values, so the bounds below measure only the ops' own error.
+Each test body runs on the CPU and, as its ``cuda`` case, on the GPU: CUDA cases carry the
+``cuda`` marker (conftest skips them when torch sees no GPU) and are skipped as well when a
+GPU is visible but gdig_ext was built without its CUDA kernels (rebuild with GDIG_CUDA=1).
+score_stats has a third placement, ``cuda-streamed``: ``cand`` stays on the CPU (e.g. a
+memory-mapped pool) and is streamed to seeds on the GPU.
 
-Relative error is ||x - y|| / ||y|| over the whole output, with the oracle as y.
-Each bound is a few times the error of the reference itself at that dtype: an
-fp32-accumulated sum of rounded bf16/fp16 products, or a plain float64/float32 sum.
+The oracle is written from the definitions in METHOD.md, not from the reference or the
+kernels: it forms every per-example gradient G_b = sum_t mask[b,t] g_t a_t^T explicitly in
+float64 (on the inputs' device, so the large CUDA cases stay fast) and then applies
+P_out^T G P_in, sum_k u_k^T G v_k, (Q_S^T G Q_A)^2 and cand @ seeds^T. Low-precision inputs
+are rounded first and the oracle is fed the same rounded values, so the bounds measure only
+the ops' own error.
+
+Relative error is ||x - y|| / ||y|| over the whole output, with the oracle as y. Each bound
+(helpers_ops.REL_TOL) is a few times the error of the reference itself at that dtype: an
+fp32-accumulated sum of rounded bf16/fp16 products, or a plain float64/float32 sum. It is
+dominated by rounding each GEMM's output to the input dtype, which cuBLAS and the CPU share;
+fp32 assumes TF32 is off (torch's default). Compiled op, reference and CPU kernel each sit
+within the bound of the oracle, so of each other within twice it.
+
+Shapes under "several tiles" are derived from each backend's tile budget (kTileElems: 2^22
+values in csrc/*.cpp, 2^25 in csrc/cuda/cuda_utils.cuh) so that every loop of the kernels
+runs more than once and ends on a partial tile. If a budget changes, these still pass but
+may stop covering the tile edges: update the numbers with it.
 """
 
 from __future__ import annotations
@@ -31,12 +47,13 @@ from helpers_ops import (
     TOKEN_SHAPES,
     acc_dtype,
     assert_close,
+    assert_close_nan,
     check_score_stats,
     oracle_ekfac,
-    oracle_grads,
     oracle_lowrank,
     oracle_project,
     oracle_scores,
+    orthogonal,
     rand,
     token_inputs,
 )
@@ -44,13 +61,44 @@ from helpers_ops import (
 import gdig_ext
 from gdig_ext import reference
 
-# Compiled and reference each sit within REL_TOL of the oracle, so of each other within twice it.
+# Compiled, reference and CPU kernel each sit within REL_TOL of the oracle: of each other
+# within twice it.
 REL_TOL_VS_REF = {dt: 2 * tol for dt, tol in REL_TOL.items()}
 
+# Without a GPU conftest skips every `cuda` case ("no CUDA device visible"); with one, a
+# build that lacks the CUDA kernels would fail them all in the dispatcher instead.
+CUDA_MARKS = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        torch.cuda.is_available() and not gdig_ext.cuda_available(),
+        reason="gdig_ext was built without its CUDA kernels (rebuild with GDIG_CUDA=1)",
+    ),
+]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_MARKS)]
+ONLY_CUDA = [pytest.param("cuda", marks=CUDA_MARKS)]
+# score_stats: (cand's device, seeds' device); outputs live on seeds' device.
+PLACEMENTS = [
+    pytest.param(("cpu", "cpu"), id="cpu"),
+    pytest.param(("cuda", "cuda"), id="cuda", marks=CUDA_MARKS),
+    pytest.param(("cpu", "cuda"), id="cuda-streamed", marks=CUDA_MARKS),
+]
+NAN = float("nan")
 
-def orthogonal(d: int, dtype: torch.dtype) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=F64))
-    return q.to(dtype)
+
+def on_cpu(args) -> tuple:
+    """The same inputs on the CPU, to run the CPU kernel on them."""
+    return tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def load_pool(path, n: int, d: int, mmap_mode: str = "r") -> torch.Tensor:
+    """An [n,d] float32 pool saved with np.save, memory-mapped back as the pipeline does."""
+    np.save(path, torch.randn(n, d).numpy())
+    arr = np.load(path, mmap_mode=mmap_mode)
+    assert isinstance(arr, np.memmap)
+    with warnings.catch_warnings():
+        # mode "r" is read-only: torch warns that writes would be undefined; the op only reads.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
 
 
 # ---------------------------------------------------------------- project_grads
@@ -59,23 +107,28 @@ def orthogonal(d: int, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", range(len(TOKEN_SHAPES)))
-def test_project_grads_matches_oracle_and_reference(case, dtype, mask_kind):
+@pytest.mark.parametrize("device", DEVICES)
+def test_project_grads_matches_oracle_and_reference(device, case, dtype, mask_kind):
     b, t, d_in, d_out = TOKEN_SHAPES[case]
     k_in, k_out = PROJ_K[case]
-    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, mask_kind)
-    p_in = rand(d_in, k_in, dtype=dtype, scale=k_in**-0.5)
-    p_out = rand(d_out, k_out, dtype=dtype, scale=k_out**-0.5)
+    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, mask_kind, device=device)
+    p_in = rand(d_in, k_in, dtype=dtype, scale=k_in**-0.5, device=device)
+    p_out = rand(d_out, k_out, dtype=dtype, scale=k_out**-0.5, device=device)
     args = (acts, out_grads, mask, p_in, p_out)
 
     got = gdig_ext.project_grads(*args)
     ref = reference.project_grads(*args)
     want = oracle_project(*args)
 
+    assert got.device == acts.device
     assert got.dtype == acc_dtype(dtype)
     assert got.shape == (b, k_out, k_in)
     assert_close(got, want, REL_TOL[dtype], "project_grads vs oracle")
     assert_close(ref, want, REL_TOL[dtype], "reference.project_grads vs oracle")
     assert_close(got, ref, REL_TOL_VS_REF[dtype], "project_grads vs reference")
+    if device != "cpu":
+        cpu = gdig_ext.project_grads(*on_cpu(args))
+        assert_close(got, cpu, REL_TOL_VS_REF[dtype], "project_grads vs the CPU kernel")
     if b >= 3:
         assert (got[1] == 0).all(), "a fully padded example must give a zero gradient"
 
@@ -86,23 +139,28 @@ def test_project_grads_matches_oracle_and_reference(case, dtype, mask_kind):
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", range(len(TOKEN_SHAPES)))
-def test_lowrank_benefit_matches_oracle_and_reference(case, dtype, mask_kind):
+@pytest.mark.parametrize("device", DEVICES)
+def test_lowrank_benefit_matches_oracle_and_reference(device, case, dtype, mask_kind):
     b, t, d_in, d_out = TOKEN_SHAPES[case]
     s, r = LOWRANK_SR[case]
-    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, mask_kind)
-    u = rand(s, r, d_out, dtype=dtype, scale=d_out**-0.5)
-    v = rand(s, r, d_in, dtype=dtype, scale=d_in**-0.5)
+    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, mask_kind, device=device)
+    u = rand(s, r, d_out, dtype=dtype, scale=d_out**-0.5, device=device)
+    v = rand(s, r, d_in, dtype=dtype, scale=d_in**-0.5, device=device)
     args = (acts, out_grads, mask, u, v)
 
     got = gdig_ext.lowrank_benefit(*args)
     ref = reference.lowrank_benefit(*args)
     want = oracle_lowrank(*args)
 
+    assert got.device == acts.device
     assert got.dtype == acc_dtype(dtype)
     assert got.shape == (b, s)
     assert_close(got, want, REL_TOL[dtype], "lowrank_benefit vs oracle")
     assert_close(ref, want, REL_TOL[dtype], "reference.lowrank_benefit vs oracle")
     assert_close(got, ref, REL_TOL_VS_REF[dtype], "lowrank_benefit vs reference")
+    if device != "cpu":
+        cpu = gdig_ext.lowrank_benefit(*on_cpu(args))
+        assert_close(got, cpu, REL_TOL_VS_REF[dtype], "lowrank_benefit vs the CPU kernel")
     if b >= 3:
         assert (got[1] == 0).all(), "a fully padded example must have zero benefit"
 
@@ -113,13 +171,14 @@ def test_lowrank_benefit_matches_oracle_and_reference(case, dtype, mask_kind):
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", range(len(TOKEN_SHAPES)))
-def test_ekfac_accumulate_adds_in_place(case, dtype, mask_kind):
+@pytest.mark.parametrize("device", DEVICES)
+def test_ekfac_accumulate_adds_in_place(device, case, dtype, mask_kind):
     b, t, d_in, d_out = TOKEN_SHAPES[case]
-    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, mask_kind)
-    q_a, q_s = orthogonal(d_in, dtype), orthogonal(d_out, dtype)
+    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, mask_kind, device=device)
+    q_a, q_s = orthogonal(d_in, dtype, device), orthogonal(d_out, dtype, device)
     # Pre-filled, of the same order as one call's contribution, so that an op that
     # overwrites lam instead of adding to it fails.
-    lam0 = torch.rand(d_out, d_in, dtype=acc_dtype(dtype)) * t * b + 1.0
+    lam0 = torch.rand(d_out, d_in, dtype=acc_dtype(dtype), device=device) * t * b + 1.0
     args = (acts, out_grads, mask, q_a, q_s)
 
     lam = lam0.clone()
@@ -127,25 +186,31 @@ def test_ekfac_accumulate_adds_in_place(case, dtype, mask_kind):
     assert gdig_ext.ekfac_accumulate(*args, lam) is None
     lam_ref = lam0.clone()
     reference.ekfac_accumulate(*args, lam_ref)
-    want = lam0.to(F64) + oracle_ekfac(*args)
+    increment = oracle_ekfac(*args)
+    want = lam0.to(F64) + increment
 
-    assert lam.data_ptr() == ptr and lam.dtype == acc_dtype(dtype)
+    assert lam.data_ptr() == ptr and lam.device == acts.device and lam.dtype == acc_dtype(dtype)
     assert_close(lam, want, REL_TOL[dtype], "ekfac_accumulate vs oracle")
     assert_close(lam_ref, want, REL_TOL[dtype], "reference.ekfac_accumulate vs oracle")
     assert_close(lam, lam_ref, REL_TOL_VS_REF[dtype], "ekfac_accumulate vs reference")
     # The increment alone, so that a large lam0 cannot hide an error in it.
     assert_close(
         lam.to(F64) - lam0.to(F64),
-        oracle_ekfac(*args),
+        increment,
         2 * REL_TOL[dtype] if dtype != F64 else 1e-9,
         "ekfac_accumulate increment vs oracle",
     )
+    if device != "cpu":
+        lam_cpu = lam0.cpu()
+        gdig_ext.ekfac_accumulate(*on_cpu(args), lam_cpu)
+        assert_close(lam, lam_cpu, REL_TOL_VS_REF[dtype], "ekfac_accumulate vs the CPU kernel")
 
 
-def test_ekfac_accumulate_twice_is_sum_of_batches():
-    acts, out_grads, mask = token_inputs(4, 12, 33, 20, F32, "bool")
-    q_a, q_s = orthogonal(33, F32), orthogonal(20, F32)
-    lam = torch.zeros(20, 33)
+@pytest.mark.parametrize("device", DEVICES)
+def test_ekfac_accumulate_twice_is_sum_of_batches(device):
+    acts, out_grads, mask = token_inputs(4, 12, 33, 20, F32, "bool", device=device)
+    q_a, q_s = orthogonal(33, F32, device), orthogonal(20, F32, device)
+    lam = torch.zeros(20, 33, device=device)
     gdig_ext.ekfac_accumulate(acts[:2], out_grads[:2], mask[:2], q_a, q_s, lam)
     gdig_ext.ekfac_accumulate(acts[2:], out_grads[2:], mask[2:], q_a, q_s, lam)
     want = oracle_ekfac(acts, out_grads, mask, q_a, q_s)
@@ -156,8 +221,8 @@ def test_ekfac_accumulate_twice_is_sum_of_batches():
 
 
 # (N, S, D, k): single everything, odd sizes, then two cases that span several row tiles
-# of the CPU kernel (csrc/score_stats.cpp holds 2^22 scores per tile), the last also past
-# the reference's 65536-row chunk.
+# of the CPU kernel (2^22 scores per tile), the last also past the reference's 65536-row
+# chunk.
 SCORE_SHAPES = [
     (1, 1, 1, 1),
     (37, 5, 33, 3),
@@ -169,25 +234,31 @@ SCORE_SHAPES = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SCORE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_score_stats_matches_oracle_and_reference(shape, dtype):
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_matches_oracle_and_reference(placement, shape, dtype):
+    cand_on, dev = placement
     n, s, d, k = shape
-    cand, seeds = rand(n, d, dtype=dtype), rand(s, d, dtype=dtype)
+    cand, seeds = rand(n, d, dtype=dtype, device=cand_on), rand(s, d, dtype=dtype, device=dev)
     got = gdig_ext.score_stats(cand, seeds, k)
     ref = reference.score_stats(cand, seeds, k)
     tol = REL_TOL[dtype]
     check_score_stats(got, cand, seeds, k, tol, exact_npos=False)
     check_score_stats(ref, cand, seeds, k, tol, exact_npos=False)
     # n_pos was checked against the oracle above, with its rounding slack.
-    for name, x, y in zip(["mean", "min", "top-k values"], got[1:4], ref[1:4], strict=True):
-        assert_close(x, y, REL_TOL_VS_REF[dtype], f"score_stats {name} vs reference")
+    others = [("reference", ref)]
+    if dev != "cpu":
+        others.append(("the CPU kernel", gdig_ext.score_stats(cand.cpu(), seeds.cpu(), k)))
+    for who, other in others:
+        for name, x, y in zip(["mean", "min", "top-k values"], got[1:4], other[1:4], strict=True):
+            assert_close(x, y, REL_TOL_VS_REF[dtype], f"score_stats {name} vs {who}")
 
 
 def half_integer_inputs(
-    n: int, s: int, d: int, dtype: torch.dtype
+    n: int, s: int, d: int, dtype: torch.dtype, cand_on: str, dev: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Small integers plus a column giving every score a +0.5: exact in float32/64, never 0."""
-    cand = torch.randint(-2, 3, (n, d + 1)).to(dtype)
-    seeds = torch.randint(-2, 3, (s, d + 1)).to(dtype)
+    cand = torch.randint(-2, 3, (n, d + 1)).to(cand_on, dtype)
+    seeds = torch.randint(-2, 3, (s, d + 1)).to(dev, dtype)
     cand[:, -1] = 1.0
     seeds[:, -1] = 0.5
     return cand, seeds
@@ -195,9 +266,10 @@ def half_integer_inputs(
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=str)
 @pytest.mark.parametrize("shape", SCORE_SHAPES[1:], ids=lambda s: "x".join(map(str, s)))
-def test_score_stats_n_pos_exact(shape, dtype):
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_n_pos_exact(placement, shape, dtype):
     n, s, d, k = shape
-    cand, seeds = half_integer_inputs(n, s, d, dtype)
+    cand, seeds = half_integer_inputs(n, s, d, dtype, *placement)
     got = gdig_ext.score_stats(cand, seeds, k)
     check_score_stats(got, cand, seeds, k, REL_TOL[dtype], exact_npos=True)
     assert torch.equal(got[0], reference.score_stats(cand, seeds, k)[0])
@@ -207,20 +279,29 @@ def test_score_stats_n_pos_exact(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=str)
-def test_score_stats_k_zero_and_k_equals_s(dtype):
-    cand, seeds = rand(50, 24, dtype=dtype), rand(9, 24, dtype=dtype)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_k_zero_and_k_equals_s(placement, dtype):
+    cand_on, dev = placement
+    cand, seeds = rand(50, 24, dtype=dtype, device=cand_on), rand(9, 24, dtype=dtype, device=dev)
     tol = REL_TOL[dtype]
-    check_score_stats(gdig_ext.score_stats(cand, seeds, 0), cand, seeds, 0, tol, False)
+    none = gdig_ext.score_stats(cand, seeds, 0)
+    check_score_stats(none, cand, seeds, 0, tol, False)
     full = gdig_ext.score_stats(cand, seeds, 9)
     check_score_stats(full, cand, seeds, 9, tol, False)
     # k = S lists every seed once.
-    assert torch.equal(full[4].sort(dim=1).values, torch.arange(9).expand(50, 9))
+    assert torch.equal(full[4].sort(dim=1).values.cpu(), torch.arange(9).expand(50, 9))
+    # k only adds the top-k: the other statistics do not depend on it.
+    for name, x, y in zip(["n_pos", "mean", "min"], none[:3], full[:3], strict=True):
+        assert torch.equal(x, y), f"score_stats {name} differs between k=0 and k=S"
 
 
 @pytest.mark.parametrize("k", [0, 3])
 @pytest.mark.parametrize("dtype", [F64, F32, BF16], ids=str)
-def test_score_stats_empty_pool(dtype, k):
-    cand, seeds = torch.empty(0, 16, dtype=dtype), rand(5, 16, dtype=dtype)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_empty_pool(placement, dtype, k):
+    cand_on, dev = placement
+    cand = torch.empty(0, 16, dtype=dtype, device=cand_on)
+    seeds = rand(5, 16, dtype=dtype, device=dev)
     got = gdig_ext.score_stats(cand, seeds, k)
     check_score_stats(got, cand, seeds, k, REL_TOL[dtype], exact_npos=True)
     for name, x, y in zip(
@@ -229,92 +310,165 @@ def test_score_stats_empty_pool(dtype, k):
         reference.score_stats(cand, seeds, k),
         strict=True,
     ):
-        assert x.shape == y.shape and x.dtype == y.dtype, (
+        assert x.shape == y.shape and x.dtype == y.dtype and x.device == y.device, (
             f"empty pool: {name} differs from reference"
         )
 
 
+@pytest.mark.parametrize("where", ["cand-rows", "seed"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_nan_scores(placement, dtype, where):
+    """NaN scores follow torch, like the reference: a row holding one has mean and min NaN,
+    n_pos counts only scores > 0, and top-k ranks NaN above every number.
+
+    "cand-rows": a NaN feature in two candidates makes their whole rows NaN (the others
+    stay finite); "seed": a NaN feature in one seed puts one NaN in every row."""
+    cand_on, dev = placement
+    n, s, d, k = 37, 9, 16, 4
+    cand, seeds = rand(n, d, dtype=dtype, device=cand_on), rand(s, d, dtype=dtype, device=dev)
+    if where == "cand-rows":
+        cand[[3, n - 1], 5] = NAN
+    else:
+        seeds[2, 0] = NAN
+    sc = oracle_scores(cand, seeds)
+    nan_rows = sc.isnan().any(dim=1)
+    assert nan_rows.sum() == (2 if where == "cand-rows" else n)  # the inputs do what we say
+
+    tol = REL_TOL[dtype]
+    got = gdig_ext.score_stats(cand, seeds, k)
+    ref = reference.score_stats(cand, seeds, k)
+    check_score_stats(got, cand, seeds, k, tol, exact_npos=False)
+    check_score_stats(ref, cand, seeds, k, tol, exact_npos=False)
+    _, mean, mn, tv, ti = got
+    assert torch.equal(mn.isnan(), nan_rows), "min must be NaN exactly in rows with a NaN score"
+    assert torch.equal(mean.isnan(), nan_rows), "mean must be NaN exactly in rows with a NaN"
+    assert tv[:, 0].isnan().equal(nan_rows), "top-1 must be the NaN score of its row"
+    if where == "seed":
+        assert (ti[:, 0] == 2).all(), "top-1 must point at the NaN seed"
+    others = [("reference", ref)]
+    if dev != "cpu":
+        others.append(("the CPU kernel", gdig_ext.score_stats(cand.cpu(), seeds.cpu(), k)))
+    for who, other in others:
+        for name, x, y in zip(["mean", "min", "top-k values"], got[1:4], other[1:4], strict=True):
+            assert_close_nan(x, y, REL_TOL_VS_REF[dtype], f"score_stats {name} vs {who}")
+
+
 @pytest.mark.parametrize("mmap_mode", ["r", "c"])
-def test_score_stats_memmapped_pool(tmp_path, mmap_mode):
-    """A pool saved with np.save is scored straight from the file, as the pipeline does."""
-    n, s, d, k = 5000, 40, 48, 5
+@pytest.mark.parametrize("device", DEVICES)
+def test_score_stats_memmapped_pool(tmp_path, device, mmap_mode):
+    """A pool saved with np.save is scored straight from the file, as the pipeline does
+    (streamed tile by tile to the GPU when seeds are there)."""
+    n, s, d, k = 5000, 40, 48, 5  # one tile on each backend, however the pool is held
     path = tmp_path / "pool.npy"
-    np.save(path, torch.randn(n, d).numpy())
-    arr = np.load(path, mmap_mode=mmap_mode)
-    assert isinstance(arr, np.memmap)
-    with warnings.catch_warnings():
-        # mode "r" is read-only: torch warns that writes would be undefined; the op only reads.
-        warnings.simplefilter("ignore", UserWarning)
-        cand = torch.from_numpy(arr)
-    seeds = torch.randn(s, d)
+    cand = load_pool(path, n, d, mmap_mode)
+    before = cand.clone()
+    seeds = torch.randn(s, d, device=device)
     got = gdig_ext.score_stats(cand, seeds, k)
     check_score_stats(got, cand, seeds, k, REL_TOL[F32], exact_npos=False)
-    in_memory = gdig_ext.score_stats(cand.clone(), seeds, k)
+    # The same pool in RAM on the CPU, in the GPU's memory on CUDA: the same tile, the same
+    # GEMM, so the same bits.
+    in_memory = gdig_ext.score_stats(cand.clone().to(device), seeds, k)
     for x, y in zip(got, in_memory, strict=True):
-        assert torch.equal(x, y), "a memory-mapped pool must score exactly as the same pool in RAM"
-    assert np.array_equal(np.load(path), arr), "the op wrote into the pool file"
+        assert torch.equal(x, y), "a memory-mapped pool must score exactly as the same pool held"
+    assert torch.equal(cand, before), "the op wrote into the pool"
+    assert np.array_equal(np.load(path), before.numpy()), "the op wrote into the pool file"
+
+
+@pytest.mark.parametrize("device", ONLY_CUDA)
+def test_score_stats_pinned_pool_is_read_before_return(device):
+    """A pinned, contiguous pool is sent to the GPU straight from the caller's buffer: the op
+    must not return while that copy may still be reading it. The pool is overwritten with
+    NaN right after the call, with no synchronisation: a copy still in flight would carry
+    NaN into the scores of its tile. (A race can only be caught, not ruled out, by a test:
+    the last of several tiles queues its copy behind the GEMM and top-k of the one before,
+    so without the wait the op would return long before that copy ends.)"""
+    n, s, d, k = 20_000, 4096, 64, 7  # three tiles, as in test_score_stats_several_tiles
+    cand = torch.randn(n, d).pin_memory()
+    assert cand.is_pinned() and cand.is_contiguous()
+    kept = cand.clone()
+    seeds = rand(s, d, dtype=F32, device=device)
+    got = gdig_ext.score_stats(cand, seeds, k)
+    cand.fill_(NAN)
+    check_score_stats(got, kept, seeds, k, REL_TOL[F32])
 
 
 # ---------------------------------------------------------------- layouts and edges
 
 
 @pytest.mark.parametrize("b,t", [(0, 5), (3, 0)], ids=["B=0", "T=0"])
-def test_token_ops_empty_batch_or_sequence(b, t):
-    acts, out_grads = torch.randn(b, t, 6), torch.randn(b, t, 4)
-    mask = torch.ones(b, t, dtype=torch.bool)
-    proj = gdig_ext.project_grads(acts, out_grads, mask, torch.randn(6, 3), torch.randn(4, 2))
-    assert proj.shape == (b, 2, 3) and (proj == 0).all()
-    benefit = gdig_ext.lowrank_benefit(
-        acts, out_grads, mask, torch.randn(5, 2, 4), torch.randn(5, 2, 6)
-    )
-    assert benefit.shape == (b, 5) and (benefit == 0).all()
-    lam = torch.full((4, 6), 2.0)
-    gdig_ext.ekfac_accumulate(acts, out_grads, mask, torch.randn(6, 6), torch.randn(4, 4), lam)
+@pytest.mark.parametrize("device", DEVICES)
+def test_token_ops_empty_batch_or_sequence(device, b, t):
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device)
+
+    acts, out_grads = randn(b, t, 6), randn(b, t, 4)
+    mask = torch.ones(b, t, dtype=torch.bool, device=device)
+    proj = gdig_ext.project_grads(acts, out_grads, mask, randn(6, 3), randn(4, 2))
+    assert proj.device == acts.device and proj.shape == (b, 2, 3) and (proj == 0).all()
+    benefit = gdig_ext.lowrank_benefit(acts, out_grads, mask, randn(5, 2, 4), randn(5, 2, 6))
+    assert benefit.device == acts.device and benefit.shape == (b, 5) and (benefit == 0).all()
+    lam = torch.full((4, 6), 2.0, device=device)
+    gdig_ext.ekfac_accumulate(acts, out_grads, mask, randn(6, 6), randn(4, 4), lam)
     assert (lam == 2.0).all(), "nothing to accumulate must leave lam as it was"
 
 
-def test_token_ops_accept_non_contiguous_inputs():
-    """Strided views (a feature slice, transposed projections) give the contiguous result."""
-    acts = torch.randn(3, 8, 12)[:, :, ::2]  # [3, 8, 6], stride 2 in d_in
-    out_grads = torch.randn(3, 4, 8).transpose(1, 2)  # [3, 8, 4]
-    mask = (torch.rand(8, 3) > 0.3).T
-    p_in, p_out = torch.randn(5, 6).T, torch.randn(2, 4).T
-    u, v = torch.randn(4, 2, 3).permute(2, 1, 0), torch.randn(2, 3, 6).transpose(0, 1)
-    q_a, q_s = torch.randn(6, 6).T, torch.randn(4, 4).T
-    c = [x.contiguous() for x in (acts, out_grads, mask)]
+@pytest.mark.parametrize("device", DEVICES)
+def test_token_ops_accept_non_contiguous_inputs(device):
+    """Strided views (slices, transposes) are read as what they are, not as dense memory:
+    each op matches the oracle and its own result on contiguous copies."""
+    acts, out_grads, mask = token_inputs(4, 20, 40, 30, F32, device=device)
+    acts, mask = acts[:, ::2, :33], mask[:, ::2]  # [4, 10, 33], strided in T and d_in
+    out_grads = out_grads.transpose(1, 2)[..., ::2].transpose(1, 2)  # [4, 10, 30]
+
+    def r(*shape: int) -> torch.Tensor:
+        return rand(*shape, dtype=F32, device=device)
+
+    p_in, p_out = r(50, 33).T[:, ::10], r(6, 30).T  # [33, 5], [30, 6]
+    u, v = r(30, 4, 5).permute(2, 1, 0), r(5, 33, 4).transpose(1, 2)  # [5, 4, 30], [5, 4, 33]
+    q_a, q_s = r(33, 33).T, r(30, 60)[:, ::2]
+    for x in (acts, out_grads, mask, p_in, p_out, u, v, q_a, q_s):
+        assert not x.is_contiguous()
+    tok = (acts, out_grads, mask)
+    dense = tuple(x.contiguous() for x in tok)
     tol = REL_TOL[F32]
-    assert_close(
-        gdig_ext.project_grads(acts, out_grads, mask, p_in, p_out),
-        gdig_ext.project_grads(*c, p_in.contiguous(), p_out.contiguous()),
-        tol,
-        "project_grads on strided inputs",
-    )
-    assert_close(
-        gdig_ext.lowrank_benefit(acts, out_grads, mask, u, v),
-        gdig_ext.lowrank_benefit(*c, u.contiguous(), v.contiguous()),
-        tol,
-        "lowrank_benefit on strided inputs",
-    )
-    lam, lam_c = torch.zeros(4, 6), torch.zeros(4, 6)
-    gdig_ext.ekfac_accumulate(acts, out_grads, mask, q_a, q_s, lam)
-    gdig_ext.ekfac_accumulate(*c, q_a.contiguous(), q_s.contiguous(), lam_c)
-    assert_close(lam, lam_c, tol, "ekfac_accumulate on strided inputs")
+
+    got = gdig_ext.project_grads(*tok, p_in, p_out)
+    assert_close(got, oracle_project(*tok, p_in, p_out), tol, "project_grads on views")
+    want = gdig_ext.project_grads(*dense, p_in.contiguous(), p_out.contiguous())
+    assert_close(got, want, tol, "project_grads on views vs contiguous")
+
+    got = gdig_ext.lowrank_benefit(*tok, u, v)
+    assert_close(got, oracle_lowrank(*tok, u, v), tol, "lowrank_benefit on views")
+    want = gdig_ext.lowrank_benefit(*dense, u.contiguous(), v.contiguous())
+    assert_close(got, want, tol, "lowrank_benefit on views vs contiguous")
+
+    lam, lam_dense = torch.zeros(30, 33, device=device), torch.zeros(30, 33, device=device)
+    gdig_ext.ekfac_accumulate(*tok, q_a, q_s, lam)
+    assert_close(lam, oracle_ekfac(*tok, q_a, q_s), tol, "ekfac_accumulate on views")
+    gdig_ext.ekfac_accumulate(*dense, q_a.contiguous(), q_s.contiguous(), lam_dense)
+    assert_close(lam, lam_dense, tol, "ekfac_accumulate on views vs contiguous")
 
 
-def test_score_stats_accepts_non_contiguous_inputs():
-    cand, seeds = torch.randn(300, 40)[:, ::2], torch.randn(20, 7).T
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_accepts_non_contiguous_inputs(placement):
+    cand_on, dev = placement
+    cand = torch.randn(300, 40, device=cand_on)[:, ::2]  # [300, 20], stride 2 in D
+    seeds = torch.randn(20, 7, device=dev).T  # [7, 20]
+    assert not cand.is_contiguous() and not seeds.is_contiguous()
     got = gdig_ext.score_stats(cand, seeds, 4)
+    check_score_stats(got, cand, seeds, 4, REL_TOL[F32])
     want = gdig_ext.score_stats(cand.contiguous(), seeds.contiguous(), 4)
-    assert torch.equal(got[0], want[0])
-    for x, y in zip(got[1:4], want[1:4], strict=True):
-        assert_close(x, y, REL_TOL[F32], "score_stats on strided inputs")
+    for name, x, y in zip(["mean", "min", "top-k values"], got[1:4], want[1:4], strict=True):
+        assert_close(x, y, REL_TOL[F32], f"score_stats {name} on strided vs contiguous inputs")
 
 
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
-def test_float32_mask_with_low_precision_inputs(dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_mask_with_low_precision_inputs(device, dtype):
     """A 0/1 mask may come in any floating dtype, e.g. float32 from a collator."""
-    acts, out_grads, mask = token_inputs(4, 10, 9, 7, dtype, "bool")
-    p_in, p_out = rand(9, 3, dtype=dtype), rand(7, 2, dtype=dtype)
+    acts, out_grads, mask = token_inputs(4, 10, 9, 7, dtype, "bool", device=device)
+    p_in, p_out = rand(9, 3, dtype=dtype, device=device), rand(7, 2, dtype=dtype, device=device)
     assert torch.equal(
         gdig_ext.project_grads(acts, out_grads, mask.float(), p_in, p_out),
         gdig_ext.project_grads(acts, out_grads, mask, p_in, p_out),
@@ -322,74 +476,109 @@ def test_float32_mask_with_low_precision_inputs(dtype):
 
 
 # ---------------------------------------------------------------- several tiles
-# Shapes derived from the tile budgets in csrc/*.cpp (kTileElems) so that every loop of the
-# CPU kernels runs more than once and ends on a partial tile. If a budget changes, these
-# still pass but may stop covering the tile edges: update the numbers with it.
+# Per device, shapes that make every loop of that backend's kernel run more than once and
+# end on a partial tile (see the module docstring).
+
+# (B, T, d_in, d_out, k_in, k_out). CPU: 2^24 projected values per tile, one example holds
+# T*(k_in+k_out) = 6.1M: tiles of 2, 2, 1. CUDA: with T = 2048, 12.3M: tiles of 2, 2, 1.
+PROJECT_TILED = {"cpu": (5, 1024, 7, 5, 6000, 2), "cuda": (5, 2048, 7, 5, 6000, 2)}
+# (B, T, d_in, d_out, S, r). CPU: 2^22 values per tile, seeds per tile 2^22/(T*r*8) = 256 of
+# S = 300, then examples per tile 2^22/(T*256*r) = 8 of B = 10. CUDA: 2^25 values, seeds per
+# tile 2^25/(T*r*8) = 128 of 300, examples per tile 2^25/(T*128*r) = 8 of 20.
+LOWRANK_TILED = {"cpu": (10, 64, 20, 33, 300, 32), "cuda": (20, 512, 64, 48, 300, 64)}
+# (device, (B, T, d_in, d_out), dtype)
+EKFAC_TILED = [
+    # 2^22 values per tile: 1677 rows of d_out = 1700, one example at a time of B = 2.
+    pytest.param("cpu", (2, 8, 2500, 1700), F32, id="cpu-float32"),
+    pytest.param("cpu", (2, 8, 2500, 1700), BF16, id="cpu-bfloat16"),
+    # 2^25/d_in = 4096 rows per tile of 4100, one example at a time.
+    pytest.param("cuda", (3, 4, 8192, 4100), F32, id="cuda-row-tiles", marks=CUDA_MARKS),
+    # All rows; 2^25/(512*512 + 64*1024) = 102 examples per tile of 250.
+    pytest.param("cuda", (250, 64, 512, 512), F32, id="cuda-example-tiles", marks=CUDA_MARKS),
+]
+# (N, S, D, k). CPU: 2^22/S = 2796 rows per tile of 7000. CUDA: 2^25/(S+D) = 8065 rows per
+# tile of 20000 when streamed (the tile holds a copy of the candidates), 2^25/S = 8192 when
+# cand is on the GPU.
+SCORE_TILED = {"cpu": (7000, 1500, 16, 7), "cuda": (20_000, 4096, 64, 7)}
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
-def test_project_grads_several_tiles(dtype):
-    # 2^24 projected values per tile; one example holds T*(k_in+k_out) = 6.1M: tiles of 2, 2, 1.
-    b, t, d_in, d_out, k_in, k_out = 5, 1024, 7, 5, 6000, 2
-    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, "bool")
-    p_in = rand(d_in, k_in, dtype=dtype, scale=k_in**-0.5)
-    p_out = rand(d_out, k_out, dtype=dtype, scale=k_out**-0.5)
+@pytest.mark.parametrize("device", DEVICES)
+def test_project_grads_several_tiles(device, dtype):
+    b, t, d_in, d_out, k_in, k_out = PROJECT_TILED[device]
+    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, "bool", device=device)
+    p_in = rand(d_in, k_in, dtype=dtype, scale=k_in**-0.5, device=device)
+    p_out = rand(d_out, k_out, dtype=dtype, scale=k_out**-0.5, device=device)
     args = (acts, out_grads, mask, p_in, p_out)
     assert_close(gdig_ext.project_grads(*args), oracle_project(*args), REL_TOL[dtype], "tiled")
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
-def test_lowrank_benefit_several_tiles(dtype):
-    # 2^22 values per tile: seeds per tile 2^22/(T*r*8) = 256 of S = 300, then examples per
-    # tile 2^22/(T*256*r) = 8 of B = 10.
-    b, t, d_in, d_out, s, r = 10, 64, 20, 33, 300, 32
-    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, "float")
-    u = rand(s, r, d_out, dtype=dtype, scale=d_out**-0.5)
-    v = rand(s, r, d_in, dtype=dtype, scale=d_in**-0.5)
+@pytest.mark.parametrize("device", DEVICES)
+def test_lowrank_benefit_several_tiles(device, dtype):
+    b, t, d_in, d_out, s, r = LOWRANK_TILED[device]
+    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, "float", device=device)
+    u = rand(s, r, d_out, dtype=dtype, scale=d_out**-0.5, device=device)
+    v = rand(s, r, d_in, dtype=dtype, scale=d_in**-0.5, device=device)
     args = (acts, out_grads, mask, u, v)
     assert_close(gdig_ext.lowrank_benefit(*args), oracle_lowrank(*args), REL_TOL[dtype], "tiled")
 
 
-@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
-def test_ekfac_accumulate_several_tiles(dtype):
-    # 2^22 values per tile: 1677 rows of d_out = 1700, one example at a time of B = 2.
-    b, t, d_in, d_out = 2, 8, 2500, 1700
-    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, "bool")
+@pytest.mark.parametrize("device", DEVICES)
+def test_lowrank_benefit_more_examples_than_one_launch(device):
+    # T = r = S = 1 puts all 70000 examples in one tile: on CUDA, past the 65535-block grid.y
+    # limit of one launch.
+    acts, out_grads, mask = token_inputs(70_000, 1, 3, 2, F32, device=device)
+    u, v = rand(1, 1, 2, dtype=F32, device=device), rand(1, 1, 3, dtype=F32, device=device)
+    args = (acts, out_grads, mask, u, v)
+    assert_close(gdig_ext.lowrank_benefit(*args), oracle_lowrank(*args), REL_TOL[F32], "70000")
+
+
+@pytest.mark.parametrize("device,shape,dtype", EKFAC_TILED)
+def test_ekfac_accumulate_several_tiles(device, shape, dtype):
+    b, t, d_in, d_out = shape
+    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, "bool", device=device)
     # Any square bases exercise the kernel; orthogonal ones this large are slow to make.
-    q_a = rand(d_in, d_in, dtype=dtype, scale=d_in**-0.5)
-    q_s = rand(d_out, d_out, dtype=dtype, scale=d_out**-0.5)
-    lam = torch.ones(d_out, d_in)
+    q_a = rand(d_in, d_in, dtype=dtype, scale=d_in**-0.5, device=device)
+    q_s = rand(d_out, d_out, dtype=dtype, scale=d_out**-0.5, device=device)
+    lam = torch.ones(d_out, d_in, device=device)
     gdig_ext.ekfac_accumulate(acts, out_grads, mask, q_a, q_s, lam)
-    # Same definition as oracle_ekfac, with q applied to the tokens so that the float64
-    # oracle stays cheap at this size: q_s^T G q_a = sum_t (q_s^T g_t)(q_a^T a_t)^T.
-    a64 = acts.to(F64) @ q_a.to(F64)
-    g64 = out_grads.to(F64) @ q_s.to(F64)
-    want = 1.0 + oracle_grads(a64, g64, mask).square().sum(dim=0)
+    # oracle_ekfac applies q to the tokens, so the float64 oracle stays cheap at this size.
+    want = 1.0 + oracle_ekfac(acts, out_grads, mask, q_a, q_s)
     assert_close(lam, want, REL_TOL[dtype], "tiled")
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_several_tiles(tmp_path, placement):
+    """From a memory-mapped pool: read tile by tile on the CPU, streamed to the GPU, or
+    moved to the GPU whole first."""
+    cand_on, dev = placement
+    n, s, d, k = SCORE_TILED[dev]
+    cand = load_pool(tmp_path / "pool.npy", n, d).to(cand_on)
+    seeds = rand(s, d, dtype=F32, device=dev)
+    check_score_stats(gdig_ext.score_stats(cand, seeds, k), cand, seeds, k, REL_TOL[F32])
 
 
 # ---------------------------------------------------------------- opcheck
 
 
-def _opcheck_inputs(dtype: torch.dtype, mask_kind: str):
-    acts, out_grads, mask = token_inputs(3, 6, 9, 5, dtype, mask_kind)
+def _opcheck_inputs(dtype: torch.dtype, mask_kind: str, device: str) -> dict[str, tuple]:
+    acts, out_grads, mask = token_inputs(3, 6, 9, 5, dtype, mask_kind, device=device)
+
+    def r(*shape: int) -> torch.Tensor:
+        return rand(*shape, dtype=dtype, device=device)
+
     return {
-        "project_grads": (acts, out_grads, mask, rand(9, 4, dtype=dtype), rand(5, 3, dtype=dtype)),
-        "lowrank_benefit": (
-            acts,
-            out_grads,
-            mask,
-            rand(4, 2, 5, dtype=dtype),
-            rand(4, 2, 9, dtype=dtype),
-        ),
-        "score_stats": (rand(11, 7, dtype=dtype), rand(4, 7, dtype=dtype), 2),
+        "project_grads": (acts, out_grads, mask, r(9, 4), r(5, 3)),
+        "lowrank_benefit": (acts, out_grads, mask, r(4, 2, 5), r(4, 2, 9)),
+        "score_stats": (r(11, 7), r(4, 7), 2),
         "ekfac_accumulate": (
             acts,
             out_grads,
             mask,
-            orthogonal(9, dtype),
-            orthogonal(5, dtype),
-            torch.rand(5, 9, dtype=acc_dtype(dtype)),
+            orthogonal(9, dtype, device),
+            orthogonal(5, dtype, device),
+            torch.rand(5, 9, dtype=acc_dtype(dtype), device=device),
         ),
     }
 
@@ -403,35 +592,56 @@ OPCHECK_CASES = [(op, m) for op in OPS for m in MASKS if op != "score_stats" or 
 
 @pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
 @pytest.mark.parametrize("name,mask_kind", OPCHECK_CASES)
-def test_opcheck(name, mask_kind, dtype):
-    args = _opcheck_inputs(dtype, mask_kind)[name]
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device, name, mask_kind, dtype):
+    args = _opcheck_inputs(dtype, mask_kind, device)[name]
     torch.library.opcheck(getattr(torch.ops.gdig, name).default, args)
 
 
-def test_opcheck_edge_shapes():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_edge_shapes(device):
     op = torch.ops.gdig
-    torch.library.opcheck(op.score_stats.default, (torch.randn(0, 5), torch.randn(3, 5), 3))
-    torch.library.opcheck(op.score_stats.default, (torch.randn(8, 5), torch.randn(3, 5), 0))
-    acts, out_grads, mask = token_inputs(1, 1, 4, 3, F32, "bool")
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device)
+
+    torch.library.opcheck(op.score_stats.default, (randn(0, 5), randn(3, 5), 3))
+    torch.library.opcheck(op.score_stats.default, (randn(8, 5), randn(3, 5), 0))
+    acts, out_grads, mask = token_inputs(1, 1, 4, 3, F32, "bool", device=device)
     torch.library.opcheck(
-        op.lowrank_benefit.default,
-        (acts, out_grads, mask, torch.randn(1, 1, 3), torch.randn(1, 1, 4)),
+        op.lowrank_benefit.default, (acts, out_grads, mask, randn(1, 1, 3), randn(1, 1, 4))
+    )
+
+
+@pytest.mark.parametrize("device", ONLY_CUDA)
+def test_opcheck_score_stats_streamed_cand(device):
+    # Only the utils that accept inputs on two devices (the aot_dispatch ones do not).
+    args = (torch.randn(11, 7), torch.randn(4, 7, device=device), 2)
+    torch.library.opcheck(
+        torch.ops.gdig.score_stats.default,
+        args,
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
 
 
 # ---------------------------------------------------------------- errors
-# Each bad input raises RuntimeError whose message names the argument (csrc/checks.cpp).
+# Each bad input raises RuntimeError whose message names the argument (csrc/checks.cpp);
+# both backends run the same checks first, so each message is tested on every device.
 
 
-def _good_token_args(op: str, dtype: torch.dtype = F32) -> list:
-    acts, out_grads, mask = token_inputs(2, 5, 6, 4, dtype, "bool")
+def _good_token_args(op: str, dtype: torch.dtype = F32, device: str = "cpu") -> list:
+    acts, out_grads, mask = token_inputs(2, 5, 6, 4, dtype, "bool", device=device)
+
+    def r(*shape: int) -> torch.Tensor:
+        return rand(*shape, dtype=dtype, device=device)
+
     extra = {
-        "project_grads": [rand(6, 3, dtype=dtype), rand(4, 2, dtype=dtype)],
-        "lowrank_benefit": [rand(3, 2, 4, dtype=dtype), rand(3, 2, 6, dtype=dtype)],
+        "project_grads": [r(6, 3), r(4, 2)],
+        "lowrank_benefit": [r(3, 2, 4), r(3, 2, 6)],
         "ekfac_accumulate": [
-            rand(6, 6, dtype=dtype),
-            rand(4, 4, dtype=dtype),
-            torch.zeros(4, 6, dtype=acc_dtype(dtype)),
+            r(6, 6),
+            r(4, 4),
+            torch.zeros(4, 6, dtype=acc_dtype(dtype), device=device),
         ],
     }[op]
     return [acts, out_grads, mask, *extra]
@@ -460,8 +670,9 @@ COMMON_TOKEN_ERRORS = [
 @pytest.mark.parametrize(
     "arg,make,match", COMMON_TOKEN_ERRORS, ids=[m for _, _, m in COMMON_TOKEN_ERRORS]
 )
-def test_token_input_errors(op, arg, make, match):
-    args = _good_token_args(op)
+@pytest.mark.parametrize("device", DEVICES)
+def test_token_input_errors(device, op, arg, make, match):
+    args = _good_token_args(op, device=device)
     args[ARG_INDEX[arg]] = make(args)
     with pytest.raises(RuntimeError, match=rf"{op}: {match}"):
         getattr(gdig_ext, op)(*args)
@@ -490,32 +701,30 @@ OP_ERRORS = [
     ("ekfac_accumulate", 5, lambda a: a[5][0], r"lam must have shape \[d_out,d_in\]"),
     ("ekfac_accumulate", 5, lambda a: a[5].bfloat16(), r"lam must be float32 or float64"),
     ("ekfac_accumulate", 5, lambda a: a[5].long(), r"lam must be float32 or float64"),
-    (
-        "ekfac_accumulate",
-        5,
-        lambda a: torch.zeros(6, 4).T,
-        r"lam must be contiguous",
-    ),
+    ("ekfac_accumulate", 5, lambda a: a[5].new_zeros(6, 4).T, r"lam must be contiguous"),
 ]
 
 
 @pytest.mark.parametrize("op,index,make,match", OP_ERRORS, ids=[m for *_, m in OP_ERRORS])
-def test_op_specific_errors(op, index, make, match):
-    args = _good_token_args(op)
+@pytest.mark.parametrize("device", DEVICES)
+def test_op_specific_errors(device, op, index, make, match):
+    args = _good_token_args(op, device=device)
     args[index] = make(args)
     with pytest.raises(RuntimeError, match=rf"{op}: {match}"):
         getattr(gdig_ext, op)(*args)
 
 
-def test_ekfac_accumulate_float64_inputs_need_float64_lam():
-    args = _good_token_args("ekfac_accumulate", F64)
-    args[5] = torch.zeros(4, 6, dtype=F32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_ekfac_accumulate_float64_inputs_need_float64_lam(device):
+    args = _good_token_args("ekfac_accumulate", F64, device)
+    args[5] = torch.zeros(4, 6, dtype=F32, device=device)
     with pytest.raises(RuntimeError, match=r"lam must be float64 for float64 inputs"):
         gdig_ext.ekfac_accumulate(*args)
 
 
-def test_ekfac_accumulate_error_leaves_lam_untouched():
-    args = _good_token_args("ekfac_accumulate")
+@pytest.mark.parametrize("device", DEVICES)
+def test_ekfac_accumulate_error_leaves_lam_untouched(device):
+    args = _good_token_args("ekfac_accumulate", device=device)
     lam = args[5]
     args[4] = args[4][:3]
     with pytest.raises(RuntimeError, match="q_s"):
@@ -537,7 +746,38 @@ SCORE_ERRORS = [
 
 
 @pytest.mark.parametrize("make,match", SCORE_ERRORS, ids=[m for _, m in SCORE_ERRORS])
-def test_score_stats_errors(make, match):
-    cand, seeds = torch.randn(10, 6), torch.randn(4, 6)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_errors(placement, make, match):
+    cand_on, dev = placement
+    cand, seeds = torch.randn(10, 6, device=cand_on), torch.randn(4, 6, device=dev)
     with pytest.raises(RuntimeError, match=rf"score_stats: {match}"):
         gdig_ext.score_stats(*make(cand, seeds))
+
+
+# ---------------------------------------------------------------- mixed devices (CUDA)
+# The dispatcher sends a call to the CUDA kernel when any input is on the GPU; only
+# score_stats' cand may then stay on the CPU.
+
+NAMES = {
+    "project_grads": ["acts", "out_grads", "mask", "p_in", "p_out"],
+    "lowrank_benefit": ["acts", "out_grads", "mask", "u", "v"],
+    "ekfac_accumulate": ["acts", "out_grads", "mask", "q_a", "q_s", "lam"],
+}
+MIXED = [(op, i) for op, names in NAMES.items() for i in range(len(names))]
+
+
+@pytest.mark.parametrize("op,index", MIXED, ids=[f"{op}-{NAMES[op][i]}" for op, i in MIXED])
+@pytest.mark.parametrize("device", ONLY_CUDA)
+def test_one_input_on_the_cpu_is_an_error(device, op, index):
+    args = _good_token_args(op, device=device)
+    args[index] = args[index].cpu()
+    with pytest.raises(RuntimeError, match=rf"{op}: .*(is on cpu|on cuda:\d+ but .* is on cpu)"):
+        getattr(gdig_ext, op)(*args)
+    if op == "ekfac_accumulate" and index != 5:
+        assert (args[5] == 0).all(), "a rejected call must leave lam untouched"
+
+
+@pytest.mark.parametrize("device", ONLY_CUDA)
+def test_score_stats_seeds_on_the_cpu_is_an_error(device):
+    with pytest.raises(RuntimeError, match=r"score_stats: .*seeds on a CUDA device"):
+        gdig_ext.score_stats(torch.randn(10, 6, device=device), torch.randn(4, 6), 2)

@@ -16,8 +16,8 @@ from helpers_models import save_tiny, toy_pairs
 
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
-from gdig.faults import finite_rows, is_out_of_memory, run_with_backoff
-from gdig.rowsubset import RowSubset
+from gdig.engine.faults import finite_rows, is_out_of_memory, run_with_backoff
+from gdig.select.rowsubset import RowSubset
 from gdig.select.source import ArraySource
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers_models import save_tiny, toy_pairs
 
-from gdig.atomicio import atomic_write_text, remove_stale_temps
+from gdig.io.atomic import atomic_write_text, remove_stale_temps
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
 
@@ -132,7 +132,7 @@ def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path, monkeypatch):
     def boom(*_a, **_k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("gdig.atomicio.os.replace", boom)
+    monkeypatch.setattr("gdig.io.atomic.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
@@ -158,7 +158,7 @@ def test_selection_save_is_atomic(done_run, tmp_path, monkeypatch):
 
 
 def test_a_second_process_on_the_same_folder_is_refused(done_run, tmp_path, capsys):
-    from gdig.runlock import run_lock
+    from gdig.run.lock import run_lock
 
     args, out = _copy(done_run, tmp_path)
     with run_lock(out):  # as if another gdig process were running there

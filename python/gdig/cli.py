@@ -1,5 +1,11 @@
 """The `gdig` command: `gdig run` does every stage; `fit`, `score`, `select`, `report`
-do one each on the same run folder; `gdig demo` runs everything on the bundled data."""
+do one each on the same run folder; `gdig demo` runs everything on the bundled data.
+
+Each verb takes only the options of the stages it runs; options of the other stages come
+from the run folder (``gdig select --out RUN --budget 20`` needs nothing else). Errors a
+user can fix are printed as one line, ``gdig: error: ...``: exit status 2 for bad input
+or usage, 1 for a failure while running; ``--debug`` shows their traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gdig.data.pairs import PairsError
-from gdig.engine.config import EngineConfig
-from gdig.options import (
-    ConfigFileError,
-    add_dataclass_flags,
-    build,
-    known_keys,
-    read_config_file,
-)
-from gdig.pipeline import STAGES, RunError, RunOptions, run_stages
-from gdig.runconfig import RunConfig
-from gdig.select.config import SelectConfig
-from gdig.select.selection import ShortfallError
-
-CLASSES = (RunConfig, EngineConfig, SelectConfig)
+from gdig.io.errors import GdigError, UsageError
+from gdig.run.config import VERB_SECTIONS
+from gdig.run.options import add_flags, known_keys, read_config_file, resolve
 
 # The embedded demo: sized to finish in minutes on a 2-core CPU; every value can be
 # overridden by a flag (e.g. --budget, --factor-samples, --layers).
@@ -41,30 +35,50 @@ DEMO_DEFAULTS: dict[str, Any] = {
 DESCRIPTIONS = {
     "run": "every stage: fit factors, score the pool against the seeds, select, report",
     "fit": "fit the EK-FAC (or K-FAC) factors of the tracked layers on a pool sample",
-    "score": "score every candidate against every seed; write the gradient store",
-    "select": "quality filter + diversity resampling; write selected.jsonl and scores.csv",
+    "score": "score every candidate against every seed; write the gradient store "
+    "(model and pool default to the run folder's)",
+    "select": "quality filter + diversity resampling, then the report, from the gradient "
+    "store alone (no model pass; every other option defaults to the run folder's)",
     "report": "write report.html (plots, most/least beneficial pairs, noise metrics)",
     "demo": "the whole pipeline on the bundled zh-en demo pool with SmolLM2-135M-Instruct",
 }
+# The stages each verb runs.
+VERB_STAGES = {
+    "run": ("fit", "score", "select", "report"),
+    "demo": ("fit", "score", "select", "report"),
+    "fit": ("fit",),
+    "score": ("score",),
+    "select": ("select", "report"),
+    "report": ("report",),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with gdig's one-line error format (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"gdig {self.prog.split()[-1]}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gdig",
         description="G-DIG selection of machine-translation fine-tuning data. Benefit "
         "B(m,s) = grad L(s)^T H^-1 grad L(m): positive means candidate m helps seed s.",
     )
     parser.add_argument("--version", action="version", version=f"gdig {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in ("run", *STAGES, "demo"):
-        p = sub.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name])
-        p.add_argument(
+    for verb, sections in VERB_SECTIONS.items():
+        p = sub.add_parser(verb, help=DESCRIPTIONS[verb], description=DESCRIPTIONS[verb])
+        general = p.add_argument_group("general")
+        general.add_argument(
             "--config",
             metavar="FILE",
             help="YAML or TOML file of option: value (flag names with _); flags override it",
         )
-        p.add_argument("-v", "--verbose", action="store_true", help="log more")
-        add_dataclass_flags(p, *CLASSES)
+        general.add_argument("-v", "--verbose", action="store_true", help="log more")
+        general.add_argument("--debug", action="store_true", help="show the traceback of an error")
+        add_flags(p, sections)
     return parser
 
 
@@ -74,21 +88,45 @@ def _version() -> str:
     return __version__
 
 
-def options_from_args(args: argparse.Namespace) -> RunOptions:
-    values: dict[str, Any] = {}
+def _seed_alias(flags: dict[str, Any]) -> None:
+    """``--seed`` was the seed-set file; it now reads ``--seeds`` (and ``--random-seed``
+    is the randomness), so an integer there is explained, not looked up as a file."""
+    if "seed" not in flags:
+        return
+    value = str(flags.pop("seed"))
+    if value.lstrip("-").isdigit() and not Path(value).exists():
+        raise UsageError(
+            f"--seed {value}: --seed is not a random seed in gdig; the trusted seed-set file "
+            "is --seeds FILE, and --random-seed N seeds selection's random choices"
+        )
+    logging.getLogger("gdig").warning("--seed FILE is deprecated: use --seeds FILE")
+    flags.setdefault("seeds", value)
+
+
+def options_from_args(args: argparse.Namespace):
+    """Options from flags, config file, the run folder's manifest and the defaults."""
+    from gdig.run.folder import load_manifest
+
+    sections = VERB_SECTIONS[args.command]
+    flags = {k: v for k, v in vars(args).items() if k in known_keys(sections) | {"seed"}}
+    _seed_alias(flags)
+    file_values: dict[str, Any] = {}
+    file_name = None
     if args.command == "demo":
         from gdig.data.demo_files import demo_paths
 
-        seed, pool = demo_paths()
-        values.update(DEMO_DEFAULTS, seed=str(seed), pool=str(pool))
+        seeds, pool = demo_paths()
+        file_values.update(DEMO_DEFAULTS, seeds=str(seeds), pool=str(pool))
+        file_name = "the demo's defaults"
     if args.config:
-        values.update(read_config_file(args.config, known_keys(*CLASSES)))
-    values.update({k: v for k, v in vars(args).items() if k in known_keys(*CLASSES)})
-    return RunOptions(
-        run=build(RunConfig, values),
-        engine=build(EngineConfig, values),
-        select=build(SelectConfig, values),
-    )
+        file_values.update(read_config_file(args.config))
+        file_name = args.config
+    out = flags.get("out", file_values.get("out"))
+    saved: dict[str, Any] = {}
+    if out is not None and Path(out).is_dir():
+        saved = load_manifest(Path(out)).get("config", {})
+        saved = {k: v for k, v in saved.items() if k != "run"}  # per command, never kept
+    return resolve(flags, file_values, file_name, saved)
 
 
 def print_summary(state) -> None:
@@ -100,7 +138,10 @@ def print_summary(state) -> None:
         ("clusters", sel.get("clusters", "-")),
         ("selected", sel.get("selected", "-")),
     ]
-    rows += [(f"time {s} (s)", rec.get("seconds", "-")) for s, rec in stages.items()]
+    rows += [
+        (f"time {s} (s)", f"{rec.get('seconds', '-')}{' (reused)' if s in state.reused else ''}")
+        for s, rec in stages.items()
+    ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows))
     noise = stages.get("report", {}).get("noise")
@@ -129,20 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        from gdig.run.stages import run_stages
+
         opts = options_from_args(args)
-        stages = STAGES if args.command in ("run", "demo") else (args.command,)
-        state = run_stages(opts, stages)
-    except (
-        RunError,
-        PairsError,
-        ConfigFileError,
-        ShortfallError,
-        ValueError,
-        FileNotFoundError,
-        MemoryError,
-    ) as exc:
+        state = run_stages(opts, VERB_STAGES[args.command])
+    except GdigError as exc:
+        if args.debug:
+            raise
         print(f"gdig {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         print(
             f"gdig {args.command}: interrupted; run the same command again to resume",

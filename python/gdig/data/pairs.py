@@ -8,6 +8,12 @@ Input formats (chosen by extension, ``.gz`` allowed on top; otherwise sniffed):
 * TSV (``.tsv``): ``src<TAB>tgt[<TAB>id]``, or with a header line starting
   ``src<TAB>tgt`` whose column names are then used as field names.
 
+The text fields may have other names (``src_field=``/``tgt_field=``, e.g. ``source`` and
+``target``): the Pair still has ``.src``/``.tgt`` and remembers the names, so
+:meth:`Pair.to_record` writes the record back under the names it was read with. Inputs
+without languages (TSV) can be given them (``src_lang=``/``tgt_lang=``); a record's own
+language wins.
+
 Every problem is reported as ``"{path}:{line}: field '{field}': what; what to do"``.
 Problems that concern a whole line rather than one field use the field name
 ``<line>``; the empty-file problem uses ``<file>``.
@@ -24,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from gdig.atomicio import atomic_open
+from gdig.io.atomic import atomic_open
+from gdig.io.errors import UsageError
 
 __all__ = [
     "FILE_FIELD",
@@ -39,7 +46,7 @@ __all__ = [
 LINE_FIELD = "<line>"  # field name for problems of a whole line (bad JSON, too long, ...)
 FILE_FIELD = "<file>"  # field name for problems of the whole file (no pairs at all)
 
-_CORE_FIELDS = ("id", "src_lang", "tgt_lang", "src", "tgt")
+_META_FIELDS = ("id", "src_lang", "tgt_lang")  # the fields besides the two texts
 _BAD_LINE_POLICIES = ("error", "skip")
 _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv"}
 
@@ -56,22 +63,31 @@ class Pair:
     extra: dict[str, Any] = field(default_factory=dict)
     # Line of the input file the pair came from (for messages); not part of its identity.
     line: int | None = field(default=None, compare=False, repr=False)
+    # Names the texts had in the input (``--src-field``/``--tgt-field``); ``to_record``
+    # writes them back under these names. Presentation only, not part of the identity.
+    src_field: str = field(default="src", compare=False, repr=False)
+    tgt_field: str = field(default="tgt", compare=False, repr=False)
 
     def to_record(self) -> dict[str, Any]:
-        """All input fields as a JSON-ready dict (languages only when known)."""
+        """All input fields as a JSON-ready dict (languages only when known).
+
+        The texts go under the field names they were read from (``src``/``tgt`` unless
+        the reader was given others), so reading the output back with the same options
+        gives the same pair.
+        """
         rec: dict[str, Any] = {"id": self.id}
         if self.src_lang is not None:
             rec["src_lang"] = self.src_lang
         if self.tgt_lang is not None:
             rec["tgt_lang"] = self.tgt_lang
-        rec["src"] = self.src
-        rec["tgt"] = self.tgt
+        rec[self.src_field] = self.src
+        rec[self.tgt_field] = self.tgt
         rec.update(self.extra)
         return rec
 
 
-class PairsError(ValueError):
-    """A bad input line or file; ``str()`` names the file, line and field."""
+class PairsError(UsageError):
+    """A bad input line or file; ``str()`` names the file, line and field (exit status 2)."""
 
     def __init__(self, path: str, line: int, field_name: str, reason: str, hint: str) -> None:
         self.path = path
@@ -80,6 +96,9 @@ class PairsError(ValueError):
         self.reason = reason
         self.hint = hint
         super().__init__(f"{path}:{line}: field '{field_name}': {reason}; {hint}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the 5-argument __init__
+        return (type(self), (self.path, self.line, self.field, self.reason, self.hint))
 
     def as_skip_record(self) -> dict[str, Any]:
         return {"file": self.path, "line": self.line, "field": self.field, "reason": self.reason}
@@ -148,15 +167,63 @@ def _sniff(path: Path, max_line_bytes: int) -> str:
     )
 
 
+def _field_list(rec: dict[str, Any]) -> str:
+    return ", ".join(str(k) for k in rec) if rec else "none"
+
+
+def _check_field_names(src_field: Any, tgt_field: Any) -> None:
+    for flag, value in (("src_field", src_field), ("tgt_field", tgt_field)):
+        if not isinstance(value, str) or not value.strip():
+            raise UsageError(
+                f"{flag}={value!r} (--{flag.replace('_', '-')}): must be a non-empty field name"
+            )
+        if value in _META_FIELDS:
+            raise UsageError(
+                f"{flag}={value!r} (--{flag.replace('_', '-')}): {value!r} is a reserved "
+                f"field ({', '.join(_META_FIELDS)}); name the field that holds the text"
+            )
+    if src_field == tgt_field:
+        raise UsageError(
+            f"src_field and tgt_field are both {src_field!r} (--src-field/--tgt-field): "
+            "name two different fields"
+        )
+
+
+def _check_lang(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(
+            f"{name}={value!r} (--{name.replace('_', '-')}): must be a language code such as "
+            '"en", or None'
+        )
+    return value.strip() or None
+
+
 class _LineParser:
     """Turns one decoded line into a Pair; raises PairsError naming the field."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        *,
+        src_field: str = "src",
+        tgt_field: str = "tgt",
+        src_lang: str | None = None,
+        tgt_lang: str | None = None,
+    ) -> None:
         self.path = path
         self.fmt = fmt
         self.stem = Path(path.name.removesuffix(".gz")).stem
         self.tsv_columns: list[str] | None = None  # from the header, when there is one
         self.first_content_line = True
+        self.src_field = src_field
+        self.tgt_field = tgt_field
+        self.default_lang = {"src_lang": src_lang, "tgt_lang": tgt_lang}
+        self.core = (*_META_FIELDS, src_field, tgt_field)
+        # a TSV header's names, lower-cased, that mean one of the core fields
+        self.core_by_lower = {name.lower(): name for name in self.core}
 
     def error(self, line: int, field_name: str, reason: str, hint: str) -> PairsError:
         return PairsError(str(self.path), line, field_name, reason, hint)
@@ -168,11 +235,10 @@ class _LineParser:
         if self.fmt == "jsonl":
             return self._from_record(line_no, self._json_record(line_no, text, first))
         cells = text.split("\t")
-        if first and len(cells) >= 2 and [c.strip().lower() for c in cells[:2]] == ["src", "tgt"]:
+        head = [c.strip().lower() for c in cells[:2]]
+        if first and len(cells) >= 2 and head == [self.src_field.lower(), self.tgt_field.lower()]:
             names = [c.strip() for c in cells]
-            self._set_header(
-                line_no, [n.lower() if n.lower() in _CORE_FIELDS else n for n in names]
-            )
+            self._set_header(line_no, [self.core_by_lower.get(n.lower(), n) for n in names])
             return None
         return self._from_record(line_no, self._tsv_record(line_no, cells))
 
@@ -198,7 +264,7 @@ class _LineParser:
                 line_no,
                 LINE_FIELD,
                 f"expected a JSON object, got {type(obj).__name__}",
-                'write {"src": ..., "tgt": ...} on each line',
+                f'write {{"{self.src_field}": ..., "{self.tgt_field}": ...}} on each line',
             )
         return obj
 
@@ -229,7 +295,7 @@ class _LineParser:
         if len(cells) < 2:
             raise self.error(
                 line_no,
-                "tgt",
+                self.tgt_field,
                 "missing (no tab on this line)",
                 "write src<TAB>tgt[<TAB>id]",
             )
@@ -240,17 +306,23 @@ class _LineParser:
                 f"{len(cells)} tab-separated columns, expected 2 or 3",
                 "write src<TAB>tgt[<TAB>id], or add a header line naming the columns",
             )
-        rec: dict[str, Any] = {"src": cells[0], "tgt": cells[1]}
+        rec: dict[str, Any] = {self.src_field: cells[0], self.tgt_field: cells[1]}
         if len(cells) == 3 and cells[2] != "":
             rec["id"] = cells[2]
         return rec
 
     def _from_record(self, line_no: int, rec: dict[str, Any]) -> Pair:
         texts = {}
-        for name in ("src", "tgt"):
+        for name, flag in ((self.src_field, "--src-field"), (self.tgt_field, "--tgt-field")):
             value = rec.get(name)
             if name not in rec:
-                raise self.error(line_no, name, "missing", f"give every line a '{name}' string")
+                raise self.error(
+                    line_no,
+                    name,
+                    "missing",
+                    f"fields found: {_field_list(rec)}; give every line a '{name}' string, "
+                    f"or pass {flag} to read the text from another field",
+                )
             if not isinstance(value, str):
                 raise self.error(
                     line_no,
@@ -273,14 +345,16 @@ class _LineParser:
                     f"expected a string, got {type(value).__name__}",
                     f"make '{name}' a language code string such as \"en\", or leave it out",
                 )
-            langs[name] = value or None
+            langs[name] = value or self.default_lang[name]  # the record's own code wins
         return Pair(
             id=self._id(line_no, rec.get("id")),
-            src=texts["src"],
-            tgt=texts["tgt"],
+            src=texts[self.src_field],
+            tgt=texts[self.tgt_field],
             src_lang=langs["src_lang"],
             tgt_lang=langs["tgt_lang"],
-            extra={k: v for k, v in rec.items() if k not in _CORE_FIELDS},
+            extra={k: v for k, v in rec.items() if k not in self.core},
+            src_field=self.src_field,
+            tgt_field=self.tgt_field,
         )
 
     def _id(self, line_no: int, value: Any) -> str:
@@ -305,6 +379,10 @@ def iter_pairs(
     max_line_bytes: int = 1_000_000,
     skipped: list[dict[str, Any]] | None = None,
     fmt: str | None = None,
+    src_field: str = "src",
+    tgt_field: str = "tgt",
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
 ) -> Iterator[Pair]:
     """Stream the pairs of a JSONL or TSV file, one at a time.
 
@@ -314,6 +392,12 @@ def iter_pairs(
     id, the first is kept. Blank lines are ignored. A file with no pairs at all is
     an error under either policy. ``fmt`` ("jsonl" or "tsv") overrides detection.
     Only the set of ids seen is held in memory.
+
+    ``src_field``/``tgt_field`` name the fields (JSONL keys, TSV header columns) that
+    hold the texts; a headerless TSV's first two columns are given these names. The
+    pairs remember them, so ``Pair.to_record`` writes the texts back under the same
+    names. ``src_lang``/``tgt_lang`` are language codes for records that have none
+    (e.g. TSV); a record's own non-empty code wins. Bad values raise UsageError.
     """
     if bad_lines not in _BAD_LINE_POLICIES:
         raise ValueError(f"bad_lines={bad_lines!r}: use one of {_BAD_LINE_POLICIES}")
@@ -321,11 +405,16 @@ def iter_pairs(
         raise ValueError(f"fmt={fmt!r}: use 'jsonl', 'tsv' or None (detect)")
     if max_line_bytes < 1:
         raise ValueError(f"max_line_bytes={max_line_bytes}: must be positive")
+    _check_field_names(src_field, tgt_field)
+    src_lang = _check_lang("src_lang", src_lang)
+    tgt_lang = _check_lang("tgt_lang", tgt_lang)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; check the path")
     fmt = fmt or _format_from_name(path) or _sniff(path, max_line_bytes)
-    parser = _LineParser(path, fmt)
+    parser = _LineParser(
+        path, fmt, src_field=src_field, tgt_field=tgt_field, src_lang=src_lang, tgt_lang=tgt_lang
+    )
     own_skips: list[dict[str, Any]] = [] if skipped is None else skipped
     n_skipped_before = len(own_skips)
     first_line_of_id: dict[str, int] = {}
@@ -410,11 +499,23 @@ def read_pairs(
     max_line_bytes: int = 1_000_000,
     skipped: list[dict[str, Any]] | None = None,
     fmt: str | None = None,
+    src_field: str = "src",
+    tgt_field: str = "tgt",
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
 ) -> list[Pair]:
-    """All pairs of a file as a list; see ``iter_pairs`` for formats and policies."""
+    """All pairs of a file as a list; see ``iter_pairs`` for formats and options."""
     return list(
         iter_pairs(
-            path, bad_lines=bad_lines, max_line_bytes=max_line_bytes, skipped=skipped, fmt=fmt
+            path,
+            bad_lines=bad_lines,
+            max_line_bytes=max_line_bytes,
+            skipped=skipped,
+            fmt=fmt,
+            src_field=src_field,
+            tgt_field=tgt_field,
+            src_lang=src_lang,
+            tgt_lang=tgt_lang,
         )
     )
 
@@ -422,7 +523,7 @@ def read_pairs(
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any] | Pair]) -> int:
     """Write records (dicts or Pairs) as UTF-8 JSONL, atomically; return how many.
 
-    The file appears whole or not at all (:func:`gdig.atomicio.atomic_open`).
+    The file appears whole or not at all (:func:`gdig.io.atomic.atomic_open`).
     """
     n = 0
     with atomic_open(path) as fh:

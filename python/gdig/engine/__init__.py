@@ -11,7 +11,7 @@ Benefit convention: ``B(m, s) = ∇L(s)ᵀ H⁻¹ ∇L(m)``; positive means cand
 
 from gdig.engine.batching import Batch, auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import Captured, GradientCapture, example_losses
-from gdig.engine.config import EngineConfig
+from gdig.engine.config import EngineConfig, ExecutionConfig, FactorConfig, ScoreConfig
 from gdig.engine.factors import Factors, FactorsMismatchError, LayerFactors, fit_factors
 from gdig.engine.layers import TrackedLayer, default_layer_names, select_layers
 from gdig.engine.projection import Projection, make_projections
@@ -26,12 +26,15 @@ __all__ = [
     "Captured",
     "Encoded",
     "EngineConfig",
+    "ExecutionConfig",
+    "FactorConfig",
     "Factors",
     "FactorsMismatchError",
     "GradStore",
     "GradientCapture",
     "LayerFactors",
     "Projection",
+    "ScoreConfig",
     "SeedGradients",
     "TrackedLayer",
     "auto_max_tokens",

@@ -1,13 +1,23 @@
-"""Every option of the influence engine, in one dataclass whose fields carry their help text.
+"""Options of the influence engine, split at the stage boundaries (METHOD.md §1-4).
 
-The CLI generates its flags from these fields, so each is a plain str/int/float/bool or None.
+- :class:`FactorConfig`: what the factor-fitting stage depends on, and with it every model
+  pass (examples, tracked layers, projections, autocast): a change refits the factors.
+- :class:`ScoreConfig`: what seed preparation and candidate scoring add on top.
+- :class:`ExecutionConfig`: how the work is batched and stored; changes no number.
+
+A stage's fingerprint is the hash of its whole dataclass, so no field list is kept by
+hand. Each field carries its help text; the CLI generates its flags from them, so every
+field is a plain str/int/float/bool or None. Bad values raise
+:class:`~gdig.io.validate.OptionError` naming the field.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
+
+from gdig.io.validate import OptionError, at_least, one_of
 
 TEMPLATES = ("paper", "chat")
 METHODS = ("ekfac", "kfac")
@@ -15,9 +25,14 @@ FISHER_LABELS = ("empirical", "sampled")
 AUTOCAST_DTYPES = ("bf16", "fp16")
 
 
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain JSON-safe values (what fingerprints and saved factors hash)."""
+    return dataclasses.asdict(cfg)
+
+
 @dataclass
-class EngineConfig:
-    """Options of factor fitting, seed preparation and candidate scoring (METHOD.md §1-4)."""
+class FactorConfig:
+    """Factor fitting and every model pass (examples, layers, projections, autocast)."""
 
     # --- examples (§1) ---
     template: str = field(
@@ -35,7 +50,7 @@ class EngineConfig:
         default=None,
         metadata={
             "help": "regex (re.search) over module names selecting the tracked nn.Linear/Conv1D "
-            "layers; default: the MLP down-projection of every `layer_stride`-th block"
+            "layers; default: the MLP down-projection of every --layer-stride-th block"
         },
     )
     layer_stride: int = field(
@@ -44,7 +59,10 @@ class EngineConfig:
     # --- factors (§3) ---
     method: str = field(
         default="ekfac",
-        metadata={"help": "Hessian approximation: 'ekfac' (refit eigen-diagonal) or 'kfac'"},
+        metadata={
+            "choices": METHODS,
+            "help": "Hessian approximation: 'ekfac' (refit eigen-diagonal) or 'kfac'",
+        },
     )
     factor_samples: int = field(
         default=1000, metadata={"help": "pool examples sampled to fit the factors (0 = all)"}
@@ -53,28 +71,12 @@ class EngineConfig:
     fisher_labels: str = field(
         default="empirical",
         metadata={
+            "choices": FISHER_LABELS,
             "help": "labels for the factors' gradients: 'empirical' (the data's own targets) "
-            "or 'sampled' (drawn from the model's prediction)"
+            "or 'sampled' (drawn from the model's prediction)",
         },
     )
-    factor_cache_mb: int = field(
-        default=2048,
-        metadata={
-            "help": "memory for keeping the first pass's activations/gradients so the EK-FAC "
-            "second pass needs no new model pass (0 = always recompute)"
-        },
-    )
-    damping: float | None = field(
-        default=None, metadata={"help": "absolute damping lambda; overrides damping_factor"}
-    )
-    damping_factor: float = field(
-        default=0.1, metadata={"help": "damping lambda = damping_factor * mean(eigen-diagonal)"}
-    )
-    # --- seeds and scoring (§4) ---
-    rank: int = field(
-        default=32,
-        metadata={"help": "rank of each seed's preconditioned gradient (0 = no compression)"},
-    )
+    # --- projections (§4): the factors also hold their projected-space twin ---
     k_in: int = field(default=32, metadata={"help": "projected input size per tracked layer"})
     k_out: int = field(default=32, metadata={"help": "projected output size per tracked layer"})
     proj_seed: int = field(default=0, metadata={"help": "seed of the random projections"})
@@ -82,20 +84,68 @@ class EngineConfig:
         default=False,
         metadata={
             "help": "validation mode: no rank compression and identity projections (features are "
-            "the full gradients); load the model in float64 for float64 throughout"
+            "the full gradients); with --dtype float64 for float64 throughout"
         },
     )
+    autocast: str | None = field(
+        default=None,
+        metadata={
+            "choices": AUTOCAST_DTYPES,
+            "help": "autocast dtype of the model passes: bf16, fp16 or none",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        one_of("method", self.method, METHODS)
+        one_of("fisher_labels", self.fisher_labels, FISHER_LABELS)
+        one_of("autocast", self.autocast, AUTOCAST_DTYPES, none_ok=True)
+        if self.template not in TEMPLATES and "{src}" not in self.template:
+            raise OptionError(
+                "template",
+                f"use paper, chat or a format string containing {{src}}; got {self.template!r}",
+            )
+        at_least(self, 1, "max_length", "layer_stride", "k_in", "k_out")
+        at_least(self, 0, "factor_samples")
+
+
+@dataclass
+class ScoreConfig:
+    """Seed preparation and candidate scoring (damping, seed rank, top-k)."""
+
+    damping: float | None = field(
+        default=None, metadata={"help": "absolute damping lambda; overrides --damping-factor"}
+    )
+    damping_factor: float = field(
+        default=0.1, metadata={"help": "damping lambda = damping_factor * mean(eigen-diagonal)"}
+    )
+    rank: int = field(
+        default=32,
+        metadata={"help": "rank of each seed's preconditioned gradient (0 = no compression)"},
+    )
     top_k: int = field(default=5, metadata={"help": "seed ids kept per candidate (top benefit)"})
-    # --- execution ---
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "damping", "damping_factor", "rank")
+        at_least(self, 1, "top_k")
+
+
+@dataclass
+class ExecutionConfig:
+    """Batching and storage of the model passes (changes no score)."""
+
     batch_size: int | None = field(
         default=None, metadata={"help": "examples per batch (default: chosen to fit memory)"}
     )
     max_batch_tokens: int | None = field(
         default=None,
-        metadata={"help": "padded tokens per batch when batch_size is not given (default: auto)"},
+        metadata={"help": "padded tokens per batch when --batch-size is not given (default: auto)"},
     )
-    autocast: str | None = field(
-        default=None, metadata={"help": "autocast dtype of the model pass: 'bf16', 'fp16' or none"}
+    factor_cache_mb: int = field(
+        default=2048,
+        metadata={
+            "help": "memory for keeping the first pass's activations/gradients so the EK-FAC "
+            "second pass needs no new model pass (0 = always recompute)"
+        },
     )
     shard_size: int = field(
         default=4096, metadata={"help": "candidates per gradient-store shard (flushed to disk)"}
@@ -106,73 +156,20 @@ class EngineConfig:
     )
 
     def __post_init__(self) -> None:
-        self.validate()
+        at_least(self, 1, "batch_size", "max_batch_tokens", "shard_size")
+        at_least(self, 0, "factor_cache_mb")
 
-    def validate(self) -> None:
-        """Raise ValueError naming the bad field and its allowed values."""
-        if self.method not in METHODS:
-            raise ValueError(f"EngineConfig.method={self.method!r}: use one of {METHODS}")
-        if self.fisher_labels not in FISHER_LABELS:
-            raise ValueError(
-                f"EngineConfig.fisher_labels={self.fisher_labels!r}: use one of {FISHER_LABELS}"
-            )
-        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
-            raise ValueError(
-                f"EngineConfig.autocast={self.autocast!r}: use one of {AUTOCAST_DTYPES} or None"
-            )
-        if self.template not in TEMPLATES and "{src}" not in self.template:
-            raise ValueError(
-                f"EngineConfig.template={self.template!r}: use 'paper', 'chat' or a format string "
-                "containing {src}"
-            )
-        for name in ("max_length", "layer_stride", "k_in", "k_out", "top_k", "shard_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EngineConfig.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("rank", "factor_samples", "factor_cache_mb"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"EngineConfig.{name}={getattr(self, name)}: must be >= 0")
-        if self.damping is not None and self.damping < 0:
-            raise ValueError(f"EngineConfig.damping={self.damping}: must be >= 0")
-        if self.damping_factor < 0:
-            raise ValueError(f"EngineConfig.damping_factor={self.damping_factor}: must be >= 0")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"EngineConfig.batch_size={self.batch_size}: must be >= 1 or None")
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise ValueError(
-                f"EngineConfig.max_batch_tokens={self.max_batch_tokens}: must be >= 1 or None"
-            )
+
+@dataclass
+class EngineConfig:
+    """The engine's three configs together (what fit_factors, prepare_seeds and
+    score_candidates take)."""
+
+    factors: FactorConfig = field(default_factory=FactorConfig)
+    scoring: ScoreConfig = field(default_factory=ScoreConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     @property
     def effective_rank(self) -> int:
         """Seed rank actually used: 0 (exact) in exact mode."""
-        return 0 if self.exact else self.rank
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
-        """Build from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown EngineConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    # Fields that change the fitted factors (a saved Factors is refused when they differ).
-    FACTOR_FIELDS = (
-        "template",
-        "max_length",
-        "layers",
-        "layer_stride",
-        "method",
-        "factor_samples",
-        "factor_seed",
-        "fisher_labels",
-    )
-
-    def factor_key(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.FACTOR_FIELDS}
+        return 0 if self.factors.exact else self.scoring.rank

@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 import gdig_ext
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import GradientCapture
-from gdig.engine.config import EngineConfig
+from gdig.engine.config import EngineConfig, FactorConfig, ScoreConfig, as_dict
+from gdig.engine.faults import finite_rows, run_with_backoff
 from gdig.engine.layers import select_layers, tracked_layers, weight_stats
 from gdig.engine.projection import make_projections, projection_key
 from gdig.engine.template import encode_pair
-from gdig.faults import finite_rows, run_with_backoff
+from gdig.io.errors import UsageError
 
 FORMAT_VERSION = 1
 _TENSORS = ("q_a", "eig_a", "q_s", "eig_s", "lam")
@@ -48,7 +49,7 @@ _VOLATILE_CONFIG = (
 )
 
 
-class FactorsMismatchError(ValueError):
+class FactorsMismatchError(UsageError):
     """Saved factors do not belong to this model, layer set or configuration."""
 
 
@@ -63,17 +64,17 @@ class LayerFactors:
     eig_s: torch.Tensor  # [d_out]
     lam: torch.Tensor  # [d_out, d_in]
 
-    def damping(self, cfg: EngineConfig) -> float:
-        """λ: the absolute ``cfg.damping`` or ``cfg.damping_factor * mean(Λ)``."""
-        if cfg.damping is not None:
-            return float(cfg.damping)
-        return float(cfg.damping_factor * self.lam.mean())
+    def damping(self, scoring: ScoreConfig) -> float:
+        """λ: the absolute ``scoring.damping`` or ``scoring.damping_factor * mean(Λ)``."""
+        if scoring.damping is not None:
+            return float(scoring.damping)
+        return float(scoring.damping_factor * self.lam.mean())
 
-    def precondition(self, grads: torch.Tensor, cfg: EngineConfig) -> torch.Tensor:
+    def precondition(self, grads: torch.Tensor, scoring: ScoreConfig) -> torch.Tensor:
         """``H⁻¹ G`` for ``grads [B, d_out, d_in]``, in ``grads``' dtype (float32 or float64)."""
         g = grads
         q_a, q_s = self.q_a.to(g.device, g.dtype), self.q_s.to(g.device, g.dtype)
-        denom = (self.lam.to(g.device, torch.float64) + self.damping(cfg)).to(g.dtype)
+        denom = (self.lam.to(g.device, torch.float64) + self.damping(scoring)).to(g.dtype)
         if bool((denom <= 0).any()):
             raise ValueError(
                 f"layer {self.name}: Λ + λ has non-positive entries; set a positive damping"
@@ -147,7 +148,7 @@ class Factors:
                 return lf
         raise KeyError(f"no factors for layer {name!r}; have {self.layer_names}")
 
-    def projected_for(self, cfg: EngineConfig) -> list[LayerFactors] | None:
+    def projected_for(self, cfg: FactorConfig) -> list[LayerFactors] | None:
         """Projected-space factors when they were fitted with ``cfg``'s projections."""
         if self.projected is None or self.projection != projection_key(cfg):
             return None
@@ -158,7 +159,7 @@ class Factors:
         """Write one safetensors file (atomic rename) holding tensors and metadata."""
         from safetensors.torch import save
 
-        from gdig.atomicio import atomic_write_bytes
+        from gdig.io.atomic import atomic_write_bytes
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ class Factors:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module, cfg: EngineConfig) -> Factors:
+    def load(cls, path: str | Path, model: nn.Module, cfg: FactorConfig) -> Factors:
         """Read factors, refusing (FactorsMismatchError) if they belong to another model,
         layer set or method than ``model`` under ``cfg``."""
         from safetensors import safe_open
@@ -214,7 +215,7 @@ class Factors:
         factors.check(model, cfg, where=str(path))
         return factors
 
-    def check(self, model: nn.Module, cfg: EngineConfig, where: str = "factors") -> None:
+    def check(self, model: nn.Module, cfg: FactorConfig, where: str = "factors") -> None:
         """Raise FactorsMismatchError unless these factors fit ``model`` and ``cfg``."""
         if self.fingerprint["class"] != type(model).__name__:
             raise FactorsMismatchError(
@@ -225,12 +226,20 @@ class Factors:
         if expected != self.layer_names:
             raise FactorsMismatchError(
                 f"{where}: factors cover layers {self.layer_names} but the configuration tracks "
-                f"{expected}; refit them or set EngineConfig.layers to match"
+                f"{expected}; refit them or set --layers to match"
             )
-        if self.method != cfg.method:
+        # Every factor option, not only layers and method: template, lengths, Fisher labels,
+        # sample and projections all change the numbers.
+        want = as_dict(cfg)
+        diff = [
+            f"{k}: {self.config.get(k)!r} -> {want.get(k)!r}"
+            for k in sorted(set(self.config) | set(want))
+            if self.config.get(k) != want.get(k)
+        ]
+        if diff:
             raise FactorsMismatchError(
-                f"{where}: factors were fitted with method={self.method!r} but "
-                f"EngineConfig.method={cfg.method!r}; refit them or change the method"
+                f"{where}: factors were fitted with other options ({'; '.join(diff)}); refit "
+                "them or use the options they were fitted with"
             )
         _compare_fingerprints(self.fingerprint, model_fingerprint(model, expected), where)
 
@@ -294,48 +303,53 @@ def fit_factors(
     cfg: EngineConfig,
     progress: bool = True,
 ) -> Factors:
-    """Fit the factors of the tracked layers on a sample of ``pairs`` (``cfg.factor_samples``).
+    """Fit the factors of the tracked layers on a sample of ``pairs`` (``factor_samples``).
 
     Pass 1 accumulates ``A`` and ``S``; EK-FAC then refits the eigen-diagonal with
     ``gdig_ext.ekfac_accumulate`` on the same examples, reusing the first pass's captured
-    activations while they fit in ``cfg.factor_cache_mb`` and recomputing the rest.
-    The same is done, at little extra cost, in the projected space of ``cfg.k_in``/``k_out``
+    activations while they fit in ``cfg.execution.factor_cache_mb`` and recomputing the rest.
+    The same is done, at little extra cost, in the projected space of ``cfg.factors.k_in``/``k_out``
     (unless exact): those factors precondition the seeds' projected gradients so that
     re-scoring from stored features is consistent (METHOD.md §4, projected mode).
     """
     if len(pairs) == 0:
         raise ValueError("fit_factors: no pairs to fit the factors on")
-    names = select_layers(model, cfg.layers, cfg.layer_stride)
+    names = select_layers(model, cfg.factors.layers, cfg.factors.layer_stride)
     layers = tracked_layers(model, names)
     device = next(model.parameters()).device
     acc = _acc_dtype(model)
-    rows = _sample(len(pairs), cfg.factor_samples, cfg.factor_seed)
-    encoded = [encode_pair(pairs[r], tokenizer, cfg.template, cfg.max_length) for r in rows]
-    max_tokens = cfg.max_batch_tokens or auto_max_tokens(model, device)
-    batches = plan_batches([len(e) for e in encoded], cfg.batch_size, max_tokens)
+    rows = _sample(len(pairs), cfg.factors.factor_samples, cfg.factors.factor_seed)
+    encoded = [
+        encode_pair(pairs[r], tokenizer, cfg.factors.template, cfg.factors.max_length) for r in rows
+    ]
+    max_tokens = cfg.execution.max_batch_tokens or auto_max_tokens(model, device)
+    batches = plan_batches([len(e) for e in encoded], cfg.execution.batch_size, max_tokens)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ekfac = cfg.method == "ekfac"
+    ekfac = cfg.factors.method == "ekfac"
 
     full = [_SpaceFit(ly.name, ly.d_out, ly.d_in, device) for ly in layers]
     projections = None
-    if not cfg.exact:
+    if not cfg.factors.exact:
         projections = [
-            p.to(device, acc) for p in make_projections(layers, cfg.k_in, cfg.k_out, cfg.proj_seed)
+            p.to(device, acc)
+            for p in make_projections(
+                layers, cfg.factors.k_in, cfg.factors.k_out, cfg.factors.proj_seed
+            )
         ]
-        proj = [_SpaceFit(ly.name, cfg.k_out, cfg.k_in, device) for ly in layers]
+        proj = [_SpaceFit(ly.name, cfg.factors.k_out, cfg.factors.k_in, device) for ly in layers]
     n_tokens = 0
     cache: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    cache_bytes, budget = 0, (cfg.factor_cache_mb << 20) if ekfac else 0
+    cache_bytes, budget = 0, (cfg.execution.factor_cache_mb << 20) if ekfac else 0
 
     def generator(b: int) -> torch.Generator:
         # Sampled labels must be the same in both passes: one fixed stream per batch.
-        return torch.Generator(device=device).manual_seed(cfg.factor_seed * 100_003 + b)
+        return torch.Generator(device=device).manual_seed(cfg.factors.factor_seed * 100_003 + b)
 
     nonfinite: set[str] = set()
 
     def capture(cap: GradientCapture, b: int, sub: list[int]):
         batch = collate(encoded, sub, pad_id, device)
-        got = cap.run(batch, cfg.fisher_labels, generator(b))
+        got = cap.run(batch, cfg.factors.fisher_labels, generator(b))
         captured = [(a.to(acc), g.to(acc)) for a, g in got.layers]
         mask = got.mask.to(acc)
         ok = torch.isfinite(got.losses)
@@ -361,11 +375,14 @@ def fit_factors(
     def projected(i: int, a: torch.Tensor, g: torch.Tensor):
         return a @ projections[i].p_in, g @ projections[i].p_out
 
-    total = len(encoded) * (2 if ekfac else 1)
+    passes = 2 if ekfac else 1
     with (
-        GradientCapture(model, names, cfg.autocast) as cap,
-        tqdm(total=total, desc="fit factors", unit="ex", disable=not progress) as bar,
-    ):
+        GradientCapture(model, names, cfg.factors.autocast) as cap,
+        tqdm(
+            total=len(encoded), desc=f"fit factors (pass 1/{passes})", unit="ex",
+            disable=not progress,
+        ) as bar,
+    ):  # fmt: skip
         for b in range(len(batches)):
             parts = capture_batch(cap, b)
             size = 0
@@ -386,7 +403,9 @@ def fit_factors(
         spaces = full + (proj if projections is not None else [])
         for sp in spaces:
             sp.eigen(n_tokens)
-        if ekfac:
+        if ekfac:  # the bar counts examples, once per pass
+            bar.reset(total=len(encoded))
+            bar.set_description("fit factors (pass 2/2)")
             for b in range(len(batches)):
                 parts = cache.pop(b) if b in cache else capture_batch(cap, b)
                 for captured, mask in parts:
@@ -400,14 +419,14 @@ def fit_factors(
 
     return Factors(
         layers=[sp.result for sp in full],
-        method=cfg.method,
+        method=cfg.factors.method,
         fingerprint=model_fingerprint(model, names),
-        config=cfg.factor_key(),
+        config=as_dict(cfg.factors),
         stats={
             "examples": len(encoded) - len(nonfinite),
             "tokens": n_tokens,
             "nonfinite_ids": sorted(nonfinite),
         },
         projected=[sp.result for sp in proj] if projections is not None else None,
-        projection=projection_key(cfg) if projections is not None else None,
+        projection=projection_key(cfg.factors) if projections is not None else None,
     )

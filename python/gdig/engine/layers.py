@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gdig.io.errors import UsageError
+
 # `<block index>.<mlp module>.<down projection>` across LLaMA/Qwen2/Mistral (mlp.down_proj),
 # GPT-2 (mlp.c_proj), BLOOM (mlp.dense_4h_to_h), OPT/Phi (fc2), GPT-J/NeoX-style and others.
 _DOWN_PROJ = re.compile(
@@ -61,9 +63,9 @@ def default_layer_names(model: nn.Module, stride: int = 3) -> list[str]:
         if m:
             found.append((int(m.group(1)), name))
     if not found:
-        raise ValueError(
+        raise UsageError(
             f"{type(model).__name__}: no MLP down-projection found by name; pass "
-            "EngineConfig.layers, a regex over module names (see model.named_modules())"
+            "--layers, a regex over module names (see model.named_modules())"
         )
     found.sort()
     blocks = sorted({b for b, _ in found})
@@ -79,14 +81,12 @@ def select_layers(model: nn.Module, pattern: str | None = None, stride: int = 3)
         try:
             rx = re.compile(pattern)
         except re.error as exc:
-            raise ValueError(
-                f"EngineConfig.layers={pattern!r} is not a valid regex: {exc}"
-            ) from exc
+            raise UsageError(f"--layers {pattern!r} is not a valid regex: {exc}") from exc
         names = {n for n, m in model.named_modules() if rx.search(n) and is_linear(m)}
         if not names:
             linear = [n for n, m in model.named_modules() if is_linear(m)][:8]
-            raise ValueError(
-                f"EngineConfig.layers={pattern!r} matches no nn.Linear/Conv1D module of "
+            raise UsageError(
+                f"--layers {pattern!r} matches no nn.Linear/Conv1D module of "
                 f"{type(model).__name__}; linear modules look like {linear}"
             )
     return [n for n, _ in model.named_modules() if n in names]
@@ -97,7 +97,7 @@ def tracked_layers(model: nn.Module, names: list[str]) -> list[TrackedLayer]:
     out = []
     for name in names:
         if name not in modules or not is_linear(modules[name]):
-            raise ValueError(f"{name!r} is not an nn.Linear/Conv1D module of this model")
+            raise UsageError(f"{name!r} is not an nn.Linear/Conv1D module of this model")
         d_out, d_in = layer_shape(modules[name])
         out.append(TrackedLayer(name, d_out, d_in))
     return out

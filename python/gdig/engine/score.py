@@ -7,7 +7,6 @@ shard, so memory does not grow with the pool.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,25 +20,16 @@ from tqdm.auto import tqdm
 import gdig_ext
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import Captured, GradientCapture
-from gdig.engine.config import EngineConfig
+from gdig.engine.config import EngineConfig, as_dict
 from gdig.engine.factors import model_fingerprint
+from gdig.engine.faults import fault_point, finite_rows, run_with_backoff
 from gdig.engine.projection import Projection, make_projections, projection_key
 from gdig.engine.seeds import SeedGradients
 from gdig.engine.store import GradStore, StoreWriter
 from gdig.engine.template import encode_pair
-from gdig.faults import fault_point, finite_rows, run_with_backoff
-from gdig.integrity import sha256_json
+from gdig.io.integrity import sha256_json
 
 log = logging.getLogger("gdig")
-
-# Options that do not change any stored number (a resumed run may differ in them).
-_EXECUTION_ONLY = (
-    "batch_size",
-    "max_batch_tokens",
-    "shard_size",
-    "export_benefit_matrix",
-    "factor_cache_mb",
-)
 
 
 def gram_norm_sq(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,7 +75,7 @@ class CandidateScorer:
 
 def run_key(model: nn.Module, seeds: SeedGradients, cfg: EngineConfig) -> dict[str, Any]:
     """Everything the stored numbers depend on; a store is resumed only under the same key."""
-    config = {k: v for k, v in cfg.to_dict().items() if k not in _EXECUTION_ONLY}
+    config = {"factors": as_dict(cfg.factors), "scoring": as_dict(cfg.scoring)}
     return {
         "config": config,
         "model": sha256_json(model_fingerprint(model, seeds.layer_names)),
@@ -110,14 +100,17 @@ def score_candidates(
     Benefit ``B(m, s) = ∇L(s)ᵀ H⁻¹ ∇L(m)``: positive means candidate ``m`` helps seed ``s``.
     Shards already written by an identical earlier run are kept (resume).
     """
-    if seed_grads.proj_key != projection_key(cfg):
+    if seed_grads.proj_key != projection_key(cfg.factors):
         raise ValueError(
             f"seed gradients were prepared with projection {seed_grads.proj_key} but the "
-            f"configuration says {projection_key(cfg)}; prepare the seeds with this configuration"
+            f"configuration says {projection_key(cfg.factors)}; prepare the seeds with this "
+            "configuration"
         )
-    shard_size = shard_size or cfg.shard_size
+    shard_size = shard_size or cfg.execution.shard_size
     layers = seed_grads.layers
-    projections = make_projections(layers, cfg.k_in, cfg.k_out, cfg.proj_seed, cfg.exact)
+    projections = make_projections(
+        layers, cfg.factors.k_in, cfg.factors.k_out, cfg.factors.proj_seed, cfg.factors.exact
+    )
     device = next(model.parameters()).device
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     scorer = CandidateScorer(seed_grads, projections, device, dtype)
@@ -134,12 +127,12 @@ def score_candidates(
         seed_norm=seed_grads.norm,
         layers=[{"name": ly.name, "d_out": ly.d_out, "d_in": ly.d_in} for ly in layers],
     )
-    max_tokens = cfg.max_batch_tokens or auto_max_tokens(model, device)
+    max_tokens = cfg.execution.max_batch_tokens or auto_max_tokens(model, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    k = min(cfg.top_k, seed_grads.n)
+    k = min(cfg.scoring.top_k, seed_grads.n)
     n_shards = (len(pool) + shard_size - 1) // shard_size
     with (
-        GradientCapture(model, seed_grads.layer_names, cfg.autocast) as cap,
+        GradientCapture(model, seed_grads.layer_names, cfg.factors.autocast) as cap,
         tqdm(total=len(pool), desc="score candidates", unit="ex", disable=not progress) as bar,
     ):
         for index in range(n_shards):
@@ -149,7 +142,7 @@ def score_candidates(
                 bar.update(stop - start)
                 continue
             encoded = [
-                encode_pair(pool[r], tokenizer, cfg.template, cfg.max_length)
+                encode_pair(pool[r], tokenizer, cfg.factors.template, cfg.factors.max_length)
                 for r in range(start, stop)
             ]
             arrays = _empty_shard(stop - start, seed_grads.n, projections, k)
@@ -161,7 +154,9 @@ def score_candidates(
                 ok = finite_rows(benefit, feats, norm) & torch.isfinite(got.losses)
                 return benefit, feats, norm, ok
 
-            for batch in plan_batches([len(e) for e in encoded], cfg.batch_size, max_tokens):
+            for batch in plan_batches(
+                [len(e) for e in encoded], cfg.execution.batch_size, max_tokens
+            ):
                 for rows, (benefit, feats, norm, ok) in run_with_backoff(
                     score_rows, batch, "scoring batch"
                 ):
@@ -189,7 +184,7 @@ def score_candidates(
             writer.write_shard(index, start, ids[start:stop], arrays, nonfinite)
     writer.finish(n_shards)
     store = GradStore.open(store_dir)
-    if cfg.export_benefit_matrix:
+    if cfg.execution.export_benefit_matrix:
         store.export_benefit_matrix()
     return store
 
@@ -236,8 +231,3 @@ def rescore(
         for key, val in zip(parts, gdig_ext.score_stats(cand, seeds_t, k), strict=True):
             parts[key].append(val.numpy())
     return {key: np.concatenate(v) if v else np.zeros(0) for key, v in parts.items()}
-
-
-def read_manifest(store_dir: str | Path) -> dict[str, Any]:
-    """The store's manifest as a dict (for reports)."""
-    return json.loads((Path(store_dir) / "manifest.json").read_text())

@@ -19,10 +19,10 @@ from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import GradientCapture
 from gdig.engine.config import EngineConfig
 from gdig.engine.factors import Factors
+from gdig.engine.faults import finite_rows, run_with_backoff
 from gdig.engine.layers import TrackedLayer, tracked_layers
 from gdig.engine.projection import make_projections, project_dense, projection_key
 from gdig.engine.template import encode_pair
-from gdig.faults import finite_rows, run_with_backoff
 
 
 @dataclass
@@ -117,19 +117,22 @@ def prepare_seeds(
     cfg: EngineConfig,
     progress: bool = True,
 ) -> SeedGradients:
-    """Precondition and compress the seed set's gradients (``cfg.rank``; exact mode: none)."""
+    """Precondition and compress the seed set's gradients (rank ``cfg.scoring.rank``; exact:
+    none)."""
     if len(seeds) == 0:
         raise ValueError("prepare_seeds: the seed set is empty")
-    factors.check(model, cfg)
+    factors.check(model, cfg.factors)
     names = factors.layer_names
     layers = tracked_layers(model, names)
-    projections = make_projections(layers, cfg.k_in, cfg.k_out, cfg.proj_seed, cfg.exact)
+    projections = make_projections(
+        layers, cfg.factors.k_in, cfg.factors.k_out, cfg.factors.proj_seed, cfg.factors.exact
+    )
     device = next(model.parameters()).device
-    float64 = cfg.exact or next(model.parameters()).dtype == torch.float64
+    float64 = cfg.factors.exact or next(model.parameters()).dtype == torch.float64
     compute = torch.float64 if float64 else torch.float32
     rank = cfg.effective_rank
-    proj_factors = None if cfg.exact else factors.projected_for(cfg)
-    if not cfg.exact and proj_factors is None:
+    proj_factors = None if cfg.factors.exact else factors.projected_for(cfg.factors)
+    if not cfg.factors.exact and proj_factors is None:
         warnings.warn(
             "the factors hold no projected-space part for this projection (k_in, k_out, "
             "proj_seed); seed features fall back to projecting H⁻¹G, which re-scores less "
@@ -137,9 +140,11 @@ def prepare_seeds(
             stacklevel=2,
         )
 
-    encoded = [encode_pair(p, tokenizer, cfg.template, cfg.max_length) for p in seeds]
-    max_tokens = cfg.max_batch_tokens or auto_max_tokens(model, device)
-    batches = plan_batches([len(e) for e in encoded], cfg.batch_size, max_tokens)
+    encoded = [
+        encode_pair(p, tokenizer, cfg.factors.template, cfg.factors.max_length) for p in seeds
+    ]
+    max_tokens = cfg.execution.max_batch_tokens or auto_max_tokens(model, device)
+    batches = plan_batches([len(e) for e in encoded], cfg.execution.batch_size, max_tokens)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     n = len(encoded)
@@ -148,7 +153,7 @@ def prepare_seeds(
     feats = [np.zeros((n, p.dim), dtype=np.float32) for p in projections]
     sq_norm = np.zeros(n, dtype=np.float64)
     with (
-        GradientCapture(model, names, cfg.autocast) as cap,
+        GradientCapture(model, names, cfg.factors.autocast) as cap,
         tqdm(total=n, desc="seed gradients", unit="ex", disable=not progress) as bar,
     ):
 
@@ -160,15 +165,17 @@ def prepare_seeds(
                 # float64 (exact mode or a float64 model) or float32: seeds are few, but a
                 # float64 preconditioning of large layers costs more than their model pass.
                 grads = dense_grads(a.to(compute), g.to(compute), got.mask)
-                pre = factors[names[i]].precondition(grads, cfg)
+                pre = factors[names[i]].precondition(grads, cfg.scoring)
                 sq_norm[rows] += pre.square().sum(dim=(1, 2)).cpu().numpy()
                 if proj_factors is not None:
                     # Projected mode: precondition in the projected space, where the factors
                     # match the features' geometry (far less noisy than projecting H⁻¹G).
                     raw = project_dense(grads, projections[i]).reshape(
-                        len(rows), cfg.k_out, cfg.k_in
+                        len(rows), cfg.factors.k_out, cfg.factors.k_in
                     )
-                    seed_feat = proj_factors[i].precondition(raw, cfg).reshape(len(rows), -1)
+                    seed_feat = (
+                        proj_factors[i].precondition(raw, cfg.scoring).reshape(len(rows), -1)
+                    )
                 else:
                     seed_feat = project_dense(pre, projections[i])
                 feats[i][rows] = seed_feat.float().cpu().numpy()
@@ -188,5 +195,5 @@ def prepare_seeds(
         features=np.concatenate(feats, axis=1),
         norm=np.sqrt(sq_norm).astype(np.float32),
         rank=rank,
-        proj_key=projection_key(cfg),
+        proj_key=projection_key(cfg.factors),
     )

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from gdig.atomicio import atomic_open, atomic_write_bytes
-from gdig.integrity import bad_files, sha256_file, sha256_json
+from gdig.io.atomic import atomic_open, atomic_write_bytes
+from gdig.io.integrity import bad_files, sha256_file, sha256_json
 
 FORMAT = "gdig-gradstore"
 VERSION = 1
@@ -202,6 +202,13 @@ class GradStore:
                 ids += json.loads((self.root / name / "ids.json").read_text())
             self._ids = ids
         return self._ids
+
+    @property
+    def nonfinite_ids(self) -> list[str]:
+        """Candidates whose loss or gradient was NaN/Inf: their rows hold zeros, not scores
+        (selection leaves them out)."""
+        shards = self.manifest.get("shards", {})
+        return [i for name in sorted(shards) for i in shards[name].get("nonfinite", [])]
 
     @property
     def cand_norm(self) -> np.ndarray:

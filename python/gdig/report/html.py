@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomicio import atomic_write_bytes, atomic_write_text
+from gdig.io.atomic import atomic_write_bytes, atomic_write_text
+
 from ..select.selection import Selection
 from . import figures
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gdig.io.validate import OptionError, at_least, one_of
+
 SELECTORS = ("gdig", "quality", "diversity", "random")
 SCORINGS = ("raw", "zscore", "cosine")
 ON_SHORT = ("stop", "fill")
 WITHIN_CLUSTER = ("random", "best")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass
 class SelectConfig:
+    """Selection: quality filter, diversity, budget (METHOD.md §5)."""
+
     budget: int = field(
         default=1000,
         metadata={"help": "Number of candidates to select (n)."},
@@ -20,10 +23,11 @@ class SelectConfig:
     selector: str = field(
         default="gdig",
         metadata={
+            "choices": SELECTORS,
             "help": "gdig: quality filter then diversity resampling (the method); "
             "quality: quality filter then top by mean benefit; "
             "diversity: k-means on all candidates then resampling; "
-            "random: uniform random baseline."
+            "random: uniform random baseline.",
         },
     )
     tau: float = field(
@@ -43,16 +47,19 @@ class SelectConfig:
     scoring: str = field(
         default="raw",
         metadata={
+            "choices": SCORINGS,
             "help": "raw: benefit as is (the paper); zscore: each seed's benefits "
             "standardised over the pool (positive = better than the pool average for "
-            "that seed); cosine: benefit / (|grad m| * |grad s|) using the store's norms."
+            "that seed); cosine: benefit / (|grad m| * |H^-1 grad s|), the store's norms.",
         },
     )
     on_short: str = field(
         default="stop",
         metadata={
-            "help": "When fewer than budget candidates pass the quality filter: stop "
-            "(raise ShortfallError) or fill (top up by mean benefit, flagged as filled)."
+            "choices": ON_SHORT,
+            "help": "When fewer than budget candidates pass the quality filter: stop (an "
+            "error; scores.csv is still written) or fill (top up by mean benefit, flagged "
+            "as filled).",
         },
     )
     clusters: int | None = field(
@@ -65,8 +72,9 @@ class SelectConfig:
     within_cluster: str = field(
         default="random",
         metadata={
+            "choices": WITHIN_CLUSTER,
             "help": "How each cluster gives its share: random (uniform, seeded) or "
-            "best (highest mean benefit first)."
+            "best (highest mean benefit first).",
         },
     )
     pca_dim: int | None = field(
@@ -80,10 +88,6 @@ class SelectConfig:
         default=25,
         metadata={"help": "k-means iterations (FAISS niter)."},
     )
-    device: str = field(
-        default="cpu",
-        metadata={"help": "Where k-means runs: cpu, or cuda (needs faiss built with GPU)."},
-    )
     seed: int = field(
         default=0,
         metadata={
@@ -93,29 +97,11 @@ class SelectConfig:
     )
 
     def __post_init__(self) -> None:
-        _one_of("selector", self.selector, SELECTORS)
-        _one_of("scoring", self.scoring, SCORINGS)
-        _one_of("on_short", self.on_short, ON_SHORT)
-        _one_of("within_cluster", self.within_cluster, WITHIN_CLUSTER)
-        _one_of("device", self.device, DEVICES)
-        if self.budget < 1:
-            raise ValueError(f"SelectConfig.budget must be >= 1, got {self.budget}")
+        one_of("selector", self.selector, SELECTORS)
+        one_of("scoring", self.scoring, SCORINGS)
+        one_of("on_short", self.on_short, ON_SHORT)
+        one_of("within_cluster", self.within_cluster, WITHIN_CLUSTER)
+        at_least(self, 1, "budget", "seed_group", "clusters", "kmeans_iters")
+        at_least(self, 0, "pca_dim")
         if not 0.0 <= self.tau <= 1.0:
-            raise ValueError(f"SelectConfig.tau must be in [0, 1], got {self.tau}")
-        if self.seed_group < 1:
-            raise ValueError(f"SelectConfig.seed_group must be >= 1, got {self.seed_group}")
-        if self.clusters is not None and self.clusters < 1:
-            raise ValueError(
-                f"SelectConfig.clusters must be >= 1 or None (auto), got {self.clusters}"
-            )
-        if self.pca_dim is not None and self.pca_dim < 0:
-            raise ValueError(
-                f"SelectConfig.pca_dim must be >= 0 (0 = off) or None (auto), got {self.pca_dim}"
-            )
-        if self.kmeans_iters < 1:
-            raise ValueError(f"SelectConfig.kmeans_iters must be >= 1, got {self.kmeans_iters}")
-
-
-def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"SelectConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
+            raise OptionError("tau", f"must be in [0, 1]; got {self.tau}")

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from gdig.io.errors import GdigError
+
 from .source import ScoreSource
 
 SAMPLE_PER_CLUSTER = 256  # FAISS's max_points_per_centroid default: more points barely help
@@ -58,9 +60,9 @@ def _faiss():
 
 def _check_gpu(faiss) -> None:
     if faiss.get_num_gpus() < 1:
-        raise RuntimeError(
-            "SelectConfig.device='cuda' but the installed faiss sees no GPU (faiss-cpu, or "
-            "no visible CUDA device): install a GPU build of faiss or use device='cpu'"
+        raise GdigError(
+            "--device cuda: the installed faiss sees no GPU (faiss-cpu, or no visible CUDA "
+            "device); install a GPU build of faiss (pip install .[gpu]) or use --device cpu"
         )
 
 
@@ -85,7 +87,8 @@ def cluster_rows(
     if n_clusters == 1:
         return np.zeros(m, dtype=np.int32)
     faiss = _faiss()
-    if device == "cuda":
+    gpu = device.startswith("cuda")
+    if gpu:
         _check_gpu(faiss)
     rng = np.random.default_rng([seed, 1])  # own stream: independent of the resampling draws
 
@@ -117,7 +120,7 @@ def cluster_rows(
         niter=iters,
         seed=seed & 0x7FFFFFFF,  # FAISS takes a C int
         verbose=False,
-        gpu=device == "cuda",
+        gpu=gpu,
         min_points_per_centroid=1,  # small pools are fine; skip FAISS's warning
         max_points_per_centroid=SAMPLE_PER_CLUSTER,
     )

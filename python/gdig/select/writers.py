@@ -1,0 +1,68 @@
+"""The selection's files for users: ``scores.csv`` (one row per scored candidate, pool
+order) and ``selected.jsonl`` (the chosen pairs with every input field)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gdig.data.pairs import write_jsonl
+from gdig.io.atomic import atomic_write_text
+
+from .selection import Selection
+
+SCORE_COLUMNS = (
+    "id",
+    "n_pos",
+    "n_seeds",
+    "benefit_mean",
+    "benefit_min",
+    "passed_quality",
+    "cluster",
+    "selected",
+)
+
+
+def write_scores(path: Path, sel: Selection) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SCORE_COLUMNS)
+    for i, cid in enumerate(sel.ids):
+        w.writerow(
+            [
+                cid,
+                int(sel.n_pos[i]),
+                sel.n_seeds,
+                f"{float(sel.benefit_mean[i]):.9g}",
+                f"{float(sel.benefit_min[i]):.9g}",
+                int(bool(sel.passed_quality[i])),
+                int(sel.cluster[i]),
+                int(bool(sel.selected[i])),
+            ]
+        )
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_selected(path: Path, sel: Selection, pairs: Sequence[Any]) -> None:
+    """``pairs`` is aligned with ``sel.ids`` (anything with ``to_record()``). Pool order,
+    except for ``--selector quality``, whose selection is a ranking: best first."""
+    rows = np.asarray(sel.selected_rows, dtype=np.int64)
+    if sel.config.selector == "quality":
+        rows = rows[np.lexsort((rows, -np.asarray(sel.benefit_mean)[rows]))]
+    records = []
+    for row in rows:
+        rec = pairs[int(row)].to_record()
+        rec.update(
+            benefit_mean=float(sel.benefit_mean[row]),
+            n_pos=int(sel.n_pos[row]),
+            cluster=int(sel.cluster[row]),
+        )
+        if bool(sel.filled[row]):
+            rec["filled"] = True
+        records.append(rec)
+    write_jsonl(path, records)

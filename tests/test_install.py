@@ -1,0 +1,143 @@
+"""Install gdig into a FRESH virtual environment from its own metadata, then run it.
+
+This catches what the dev venv hides: a runtime import that is not a declared dependency
+(the dev venv has every package anyone ever installed into it), a package-data file left
+out of the wheel, or a build that only works in-tree. The fresh venv does not see the dev
+venv's packages (no --system-site-packages, no PYTHONPATH, no user site).
+
+Steps, each the way a user does it:
+  1. venv; install torch and the [build-system] requirements of pyproject.toml;
+  2. build the gdig wheel there with --no-build-isolation and GDIG_CUDA=0, from a copy of
+     the source tree (so the working tree gets no build/ or egg-info, and nothing compiled
+     against the dev venv's torch is reused);
+  3. `pip install` the wheel: every other dependency resolved from its metadata;
+  4. `pip check`, `gdig --help`, and a tiny `gdig run` on a random llama.
+
+torch is the one dependency installed by hand (gdig compiles against it), and the cheap
+honest choice is a CPU build: the default `torch==2.13.0` resolves to the CPU wheel in this
+machine's local package index. Elsewhere set GDIG_TEST_TORCH to the pip arguments for torch,
+e.g. GDIG_TEST_TORCH="torch --index-url https://download.pytorch.org/whl/cpu".
+The test is skipped only when the package index lacks a wheel it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers_models import save_tiny
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_ARGS = shlex.split(os.environ.get("GDIG_TEST_TORCH", "torch==2.13.0"))
+# What pip prints when the index has no wheel for a requirement.
+_MISSING = re.compile(
+    r"(No matching distribution found for .*|Could not find a version that satisfies .*)"
+)
+# The source tree minus everything that is not package source or is built output.
+_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.o",
+    ".pytest_cache", ".ruff_cache", ".benchmarks", "runs", "tests", "benchmarks",
+)  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment minus anything that could leak the dev venv into the fresh one."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+    }
+    env.update(PYTHONNOUSERSITE="1", OMP_NUM_THREADS="2", MAX_JOBS="2", **extra)
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 900, **env: str) -> str:
+    """Run ``cmd``; on failure skip if pip's index lacks a wheel, else fail with the log."""
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout
+    )
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        missing = _MISSING.search(out)
+        if missing and Path(cmd[0]).name == "pip":
+            pytest.skip(f"the package index lacks a needed wheel: {missing.group(1)}")
+        pytest.fail(f"{shlex.join(cmd)} exited {proc.returncode}:\n{out[-6000:]}")
+    return out
+
+
+def _build_requires() -> list[str]:
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)["build-system"]["requires"]
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    """A fresh venv with gdig installed from a wheel; returns its bin/ folder."""
+    tmp = tmp_path_factory.mktemp("install")
+    t0 = time.monotonic()
+    # The dev venv's python: `-m venv` bases the new venv on the base interpreter.
+    _run([sys.executable, "-m", "venv", str(tmp / "venv")], tmp)
+    bin_ = tmp / "venv" / "bin"
+    pip = [str(bin_ / "pip"), "--disable-pip-version-check"]
+    # ninja is optional for users (it only makes the compile parallel); here it saves minutes.
+    _run([*pip, "install", "-q", *TORCH_ARGS, *_build_requires(), "ninja"], tmp)
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=_IGNORE)
+    _run([*pip, "wheel", "-q", "--no-build-isolation", "--no-deps", "-w", str(tmp / "wheels"),
+          str(src)], tmp, GDIG_CUDA="0")  # fmt: skip
+    (wheel,) = (tmp / "wheels").glob("gdig-*.whl")
+    _run([*pip, "install", "-q", str(wheel)], tmp)
+    print(f"fresh venv with gdig installed in {time.monotonic() - t0:.0f} s")
+    return bin_
+
+
+def test_pip_check_passes(fresh):
+    out = _run([str(fresh / "pip"), "check"], fresh)
+    assert "No broken requirements" in out
+
+
+def test_installed_from_the_wheel_not_the_tree(fresh, tmp_path):
+    code = "import gdig, gdig_ext; print(gdig.__file__); print(gdig_ext.__file__)"
+    out = _run([str(fresh / "python"), "-c", code], tmp_path).split()
+    venv = str(fresh.parent)
+    assert all(p.startswith(venv) for p in out), out
+
+
+def test_help_and_tiny_run(fresh, tmp_path):
+    gdig = str(fresh / "gdig")
+    assert "run" in _run([gdig, "--help"], tmp_path)
+    run_help = _run([gdig, "run", "--help"], tmp_path)
+    seeds_flag = "--seeds" if re.search(r"--seeds\b", run_help) else "--seed"
+
+    model = save_tiny("llama", tmp_path / "model")  # from the dev interpreter
+    words = ["haus", "katze", "hund", "baum", "auto", "buch", "see", "berg", "rot", "blau"]
+
+    def pairs(prefix: str, n: int, start: int) -> str:
+        recs = []
+        for i in range(n):
+            src = " ".join(words[(start + i + j) % len(words)] for j in range(1 + i % 3))
+            recs.append({"id": f"{prefix}-{i}", "src": src, "tgt": src[::-1],
+                         "src_lang": "de", "tgt_lang": "en"})  # fmt: skip
+        return "".join(json.dumps(r) + "\n" for r in recs)
+
+    seeds, pool, out = tmp_path / "seeds.jsonl", tmp_path / "pool.jsonl", tmp_path / "out"
+    seeds.write_text(pairs("seed", 4, 0), encoding="utf-8")
+    pool.write_text(pairs("pool", 12, 5), encoding="utf-8")
+    _run([gdig, "run", "--model", str(model), seeds_flag, str(seeds), "--pool", str(pool),
+          "--out", str(out), "--budget", "4", "--factor-samples", "8", "--on-short", "fill",
+          "--tau", "0", "--no-progress"], tmp_path, timeout=600,
+         GDIG_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")  # fmt: skip
+    selected = (out / "selected.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(selected) == 4
+    assert {json.loads(line)["id"] for line in selected} <= {f"pool-{i}" for i in range(12)}
