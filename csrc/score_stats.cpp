@@ -17,6 +17,9 @@ constexpr int64_t kTileElems = int64_t(1) << 22;  // scores held at once
 
 // Scores arrive in the input dtype (bf16 GEMMs use the CPU's bf16 units and accumulate
 // in fp32 inside); statistics are accumulated in acc_t (float, or double for double).
+// NaN scores follow torch (gdig_ext/reference.py) and the CUDA kernel: a row holding one has
+// mean NaN and min NaN (like torch.amin); NaN is not counted in n_pos (NaN > 0 is false) and
+// at::topk ranks it above every number, as torch.topk does.
 template <typename scalar_t, typename acc_t>
 void reduce_rows(const scalar_t* sc, int64_t rows, int64_t S, int64_t* n_pos, acc_t* mean,
                  acc_t* mn) {
@@ -30,7 +33,7 @@ void reduce_rows(const scalar_t* sc, int64_t rows, int64_t S, int64_t* n_pos, ac
         const acc_t x = static_cast<acc_t>(row[s]);
         pos += x > acc_t(0);
         sum += x;
-        lo = x < lo ? x : lo;
+        lo = (x < lo || x != x) ? x : lo;  // a NaN is kept: nothing compares below it
       }
       n_pos[i] = pos;
       mean[i] = static_cast<acc_t>(sum / static_cast<double>(S));

@@ -2,6 +2,7 @@
 // `cand` may stay on the CPU (a memory-mapped pool): each tile is copied into pinned memory
 // and sent to the GPU asynchronously, so reading the next tile overlaps this one's GEMM.
 // Per tile: one cuBLAS GEMM for the scores, one kernel for n_pos/mean/min, at::topk.
+#include <ATen/cuda/CUDAEvent.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -74,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> score_sta
   const int64_t per_row = S + (cand.is_cpu() ? cand.size(1) : 0);
   const int64_t rows = tile_rows(per_row, cuda::kTileElems, N);
   const int64_t warps = cuda::kThreads / cuda::kWarp;
+  at::cuda::CUDAEvent copied;  // recorded after each host-to-device copy of a tile
   for (int64_t c0 = 0; c0 < N; c0 += rows) {
     const int64_t c1 = std::min(N, c0 + rows);
     auto tile = cand.slice(0, c0, c1);
@@ -81,6 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> score_sta
       // pin_memory() takes a block from the caching host allocator, which does not hand it
       // out again until the asynchronous copy recorded on `stream` has finished.
       tile = tile.contiguous().pin_memory().to(seeds.device(), /*non_blocking=*/true);
+      copied.record(stream);
     }
     const auto sc = at::mm(tile, seeds_t).contiguous();  // [rows,S] in the input dtype
     const int64_t nr = c1 - c0;
@@ -99,6 +102,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> score_sta
       top_val.slice(0, c0, c1).copy_(vals);
       top_idx.slice(0, c0, c1).copy_(idx);
     }
+  }
+  if (cand.is_cpu()) {
+    // When cand is already pinned (and contiguous), pin_memory() returns cand itself and the
+    // asynchronous copy reads the caller's buffer: returning while it is in flight would let
+    // the caller overwrite or free rows not yet sent. Wait for the last copy (copies run in
+    // stream order, so for all of them); the GEMM and kernels queued after it stay async.
+    copied.synchronize();
   }
   return {n_pos, mean, mn, top_val, top_idx};
 }
