@@ -1,7 +1,7 @@
 """Python face of the compiled ops: documented wrappers plus fake (meta) kernels.
 
 The device is chosen by the dispatcher from the inputs; nothing here branches
-on it. Shape, dtype and device checks live in C++ (csrc/checks.h) so both
+on it. Shape, dtype and device checks live in C++ (csrc/checks.cpp) so both
 backends reject bad input with the same message.
 """
 

@@ -334,3 +334,27 @@ def test_rerun_says_nothing_to_do_and_marks_reused(finished, tiny_dir, data, cap
 
 def test_no_lock_file_left_after_success(finished):
     assert not (finished / ".gdig.lock").exists()
+
+
+# ------------------------------------------------------------------ outputs that answer "why"
+
+
+def test_outputs_say_why(finished, data):
+    import csv
+
+    seed_ids = {r["id"] for r in _lines(data[0])}
+    with open(finished / "scores.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    ranks = sorted(int(r["rank"]) for r in rows)
+    assert ranks == list(range(1, len(rows) + 1))
+    best = min(rows, key=lambda r: int(r["rank"]))
+    assert float(best["benefit_mean"]) == max(float(r["benefit_mean"]) for r in rows)
+    for r in rows:
+        assert set(filter(None, r["top_seeds"].split(";"))) <= seed_ids
+    assert any(r["top_seeds"] for r in rows)
+    by_id = {r["id"]: r for r in rows}
+    for rec in _lines(finished / "selected.jsonl"):
+        assert rec["rank"] == int(by_id[rec["id"]]["rank"])
+        assert ";".join(rec["top_seeds"]) == by_id[rec["id"]]["top_seeds"]
+    page = (finished / "report.html").read_text()
+    assert "Why a highly ranked pair can be left out" in page and "Scale (raw scoring)" in page

@@ -156,14 +156,17 @@ def test_projected_factors_match_dense_projected_fit(projected_fit):
         else:
             lam = torch.outer(eig_s, eig_a)
         assert rel(lf.lam, lam) < 1e-10
-        # Not merely the full-space factors projected: P_outᵀ S P_out's eigenvalues differ.
+        # The two spaces agree on the covariances: A_p = P_inᵀ A P_in, S_p = P_outᵀ S P_out.
         full = f.layers[lay]
+        a_full = full.q_a @ torch.diag(full.eig_a) @ full.q_a.T
         s_full = full.q_s @ torch.diag(full.eig_s) @ full.q_s.T
+        assert rel(p.p_in.T @ a_full @ p.p_in, cov_a) < 1e-10
         assert rel(p.p_out.T @ s_full @ p.p_out, cov_s) < 1e-10
 
 
 def test_projected_factors_follow_the_projection_options():
-    """Another proj_seed or k gives other projected factors (same full-space factors)."""
+    """Another proj_seed gives other projected factors (same full-space factors), and the
+    factors offer their projected part only to the projection they were fitted with."""
     model, tok = tiny_model("llama", dtype=F64)
     pool = toy_pairs(4, seed=6)
     cfg = engine_config(layers=r"layers\.0\.mlp\.down_proj$", factor_samples=0, k_in=5, k_out=3)

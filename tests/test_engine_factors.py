@@ -50,16 +50,14 @@ def oracle(fitted):
     return [dense_factors(ref, lay) for lay in range(len(f.layer_names))], ref
 
 
-def dense_factors(ref, lay, p_in=None, p_out=None):
+def dense_factors(ref, lay):
     """A = mean over ALL non-padding tokens (prompt + target, pooled across examples) of a aᵀ,
-    S likewise of g gᵀ (the engine divides both by the total token count, not per example);
-    Λ = mean over EXAMPLES of (Q_Sᵀ G_b Q_A)². Optional projections map a -> a P_in,
-    g -> g P_out and G_b -> P_outᵀ G_b P_in."""
+    S likewise of g gᵀ (the engine divides both by the total token count, not per example,
+    and g_t carries the 1/n_target of the per-example mean loss); Λ = mean over EXAMPLES of
+    (Q_Sᵀ G_b Q_A)²."""
     a = torch.cat([z["a"][lay] for z in ref])  # [tokens, d_in]
     g = torch.cat([z["g"][lay] for z in ref])  # [tokens, d_out]
     grads = torch.stack([z["G"][lay] for z in ref])  # [examples, d_out, d_in], from autograd
-    if p_in is not None:
-        a, g, grads = a @ p_in, g @ p_out, p_out.T @ grads @ p_in
     cov_a, cov_s = a.T @ a / a.shape[0], g.T @ g / g.shape[0]
     eig_a, q_a = torch.linalg.eigh(cov_a)
     eig_s, q_s = torch.linalg.eigh(cov_s)
@@ -121,8 +119,10 @@ def test_ekfac_diagonal_matches_dense(fitted, oracle):
         # Distinct eigenvalues: the eigenbases are unique up to sign, which Λ squares away.
         assert min_gap(want["eig_a"]) > 1e-6 and min_gap(want["eig_s"]) > 1e-6
         assert rel(lf.lam, want["lam"]) < TOL
-        # And it is a refit: far from K-FAC's outer product on these data.
-        assert rel(torch.outer(want["eig_s"], want["eig_a"]), want["lam"]) > 0.05
+        # And it is a refit: even after removing the overall scale (K-FAC's is per token,
+        # EK-FAC's per example: ~60-100x apart here), far from K-FAC's outer product.
+        outer = torch.outer(want["eig_s"], want["eig_a"])
+        assert rel(outer / outer.mean(), want["lam"] / want["lam"].mean()) > 0.3
 
 
 def test_kfac_diagonal_is_outer_product_of_dense_eigenvalues(kfac, oracle):
@@ -170,10 +170,11 @@ def test_precondition_solves_dense_damped_hessian(fitted, kfac, oracle, method, 
         grads = torch.cat([want["G"][:3], torch.randn(1, *lam.shape, generator=gen, dtype=F64)])
         solved = torch.linalg.solve(hess, grads.flatten(1).T).T.reshape(grads.shape)
         got = lf.precondition(grads, scoring)
-        assert got.dtype == F64
+        assert got.dtype == F64  # measured <= 1.1e-14 (cond(H + λI) <= ~600 here)
         assert rel(got, solved) < 1e-8
         got32 = lf.precondition(grads.float(), scoring)
-        assert got32.dtype == torch.float32 and rel(got32.double(), solved) < 1e-4
+        # float32 gradients stay float32: single-precision rounding (measured ~2e-7).
+        assert got32.dtype == torch.float32 and rel(got32.double(), solved) < 1e-5
 
 
 def test_cache_does_not_change_the_fit(fitted):

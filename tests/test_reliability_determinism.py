@@ -36,7 +36,7 @@ def env(tmp_path_factory) -> dict[str, Path]:
 def _run(env, name: str, *extra: str) -> Path:
     out = env["dir"] / name
     if not (out / "scores.csv").exists():
-        args = ["--model", str(env["model"]), "--seed", str(env["seed"]),
+        args = ["--model", str(env["model"]), "--seeds", str(env["seed"]),
                 "--pool", str(env["pool"]), "--out", str(out), *FAST, *extra]  # fmt: skip
         assert main(["run", *args]) == 0
     return out
@@ -76,9 +76,11 @@ def test_batch_size_changes_scores_only_within_tolerance(env):
 
 def test_auto_batch_size_is_fixed_at_the_first_run(env, tmp_path, monkeypatch):
     out = tmp_path / "auto"
-    args = ["--model", str(env["model"]), "--seed", str(env["seed"]), "--pool",
+    args = ["--model", str(env["model"]), "--seeds", str(env["seed"]), "--pool",
             str(env["pool"]), "--out", str(out), *FAST]  # fmt: skip
-    assert main(["fit", *args]) == 0
+    fit_args = ["--model", str(env["model"]), "--pool", str(env["pool"]), "--out", str(out),
+                *FAST[: FAST.index("--rank")]]  # fmt: skip  (fit takes only its own options)
+    assert main(["fit", *fit_args]) == 0
     chosen = json.loads((out / "manifest.json").read_text())["execution"]["max_batch_tokens"]
     assert chosen >= 64
 

@@ -126,7 +126,7 @@ def env(tmp_path_factory) -> dict[str, Path]:
 
 
 def _args(env, out: Path) -> list[str]:
-    return ["--model", str(env["model"]), "--seed", str(env["seed"]), "--pool",
+    return ["--model", str(env["model"]), "--seeds", str(env["seed"]), "--pool",
             str(env["pool"]), "--out", str(out), *FAST]  # fmt: skip
 
 
@@ -179,7 +179,7 @@ def test_nan_seed_stops_with_its_id(env, tmp_path, monkeypatch, capsys):
     recs[2]["tgt"] += POISON
     write_jsonl(seed, recs)
     args = _args(env, tmp_path / "run")
-    args[args.index("--seed") + 1] = str(seed)
+    args[args.index("--seeds") + 1] = str(seed)
     assert main(["run", *args]) == 2
     err = capsys.readouterr().err
     assert recs[2]["id"] in err and "non-finite" in err

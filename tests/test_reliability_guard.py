@@ -40,7 +40,7 @@ def base(tmp_path_factory) -> dict[str, Path]:
 
 def _args(p: dict[str, Path], **swap: str) -> list[str]:
     model, seed, pool = (str(p[swap.get(k, k)]) for k in ("model", "seed", "pool"))
-    return ["--model", model, "--seed", seed, "--pool", pool, "--out", str(p["out"]), *FAST]
+    return ["--model", model, "--seeds", seed, "--pool", pool, "--out", str(p["out"]), *FAST]
 
 
 @pytest.mark.parametrize(
@@ -48,11 +48,12 @@ def _args(p: dict[str, Path], **swap: str) -> list[str]:
     [
         ({"model": "other_model"}, [], "inputs.model.files.model.safetensors.sha256"),
         ({}, ["--layers", r"layers\.0\.mlp\.down_proj"], "layers: None -> "),
-        ({}, ["--k-in", "2"], "config.engine.k_in: 4 -> 2"),
-        ({}, ["--proj-seed", "7"], "config.engine.proj_seed: 0 -> 7"),
-        ({}, ["--factor-seed", "3"], "config.engine.factor_seed: 0 -> 3"),
-        ({}, ["--random-seed", "9"], "config.select.random_seed: 0 -> 9"),
-        ({"seed": "other_seed"}, [], "inputs.seed.sha256"),
+        ({}, ["--k-in", "2"], "config.factors.k_in: 4 -> 2"),
+        ({}, ["--proj-seed", "7"], "config.factors.proj_seed: 0 -> 7"),
+        ({}, ["--factor-seed", "3"], "config.factors.factor_seed: 0 -> 3"),
+        ({}, ["--rank", "2"], "config.scoring.rank: 4 -> 2"),
+        ({}, ["--dtype", "float64"], "config.read.dtype: 'float32' -> 'float64'"),
+        ({"seed": "other_seed"}, [], "inputs.seeds.sha256"),
         ({"pool": "other_pool"}, [], "inputs.pool.sha256"),
     ],
 )
@@ -64,6 +65,17 @@ def test_changed_input_or_option_is_refused(base, capsys, swap, extra, expected)
     assert expected in err, err
     assert "--force-restart" in err
     assert (base["out"] / "manifest.json").read_bytes() == before  # nothing touched
+
+
+def test_selection_options_are_redone_without_force(base, tmp_path):
+    """select and report are cheap and what the command asks for: no --force-restart."""
+    out = tmp_path / "run"
+    shutil.copytree(base["out"], out)
+    factors = (out / "factors.safetensors").read_bytes()
+    assert main(["run", *_args(dict(base, out=out)), "--random-seed", "9"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["select"]["seed"] == 9
+    assert (out / "factors.safetensors").read_bytes() == factors
 
 
 def test_force_restart_recomputes_with_the_new_model(base, tmp_path):
@@ -96,5 +108,5 @@ def test_an_interrupted_stage_is_guarded_too(base, tmp_path, monkeypatch, capsys
     capsys.readouterr()
     assert main(["run", *_args(paths), "--rank", "2"]) == 2
     err = capsys.readouterr().err
-    assert "stages score would change" in err and "config.engine.rank: 4 -> 2" in err
+    assert "stages score would change" in err and "config.scoring.rank: 4 -> 2" in err
     assert main(["run", *_args(paths)]) == 0  # the same command resumes

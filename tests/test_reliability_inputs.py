@@ -42,7 +42,7 @@ def env(tmp_path_factory) -> dict[str, Path]:
 
 
 def _args(env, out: Path, seed: Path | None = None, pool: Path | None = None) -> list[str]:
-    return ["--model", str(env["model"]), "--seed", str(seed or env["seed"]),
+    return ["--model", str(env["model"]), "--seeds", str(seed or env["seed"]),
             "--pool", str(pool or env["pool"]), "--out", str(out), *FAST]  # fmt: skip
 
 
@@ -102,7 +102,7 @@ def test_too_long_pairs_are_truncated_and_counted(env, tmp_path, caplog):
     too_long = json.loads((out / "manifest.json").read_text())["input_checks"]["too_long"]
     assert too_long["policy"] == "truncate" and too_long["max_length"] == 96
     assert too_long["truncated"] == {"seeds": 0, "pool": len(long_ids)}
-    assert "3 pool and 0 seed pair(s) exceed max_length=96" in caplog.text
+    assert "3 pool and 0 seed pair(s) exceed --max-length 96" in caplog.text
     assert len((out / "scores.csv").read_text().splitlines()) == 1 + 22  # all kept
 
 
@@ -143,7 +143,7 @@ def test_budget_over_one_pair_pool_says_why(env, tmp_path, capsys):
     pool.write_text(env["pool"].read_text().splitlines()[0] + "\n")
     assert main(["run", *_args(env, tmp_path / "run", pool=pool), "--budget", "3"]) == 2
     err = capsys.readouterr().err
-    assert "only 1 of 1 candidates" in err and "budget is 3" in err
+    assert "--budget 3 is larger than the pool" in err and "1 pairs" in err
 
 
 def test_too_little_disk_stops_before_any_model_pass(env, tmp_path, capsys, monkeypatch):
@@ -153,7 +153,7 @@ def test_too_little_disk_stops_before_any_model_pass(env, tmp_path, capsys, monk
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil_mod, "disk_usage", lambda _p: usage(10 << 30, 10 << 30, 1 << 20))
     out = tmp_path / "run"
-    assert main(["run", *_args(env, out)]) == 2
+    assert main(["run", *_args(env, out)]) == 1  # a failure while running, not bad input
     err = capsys.readouterr().err
     assert "1.0 MiB free but this run needs about" in err and "gradient store" in err
     assert not (out / "factors.safetensors").exists() and not (out / "store").exists()

@@ -30,7 +30,7 @@ def done_run(tmp_path_factory) -> tuple[list[str], Path]:
     write_jsonl(d / "seed.jsonl", pairs[:5])
     write_jsonl(d / "pool.jsonl", pairs[5:])
     out = d / "run"
-    args = ["--model", str(model), "--seed", str(d / "seed.jsonl"), "--pool",
+    args = ["--model", str(model), "--seeds", str(d / "seed.jsonl"), "--pool",
             str(d / "pool.jsonl"), *FAST]  # fmt: skip
     assert main(["run", *args, "--out", str(out)]) == 0
     return args, out
@@ -162,7 +162,7 @@ def test_a_second_process_on_the_same_folder_is_refused(done_run, tmp_path, caps
 
     args, out = _copy(done_run, tmp_path)
     with run_lock(out):  # as if another gdig process were running there
-        assert main(["run", *args]) == 2
+        assert main(["run", *args]) == 1  # a failure while running, not bad input
     err = capsys.readouterr().err
     assert f"{out} is in use by another gdig process (pid {os.getpid()})" in err
     assert main(["run", *args]) == 0  # free again once the holder is gone

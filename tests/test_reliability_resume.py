@@ -39,7 +39,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _args(inputs: dict[str, Path], out: Path) -> list[str]:
-    return ["--model", str(inputs["model"]), "--seed", str(inputs["seed"]),
+    return ["--model", str(inputs["model"]), "--seeds", str(inputs["seed"]),
             "--pool", str(inputs["pool"]), "--out", str(out), *FAST, *EXEC]  # fmt: skip
 
 

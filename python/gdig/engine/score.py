@@ -21,8 +21,8 @@ import gdig_ext
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import Captured, GradientCapture
 from gdig.engine.config import EngineConfig, as_dict
-from gdig.engine.factors import model_fingerprint
 from gdig.engine.faults import fault_point, finite_rows, run_with_backoff
+from gdig.engine.fingerprint import model_fingerprint
 from gdig.engine.projection import Projection, make_projections, projection_key
 from gdig.engine.seeds import SeedGradients
 from gdig.engine.store import GradStore, StoreWriter

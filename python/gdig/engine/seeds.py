@@ -23,6 +23,7 @@ from gdig.engine.faults import finite_rows, run_with_backoff
 from gdig.engine.layers import TrackedLayer, tracked_layers
 from gdig.engine.projection import make_projections, project_dense, projection_key
 from gdig.engine.template import encode_pair
+from gdig.io.errors import UsageError
 
 
 @dataclass
@@ -103,7 +104,7 @@ def check_finite_seeds(got: Any, pairs: Sequence[Any]) -> None:
         ok &= finite_rows(a, g)
     if not bool(ok.all()):
         bad = [str(getattr(pairs[j], "id", j)) for j in (~ok).nonzero().flatten().tolist()]
-        raise ValueError(
+        raise UsageError(
             f"seed pair(s) {', '.join(bad)} give a non-finite (NaN/Inf) loss or gradient; fix "
             "or remove them from the seed set"
         )

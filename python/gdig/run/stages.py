@@ -159,7 +159,8 @@ def stage_select(state: RunState) -> None:
         sel = select(store, state.opts.select, device=state.opts.run.device)
     except ShortfallError as exc:
         if exc.selection is not None:  # the scores still help to choose --tau
-            write_scores(state.out / "scores.csv", exc.selection)
+            top = _top_seeds(store, exc.selection.ids)
+            write_scores(state.out / "scores.csv", exc.selection, top)
             raise ShortfallError(
                 f"{exc}; per-candidate scores are in {state.out / 'scores.csv'}",
                 available=exc.available,
@@ -167,9 +168,10 @@ def stage_select(state: RunState) -> None:
                 pool_size=exc.pool_size,
             ) from None
         raise
-    write_scores(state.out / "scores.csv", sel)
+    top = _top_seeds(store, sel.ids)
+    write_scores(state.out / "scores.csv", sel, top)
     fault_point("select:scores")
-    write_selected(state.out / "selected.jsonl", sel, _records(state, sel.ids))
+    write_selected(state.out / "selected.jsonl", sel, _records(state, sel.ids), top)
     sel.save(state.out / SELECTION_FILE)
     fault_point("select:saved")
     for note in sel.notes:
@@ -182,6 +184,19 @@ def stage_select(state: RunState) -> None:
         **sel.summary(),
     )
     say(f"select: {int(sel.selected.sum())} of {sel.n} candidates ({sel.config.selector})")
+
+
+def _top_seeds(store, ids: list[str]) -> list[list[str]]:
+    """For each candidate, the seeds it helps most (positive raw benefit, best first), from
+    the top-k the scoring pass kept."""
+    stats = store.stats()
+    row = {cid: r for r, cid in enumerate(store.ids)}
+    seed_ids = store.seed_ids
+    out = []
+    for cid in ids:
+        idx, val = stats["topk_idx"][row[cid]], stats["topk_val"][row[cid]]
+        out.append([seed_ids[int(j)] for j, v in zip(idx, val, strict=True) if v > 0])
+    return out
 
 
 def stage_report(state: RunState) -> None:

@@ -25,10 +25,22 @@ SCORE_COLUMNS = (
     "passed_quality",
     "cluster",
     "selected",
+    "rank",
+    "top_seeds",
 )
 
 
-def write_scores(path: Path, sel: Selection) -> None:
+def ranks(sel: Selection) -> np.ndarray:
+    """1-based rank of each candidate by mean benefit (1 = best; ties by pool order)."""
+    order = np.lexsort((np.arange(sel.n), -np.asarray(sel.benefit_mean)))
+    out = np.empty(sel.n, dtype=np.int64)
+    out[order] = np.arange(1, sel.n + 1)
+    return out
+
+
+def write_scores(path: Path, sel: Selection, top_seeds: Sequence[list[str]] | None = None) -> None:
+    """``top_seeds[i]``: the seeds candidate ``i`` helps most (written ``;``-joined)."""
+    rank = ranks(sel)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SCORE_COLUMNS)
@@ -43,17 +55,25 @@ def write_scores(path: Path, sel: Selection) -> None:
                 int(bool(sel.passed_quality[i])),
                 int(sel.cluster[i]),
                 int(bool(sel.selected[i])),
+                int(rank[i]),
+                ";".join(top_seeds[i]) if top_seeds is not None else "",
             ]
         )
     atomic_write_text(path, buf.getvalue())
 
 
-def write_selected(path: Path, sel: Selection, pairs: Sequence[Any]) -> None:
+def write_selected(
+    path: Path,
+    sel: Selection,
+    pairs: Sequence[Any],
+    top_seeds: Sequence[list[str]] | None = None,
+) -> None:
     """``pairs`` is aligned with ``sel.ids`` (anything with ``to_record()``). Pool order,
     except for ``--selector quality``, whose selection is a ranking: best first."""
     rows = np.asarray(sel.selected_rows, dtype=np.int64)
     if sel.config.selector == "quality":
         rows = rows[np.lexsort((rows, -np.asarray(sel.benefit_mean)[rows]))]
+    rank = ranks(sel)
     records = []
     for row in rows:
         rec = pairs[int(row)].to_record()
@@ -61,7 +81,10 @@ def write_selected(path: Path, sel: Selection, pairs: Sequence[Any]) -> None:
             benefit_mean=float(sel.benefit_mean[row]),
             n_pos=int(sel.n_pos[row]),
             cluster=int(sel.cluster[row]),
+            rank=int(rank[row]),
         )
+        if top_seeds is not None:
+            rec["top_seeds"] = list(top_seeds[row])
         if bool(sel.filled[row]):
             rec["filled"] = True
         records.append(rec)
