@@ -358,3 +358,11 @@ def test_outputs_say_why(finished, data):
         assert ";".join(rec["top_seeds"]) == by_id[rec["id"]]["top_seeds"]
     page = (finished / "report.html").read_text()
     assert "Why a highly ranked pair can be left out" in page and "Scale (raw scoring)" in page
+
+
+def test_report_has_a_noise_kind_table(finished):
+    page = (finished / "report.html").read_text()
+    assert "Noise kinds" in page and "untranslated" in page
+    kinds = json.loads((finished / "manifest.json").read_text())["stages"]["report"]["noise"]
+    assert kinds["kinds"]["untranslated"]["pool"] == 11  # every 4th of 42
+    assert sum(k["selected"] for k in kinds["kinds"].values()) == 10

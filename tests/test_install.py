@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,15 +83,18 @@ def _build_requires() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory) -> Path:
-    """A fresh venv with gdig installed from a wheel; returns its bin/ folder."""
+def fresh(tmp_path_factory) -> Iterator[Path]:
+    """A fresh venv with gdig installed from a wheel; yields its bin/ folder.
+
+    Removed afterwards: with torch it is about 2 GB, and pytest keeps three runs' folders.
+    """
     tmp = tmp_path_factory.mktemp("install")
     t0 = time.monotonic()
     # The dev venv's python: `-m venv` bases the new venv on the base interpreter.
     _run([sys.executable, "-m", "venv", str(tmp / "venv")], tmp)
     bin_ = tmp / "venv" / "bin"
-    # --no-compile: byte-compiling torch's thousands of modules is half of its install time.
     pip = [str(bin_ / "pip"), "--disable-pip-version-check"]
+    # --no-compile: byte-compiling torch's thousands of modules is half of its install time.
     # ninja is optional for users (it only makes the compile parallel); here it saves minutes.
     _run([*pip, "install", "-q", "--no-compile", *TORCH_ARGS, *_build_requires(), "ninja"], tmp)
     src = tmp / "src"
@@ -100,7 +104,8 @@ def fresh(tmp_path_factory) -> Path:
     (wheel,) = (tmp / "wheels").glob("gdig-*.whl")
     _run([*pip, "install", "-q", "--no-compile", str(wheel)], tmp)
     print(f"fresh venv with gdig installed in {time.monotonic() - t0:.0f} s")
-    return bin_
+    yield bin_
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_pip_check_passes(fresh):
@@ -165,3 +170,4 @@ def test_smollm2_gguf_converts(fresh, tmp_path):
     _run([str(fresh / "python"), "-c", code, str(cache)], tmp_path, PYTHONPATH=str(shown))
     model = cache / "SmolLM2-135M-Instruct"
     assert (model / "config.json").is_file() and (model / "tokenizer_config.json").is_file()
+    shutil.rmtree(cache, ignore_errors=True)  # about 0.5 GB of float32 weights

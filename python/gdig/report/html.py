@@ -76,6 +76,16 @@ def _img(name: str, png: bytes, alt: str, out_dir: Path) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _kinds_table(kinds: dict[str, dict[str, int]]) -> str:
+    cols = ["pool", "passed quality", "selected"]
+    head = "<tr><th>kind</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th>" + "".join(f"<td>{v[c]}</td>" for c in cols) + "</tr>"
+        for k, v in kinds.items()
+    )
+    return f"<table>{head}{body}</table>"
+
+
 def _summary_table(sel: Selection, summary: dict) -> str:
     n = sel.n
     passed = int(sel.passed_quality.sum())
@@ -143,6 +153,7 @@ def write_report(
     *,
     map_rows: np.ndarray | None = None,
     title: str = "G-DIG selection report",
+    noise_kinds: dict[str, dict[str, int]] | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (and its figures in ``run_dir/report_files/``).
 
@@ -171,6 +182,8 @@ def write_report(
         )
     parts += [f"<div class=note>{html.escape(n)}</div>" for n in sel.notes]
     parts += ["<h2>Summary</h2>", _summary_table(sel, summary)]
+    if noise_kinds:
+        parts += ["<h2>Noise kinds (from the pool's labels)</h2>", _kinds_table(noise_kinds)]
 
     parts += ["<h2>Quality</h2>"]
     parts.append(_img("benefit_hist", figures.benefit_histogram(sel), "mean benefit", files))

@@ -199,6 +199,19 @@ def _top_seeds(store, ids: list[str]) -> list[list[str]]:
     return out
 
 
+def noise_kinds(values: list[Any], labels: np.ndarray, sel) -> dict[str, dict[str, int]]:
+    """Per label value (the noise kind; booleans as clean/noise): how many pairs the pool
+    has, how many passed quality, how many were selected."""
+    kinds: dict[str, dict[str, int]] = {}
+    for i, (value, noisy) in enumerate(zip(values, labels, strict=True)):
+        kind = str(value).strip() if isinstance(value, str) else ("noise" if noisy else "clean")
+        row = kinds.setdefault(kind, {"pool": 0, "passed quality": 0, "selected": 0})
+        row["pool"] += 1
+        row["passed quality"] += int(sel.passed_quality[i])
+        row["selected"] += int(sel.selected[i])
+    return dict(sorted(kinds.items()))
+
+
 def stage_report(state: RunState) -> None:
     from gdig.report import sample_map_rows, write_report
     from gdig.select import Selection
@@ -225,9 +238,13 @@ def stage_report(state: RunState) -> None:
         from gdig.data.checks import is_noise
 
         path = state.opts.inputs.pool
-        labels = np.array([is_noise(p.extra.get(field_name), f"{path}:{p.line}") for p in pool])
+        values = [p.extra.get(field_name) for p in pool]
+        labels = np.array(
+            [is_noise(v, f"{path}:{p.line}") for v, p in zip(values, pool, strict=True)]
+        )
         noise = noise_summary(source, sel, labels)
-        summary["noise detection"] = noise
+        noise["kinds"] = noise_kinds(values, labels, sel)
+        summary["noise detection"] = {k: v for k, v in noise.items() if k != "kinds"}
     write_report(
         state.out,
         sel,
@@ -235,6 +252,7 @@ def stage_report(state: RunState) -> None:
         source.feature_rows(rows),
         summary,
         map_rows=rows,
+        noise_kinds=noise["kinds"] if noise else None,
     )
     record(state, "report", time.perf_counter() - t, noise=noise)
     say(f"report: {state.out / 'report.html'}")
