@@ -39,6 +39,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random LLaMA saved as a Hugging Face folder (shared, read-only)."""
+    from helpers_models import save_tiny
+
+    return save_tiny("llama", tmp_path_factory.mktemp("model") / "llama")
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)

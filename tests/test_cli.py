@@ -8,17 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers_models import save_tiny, toy_pairs
+from helpers_models import toy_pairs
 
 from gdig.cli import build_parser, main
 from gdig.data.pairs import write_jsonl
 
 FAST = ["--no-progress", "--factor-samples", "40", "--k-in", "4", "--k-out", "4", "--rank", "4"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny("llama", tmp_path_factory.mktemp("model") / "llama")
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +29,9 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return seed, pool
 
 
-def _args(tiny_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+def _args(model: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     seed, pool = data
-    return ["--model", str(tiny_dir), "--seeds", str(seed), "--pool", str(pool), "--out", str(out),
+    return ["--model", str(model), "--seeds", str(seed), "--pool", str(pool), "--out", str(out),
             *FAST, *extra]  # fmt: skip
 
 
@@ -45,9 +40,9 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_run_writes_every_output(tiny_dir, data, tmp_path, capsys):
+def test_run_writes_every_output(tiny_llama_dir, data, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["run", *_args(tiny_dir, data, out, "--budget", "10", "--tau", "0.5",
+    rc = main(["run", *_args(tiny_llama_dir, data, out, "--budget", "10", "--tau", "0.5",
                              "--on-short", "fill", "--label-field", "noise")])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     for name in ("selected.jsonl", "scores.csv", "manifest.json", "report.html",
@@ -68,14 +63,14 @@ def test_run_writes_every_output(tiny_dir, data, tmp_path, capsys):
     assert "report:" in text and "noise detection" in text
 
 
-def test_stages_one_by_one_match_run(tiny_dir, data, tmp_path):
+def test_stages_one_by_one_match_run(tiny_llama_dir, data, tmp_path):
     """Each verb takes only its stages' options; the rest come from the run folder."""
     whole, staged = tmp_path / "whole", tmp_path / "staged"
     seed, pool = data
     select_opts = ("--budget", "8", "--tau", "0", "--random-seed", "5")
-    assert main(["run", *_args(tiny_dir, data, whole, *select_opts)]) == 0
+    assert main(["run", *_args(tiny_llama_dir, data, whole, *select_opts)]) == 0
     common = ["--out", str(staged), "--no-progress"]
-    fit = ["--model", str(tiny_dir), "--pool", str(pool), "--factor-samples", "40",
+    fit = ["--model", str(tiny_llama_dir), "--pool", str(pool), "--factor-samples", "40",
            "--k-in", "4", "--k-out", "4"]  # fmt: skip
     assert main(["fit", *common, *fit]) == 0
     assert main(["score", *common, "--seeds", str(seed), "--rank", "4"]) == 0
@@ -85,9 +80,9 @@ def test_stages_one_by_one_match_run(tiny_dir, data, tmp_path):
     assert (whole / "selected.jsonl").read_text() == (staged / "selected.jsonl").read_text()
 
 
-def test_rerun_resumes_and_changed_option_is_refused(tiny_dir, data, tmp_path, capsys):
+def test_rerun_resumes_and_changed_option_is_refused(tiny_llama_dir, data, tmp_path, capsys):
     out = tmp_path / "run"
-    args = _args(tiny_dir, data, out, "--budget", "5", "--tau", "0")
+    args = _args(tiny_llama_dir, data, out, "--budget", "5", "--tau", "0")
     assert main(["run", *args]) == 0
     before = json.loads((out / "manifest.json").read_text())["stages"]["score"]
     assert main(["run", *args]) == 0  # nothing to redo: the score record is kept as is
@@ -100,18 +95,18 @@ def test_rerun_resumes_and_changed_option_is_refused(tiny_dir, data, tmp_path, c
     assert main(["run", *args, "--rank", "2", "--force-restart"]) == 0
 
 
-def test_config_file_yaml_and_toml(tiny_dir, data, tmp_path):
+def test_config_file_yaml_and_toml(tiny_llama_dir, data, tmp_path):
     seed, pool = data
     yaml_cfg = tmp_path / "c.yaml"
     yaml_cfg.write_text(  # `seed` is the old name of `seeds`: config files keep working
-        f"model: {tiny_dir}\nseed: {seed}\npool: {pool}\nbudget: 6\ntau: 0.0\n"
+        f"model: {tiny_llama_dir}\nseed: {seed}\npool: {pool}\nbudget: 6\ntau: 0.0\n"
         "random_seed: 1\nfactor_samples: 40\nrank: 4\nk_in: 4\nk_out: 4\nprogress: false\n"
     )
     out_y = tmp_path / "y"
     assert main(["run", "--config", str(yaml_cfg), "--out", str(out_y)]) == 0
     toml_cfg = tmp_path / "c.toml"
     toml_cfg.write_text(
-        f'model = "{tiny_dir}"\nseeds = "{seed}"\npool = "{pool}"\nbudget = 6\ntau = 0.0\n'
+        f'model = "{tiny_llama_dir}"\nseeds = "{seed}"\npool = "{pool}"\nbudget = 6\ntau = 0.0\n'
         "random_seed = 1\nfactor_samples = 40\nrank = 4\nk_in = 4\nk_out = 4\nprogress = false\n"
     )
     out_t = tmp_path / "t"
@@ -178,33 +173,33 @@ def test_each_verb_lists_only_its_own_options(capsys, verb, has, lacks):
         (lambda a, d: a.__setitem__(a.index("--model") + 1, str(d)), "no config.json"),
     ],
 )
-def test_missing_inputs(tiny_dir, data, tmp_path, capsys, mutate, expected):
-    args = _args(tiny_dir, data, tmp_path / "run")
+def test_missing_inputs(tiny_llama_dir, data, tmp_path, capsys, mutate, expected):
+    args = _args(tiny_llama_dir, data, tmp_path / "run")
     mutate(args, tmp_path)
     assert main(["run", *args]) == 2
     assert expected in capsys.readouterr().err
 
 
-def test_malformed_pool_line_names_file_and_line(tiny_dir, data, tmp_path, capsys):
+def test_malformed_pool_line_names_file_and_line(tiny_llama_dir, data, tmp_path, capsys):
     bad = tmp_path / "pool.jsonl"
     lines = data[1].read_text().splitlines()
     lines[3] = '{"src": "x", "tgt": '
     bad.write_text("\n".join(lines) + "\n")
-    args = _args(tiny_dir, (data[0], bad), tmp_path / "run")
+    args = _args(tiny_llama_dir, (data[0], bad), tmp_path / "run")
     assert main(["run", *args]) == 2
     assert f"{bad}:4:" in capsys.readouterr().err
 
 
-def test_empty_pool_and_empty_seed(tiny_dir, data, tmp_path, capsys):
+def test_empty_pool_and_empty_seed(tiny_llama_dir, data, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert main(["run", *_args(tiny_dir, (data[0], empty), tmp_path / "a")]) == 2
+    assert main(["run", *_args(tiny_llama_dir, (data[0], empty), tmp_path / "a")]) == 2
     assert "empty.jsonl" in capsys.readouterr().err
-    assert main(["run", *_args(tiny_dir, (empty, data[1]), tmp_path / "b")]) == 2
+    assert main(["run", *_args(tiny_llama_dir, (empty, data[1]), tmp_path / "b")]) == 2
     assert "empty.jsonl" in capsys.readouterr().err
 
 
-def test_budget_larger_than_pool_stops_with_numbers(tiny_dir, data, tmp_path, capsys):
-    assert main(["run", *_args(tiny_dir, data, tmp_path / "run", "--budget", "500")]) == 2
+def test_budget_larger_than_pool_stops_with_numbers(tiny_llama_dir, data, tmp_path, capsys):
+    assert main(["run", *_args(tiny_llama_dir, data, tmp_path / "run", "--budget", "500")]) == 2
     err = capsys.readouterr().err
     assert "500" in err and "42" in err  # budget and pool size

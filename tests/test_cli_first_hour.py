@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers_models import save_tiny, toy_pairs
+from helpers_models import toy_pairs
 
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
@@ -19,11 +19,6 @@ from gdig.io.integrity import sha256_file
 
 FAST = ["--no-progress", "--factor-samples", "40", "--k-in", "4", "--k-out", "4", "--rank", "4"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny("llama", tmp_path_factory.mktemp("model") / "llama")
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +34,16 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return seed, pool
 
 
-def _args(tiny_dir: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+def _args(model: Path, data: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     seed, pool = data
-    return ["--model", str(tiny_dir), "--seeds", str(seed), "--pool", str(pool), "--out", str(out),
+    return ["--model", str(model), "--seeds", str(seed), "--pool", str(pool), "--out", str(out),
             *FAST, *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_dir, data, tmp_path_factory) -> Path:
+def finished(tiny_llama_dir, data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "done"
-    args = _args(tiny_dir, data, out, "--budget", "10", "--tau", "0.5", "--on-short", "fill")
+    args = _args(tiny_llama_dir, data, out, "--budget", "10", "--tau", "0.5", "--on-short", "fill")
     assert main(["run", *args, "--label-field", "noise"]) == 0
     return out
 
@@ -154,12 +149,12 @@ def test_select_never_removes_what_fit_and_score_made(run_copy, data, tmp_path, 
 
 
 def test_run_with_another_path_to_the_same_pool_recomputes_nothing(
-    run_copy, tiny_dir, data, tmp_path
+    run_copy, tiny_llama_dir, data, tmp_path
 ):
     before = _digests(run_copy)
     other = tmp_path / "same_pairs.jsonl"
     shutil.copy(data[1], other)
-    args = _args(tiny_dir, (data[0], other), run_copy, "--budget", "10", "--tau", "0.5")
+    args = _args(tiny_llama_dir, (data[0], other), run_copy, "--budget", "10", "--tau", "0.5")
     assert main(["run", *args, "--on-short", "fill", "--label-field", "noise"]) == 0
     assert _digests(run_copy) == before
 
@@ -177,26 +172,28 @@ def test_bad_config_value_is_named_before_anything_is_removed(run_copy, tmp_path
     assert (run_copy / "selected.jsonl").read_text() == selected
 
 
-def test_out_must_be_a_run_folder_or_empty(tiny_dir, data, tmp_path, capsys):
+def test_out_must_be_a_run_folder_or_empty(tiny_llama_dir, data, tmp_path, capsys):
     unrelated = tmp_path / "photos"
     unrelated.mkdir()
     (unrelated / "cat.jpg").write_bytes(b"x")
-    assert main(["run", *_args(tiny_dir, data, unrelated)]) == 2
+    assert main(["run", *_args(tiny_llama_dir, data, unrelated)]) == 2
     assert "not empty and holds no gdig run" in capsys.readouterr().err
     assert sorted(p.name for p in unrelated.iterdir()) == ["cat.jpg"]
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    assert main(["run", *_args(tiny_dir, data, a_file)]) == 2
+    assert main(["run", *_args(tiny_llama_dir, data, a_file)]) == 2
     assert "is a file" in capsys.readouterr().err
-    assert main(["run", *_args(tiny_dir, data, a_file / "run")]) == 2
+    assert main(["run", *_args(tiny_llama_dir, data, a_file / "run")]) == 2
     assert "lies under the file" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ recovering and re-selecting
 
 
-def test_display_options_are_not_inputs(run_copy, tiny_dir, data, capsys):
-    args = _args(tiny_dir, data, run_copy, "--budget", "10", "--tau", "0.5", "--on-short", "fill")
+def test_display_options_are_not_inputs(run_copy, tiny_llama_dir, data, capsys):
+    args = _args(
+        tiny_llama_dir, data, run_copy, "--budget", "10", "--tau", "0.5", "--on-short", "fill"
+    )
     args = [a for a in args if a != "--no-progress"] + ["--progress"]
     assert main(["run", *args, "--label-field", "noise"]) == 0
     assert "nothing to do" in capsys.readouterr().err
@@ -225,10 +222,10 @@ def test_reselect_on_a_finished_run(run_copy, monkeypatch, capsys):
     assert "(reused)" not in capsys.readouterr().out
 
 
-def test_budget_larger_than_pool_is_refused_before_any_model_pass(tiny_dir, data, tmp_path,
+def test_budget_larger_than_pool_is_refused_before_any_model_pass(tiny_llama_dir, data, tmp_path,
                                                                   capsys):  # fmt: skip
     out = tmp_path / "run"
-    assert main(["run", *_args(tiny_dir, data, out, "--budget", "500")]) == 2
+    assert main(["run", *_args(tiny_llama_dir, data, out, "--budget", "500")]) == 2
     err = capsys.readouterr().err
     assert "--budget 500" in err and "42 pairs" in err
     assert not (out / "factors.safetensors").exists()
@@ -255,7 +252,7 @@ def test_fill_warning_gives_the_true_count(run_copy, caplog):
 # ------------------------------------------------------------------ inputs
 
 
-def test_label_field_accepts_booleans_and_is_checked_first(tiny_dir, data, tmp_path, capsys):
+def test_label_field_accepts_booleans_and_is_checked_first(tiny_llama_dir, data, tmp_path, capsys):
     seed, pool = data
     recs = _lines(pool)
     for i, rec in enumerate(recs):
@@ -263,7 +260,7 @@ def test_label_field_accepts_booleans_and_is_checked_first(tiny_dir, data, tmp_p
     labelled = tmp_path / "pool.jsonl"
     write_jsonl(labelled, recs)
     out = tmp_path / "run"
-    argv = ["run", *_args(tiny_dir, (seed, labelled), out, "--budget", "5", "--tau", "0"),
+    argv = ["run", *_args(tiny_llama_dir, (seed, labelled), out, "--budget", "5", "--tau", "0"),
             "--label-field", "bad"]  # fmt: skip
     assert main(argv) == 2
     assert f"{labelled}:1" in capsys.readouterr().err
@@ -273,7 +270,7 @@ def test_label_field_accepts_booleans_and_is_checked_first(tiny_dir, data, tmp_p
     assert main(argv) == 0
 
 
-def test_seed_checks_and_field_options(tiny_dir, tmp_path, caplog):
+def test_seed_checks_and_field_options(tiny_llama_dir, tmp_path, caplog):
     pairs = toy_pairs(30, seed=5)
     seeds = tmp_path / "seeds.jsonl"
     # other field names (in both files), another direction, two seeds repeated in the pool
@@ -283,7 +280,7 @@ def test_seed_checks_and_field_options(tiny_dir, tmp_path, caplog):
     write_jsonl(pool, [{"id": p.id, "source": p.src, "target": p.tgt, "src_lang": "de",
                         "tgt_lang": "en"} for p in pairs[2:]])  # fmt: skip
     out = tmp_path / "run"
-    args = ["--model", str(tiny_dir), "--seeds", str(seeds), "--pool", str(pool), "--out",
+    args = ["--model", str(tiny_llama_dir), "--seeds", str(seeds), "--pool", str(pool), "--out",
             str(out), *FAST, "--budget", "5", "--tau", "0"]  # fmt: skip
     assert main(["run", *args]) == 2  # --src-field missing: the fields found are listed
     assert main(["run", *args, "--src-field", "source", "--tgt-field", "target"]) == 0
@@ -294,13 +291,13 @@ def test_seed_checks_and_field_options(tiny_dir, tmp_path, caplog):
     assert all("source" in r and "src" not in r for r in selected)
 
 
-def test_tsv_takes_language_flags(tiny_dir, tmp_path):
+def test_tsv_takes_language_flags(tiny_llama_dir, tmp_path):
     pairs = toy_pairs(20, seed=6)
     seeds, pool = tmp_path / "seeds.tsv", tmp_path / "pool.tsv"
     seeds.write_text("".join(f"{p.src}\t{p.tgt}\n" for p in pairs[:3]))
     pool.write_text("".join(f"{p.src}\t{p.tgt}\n" for p in pairs[3:]))
     out = tmp_path / "run"
-    args = ["--model", str(tiny_dir), "--seeds", str(seeds), "--pool", str(pool), "--out",
+    args = ["--model", str(tiny_llama_dir), "--seeds", str(seeds), "--pool", str(pool), "--out",
             str(out), *FAST, "--budget", "4", "--tau", "0", "--src-lang", "de",
             "--tgt-lang", "en"]  # fmt: skip
     assert main(["run", *args]) == 0
@@ -309,10 +306,10 @@ def test_tsv_takes_language_flags(tiny_dir, tmp_path):
     }
 
 
-def test_old_seed_flag(tiny_dir, data, tmp_path, capsys, caplog):
+def test_old_seed_flag(tiny_llama_dir, data, tmp_path, capsys, caplog):
     seed, pool = data
     out = tmp_path / "run"
-    base = ["--model", str(tiny_dir), "--pool", str(pool), "--out", str(out), *FAST,
+    base = ["--model", str(tiny_llama_dir), "--pool", str(pool), "--out", str(out), *FAST,
             "--budget", "4", "--tau", "0"]  # fmt: skip
     assert main(["run", *base, "--seed", "42"]) == 2
     err = capsys.readouterr().err
@@ -324,8 +321,10 @@ def test_old_seed_flag(tiny_dir, data, tmp_path, capsys, caplog):
 # ------------------------------------------------------------------ console and folder
 
 
-def test_rerun_says_nothing_to_do_and_marks_reused(finished, tiny_dir, data, capsys):
-    args = _args(tiny_dir, data, finished, "--budget", "10", "--tau", "0.5", "--on-short", "fill")
+def test_rerun_says_nothing_to_do_and_marks_reused(finished, tiny_llama_dir, data, capsys):
+    args = _args(
+        tiny_llama_dir, data, finished, "--budget", "10", "--tau", "0.5", "--on-short", "fill"
+    )
     assert main(["run", *args, "--label-field", "noise"]) == 0
     captured = capsys.readouterr()
     assert "nothing to do" in captured.err

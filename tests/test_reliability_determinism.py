@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_models import save_tiny, toy_pairs
+from helpers_models import toy_pairs
 
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
@@ -24,12 +24,12 @@ RTOL, ATOL_SCALE = 1e-4, 1e-5
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, Path]:
+def env(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("determinism")
     pairs = toy_pairs(46, seed=21)
     write_jsonl(d / "seed.jsonl", pairs[:6])
     write_jsonl(d / "pool.jsonl", pairs[6:])
-    return {"dir": d, "model": save_tiny("llama", d / "llama"), "seed": d / "seed.jsonl",
+    return {"dir": d, "model": tiny_llama_dir, "seed": d / "seed.jsonl",
             "pool": d / "pool.jsonl"}  # fmt: skip
 
 
@@ -78,8 +78,15 @@ def test_auto_batch_size_is_fixed_at_the_first_run(env, tmp_path, monkeypatch):
     out = tmp_path / "auto"
     args = ["--model", str(env["model"]), "--seeds", str(env["seed"]), "--pool",
             str(env["pool"]), "--out", str(out), *FAST]  # fmt: skip
-    fit_args = ["--model", str(env["model"]), "--pool", str(env["pool"]), "--out", str(out),
-                *FAST[: FAST.index("--rank")]]  # fmt: skip  (fit takes only its own options)
+    fit_args = [
+        "--model",
+        str(env["model"]),
+        "--pool",
+        str(env["pool"]),
+        "--out",
+        str(out),
+        *FAST[: FAST.index("--rank")],
+    ]  # fmt: skip  (fit takes only its own options)
     assert main(["fit", *fit_args]) == 0
     chosen = json.loads((out / "manifest.json").read_text())["execution"]["max_batch_tokens"]
     assert chosen >= 64

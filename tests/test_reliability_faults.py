@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers_models import save_tiny, toy_pairs
+from helpers_models import toy_pairs
 
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
@@ -114,14 +114,14 @@ POISON = "~"  # a pair whose text holds this byte gets NaN embeddings (forward h
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, Path]:
+def env(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("faults")
     pairs = toy_pairs(30, seed=4)
     for i in (9, 17):  # two pool pairs poisoned
         pairs[i].src += f" {POISON}"
     write_jsonl(d / "seed.jsonl", pairs[:5])
     write_jsonl(d / "pool.jsonl", pairs[5:])
-    return {"dir": d, "model": save_tiny("llama", d / "llama"), "seed": d / "seed.jsonl",
+    return {"dir": d, "model": tiny_llama_dir, "seed": d / "seed.jsonl",
             "pool": d / "pool.jsonl", "poisoned": [pairs[9].id, pairs[17].id]}  # fmt: skip
 
 

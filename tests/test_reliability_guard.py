@@ -18,10 +18,10 @@ FAST = ["--no-progress", "--factor-samples", "24", "--k-in", "4", "--k-out", "4"
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> dict[str, Path]:
+def base(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("guard")
     paths = {
-        "model": save_tiny("llama", d / "llama"),
+        "model": tiny_llama_dir,
         "other_model": save_tiny("llama", d / "llama_b", seed=1),  # same shapes, other weights
         "seed": d / "seed.jsonl",
         "pool": d / "pool.jsonl",

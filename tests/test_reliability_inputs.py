@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from helpers_models import save_tiny, toy_pairs
+from helpers_models import toy_pairs
 
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
@@ -32,12 +32,12 @@ DEFECTS = [
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, Path]:
+def env(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("inputs")
     pairs = toy_pairs(26, seed=2)
     write_jsonl(d / "seed.jsonl", pairs[:4])
     write_jsonl(d / "pool.jsonl", pairs[4:])
-    return {"dir": d, "model": save_tiny("llama", d / "llama"), "seed": d / "seed.jsonl",
+    return {"dir": d, "model": tiny_llama_dir, "seed": d / "seed.jsonl",
             "pool": d / "pool.jsonl"}  # fmt: skip
 
 

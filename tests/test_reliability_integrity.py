@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_models import save_tiny, toy_pairs
+from helpers_models import toy_pairs
 
-from gdig.io.atomic import atomic_write_text, remove_stale_temps
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
+from gdig.io.atomic import atomic_write_text, remove_stale_temps
 
 FAST = ["--no-progress", "--factor-samples", "24", "--k-in", "4", "--k-out", "4", "--rank", "4",
         "--budget", "6", "--tau", "0", "--batch-size", "3", "--shard-size", "5"]  # fmt: skip
@@ -23,9 +23,9 @@ OUTPUTS = ("scores.csv", "selected.jsonl")
 
 
 @pytest.fixture(scope="module")
-def done_run(tmp_path_factory) -> tuple[list[str], Path]:
+def done_run(tmp_path_factory, tiny_llama_dir) -> tuple[list[str], Path]:
     d = tmp_path_factory.mktemp("integrity")
-    model = save_tiny("llama", d / "llama")
+    model = tiny_llama_dir
     pairs = toy_pairs(31, seed=8)
     write_jsonl(d / "seed.jsonl", pairs[:5])
     write_jsonl(d / "pool.jsonl", pairs[5:])

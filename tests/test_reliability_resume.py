@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_models import save_tiny, toy_pairs
+from helpers_models import toy_pairs
 
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
@@ -29,9 +29,9 @@ KILL_SEED = int(os.environ.get("GDIG_KILL_SEED", "0"))
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
+def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("resume")
-    model = save_tiny("llama", d / "llama")
+    model = tiny_llama_dir
     pairs = toy_pairs(46, seed=11)
     write_jsonl(d / "seed.jsonl", [p.to_record() for p in pairs[:6]])
     write_jsonl(d / "pool.jsonl", [p.to_record() for p in pairs[6:]])

@@ -103,23 +103,7 @@ def select(
         msg = _shortfall_message(cfg, len(eligible), n, stats.n_groups, stats.need)
         if cfg.on_short == "stop":
             none = np.zeros(n, dtype=bool)
-            empty = np.empty(0, dtype=np.int64)
-            unselected = Selection(
-                ids=list(source.ids),
-                n_pos=stats.n_pos,
-                n_seeds=stats.n_groups,
-                need=stats.need,
-                benefit_mean=stats.mean,
-                benefit_min=stats.min,
-                passed_quality=passed,
-                cluster=np.full(n, -1, dtype=np.int32),
-                selected=none,
-                filled=none,
-                selected_rows=empty,
-                cluster_sizes_before=empty,
-                cluster_sizes_after=empty,
-                config=cfg,
-            )
+            unselected = _selection(source, cfg, stats, np.full(n, -1, np.int32), none, none)
             raise ShortfallError(
                 msg,
                 available=len(eligible),
@@ -192,6 +176,21 @@ def select(
         notes.append(f"shortfall: {head}")
     timings["resample_s"] = time.perf_counter() - t
 
+    return _selection(source, cfg, stats, cluster, selected, filled, sizes_before, timings, notes)
+
+
+def _selection(
+    source: ScoreSource,
+    cfg: SelectConfig,
+    stats,
+    cluster: np.ndarray,
+    selected: np.ndarray,
+    filled: np.ndarray,
+    sizes_before: np.ndarray | None = None,
+    timings: dict[str, float] | None = None,
+    notes: list[str] | None = None,
+) -> Selection:
+    sizes_before = np.empty(0, dtype=np.int64) if sizes_before is None else sizes_before
     in_cluster = cluster[selected]
     sizes_after = np.bincount(in_cluster[in_cluster >= 0], minlength=len(sizes_before))
     return Selection(
@@ -201,7 +200,7 @@ def select(
         need=stats.need,
         benefit_mean=stats.mean,
         benefit_min=stats.min,
-        passed_quality=passed,
+        passed_quality=stats.passed,
         cluster=cluster,
         selected=selected,
         filled=filled,
@@ -209,6 +208,6 @@ def select(
         cluster_sizes_before=sizes_before,
         cluster_sizes_after=sizes_after.astype(np.int64),
         config=cfg,
-        timings=timings,
-        notes=notes,
+        timings=timings or {},
+        notes=notes or [],
     )
