@@ -315,3 +315,15 @@ def test_kmeans_labels_do_not_depend_on_faiss_threads() -> None:
     finally:
         faiss.omp_set_num_threads(before)
     np.testing.assert_array_equal(one, two)
+
+
+def test_select_leaves_out_rows_marked_nonfinite() -> None:
+    """A source that lists non-finite candidates (the store does) never has them selected,
+    whatever their (zeroed) numbers; the selection's ids are the finite ones."""
+    src = make_source()
+    bad = ["p0", "p5", "p17"]
+    src.nonfinite_ids = bad
+    for selector in ("gdig", "quality", "diversity", "random"):
+        sel = select(src, SelectConfig(budget=200, selector=selector, tau=0.0, on_short="fill"))
+        assert sel.n == src.n - len(bad) and not set(bad) & set(sel.ids)
+        assert int(sel.selected.sum()) == 200

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from gdig.io.atomic import atomic_open, atomic_write_bytes
+from gdig.io.errors import UsageError
 from gdig.io.integrity import bad_files, sha256_file, sha256_json
 
 FORMAT = "gdig-gradstore"
@@ -35,6 +36,10 @@ VERSION = 1
 MANIFEST = "manifest.json"
 STAT_FILES = ("n_pos", "mean", "min", "topk_val", "topk_idx")
 SHARD_FILES = ("benefit", "features", "cand_norm") + STAT_FILES
+
+
+class StoreError(UsageError):
+    """A gradient store that cannot be read or is incomplete (the message says what to do)."""
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> str:
@@ -150,11 +155,11 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the gradient-store manifest ({exc})") from exc
+        raise StoreError(f"{path}: cannot read the gradient-store manifest ({exc})") from exc
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a gdig gradient store (format={manifest.get('format')!r})")
+        raise StoreError(f"{path}: not a gdig gradient store (format={manifest.get('format')!r})")
     if manifest.get("version") != VERSION:
-        raise ValueError(
+        raise StoreError(
             f"{path}: store version {manifest.get('version')} but this gdig reads {VERSION}; "
             "re-run score_candidates"
         )
@@ -184,13 +189,13 @@ class GradStore:
         root = Path(root)
         manifest = _read_manifest(root)
         if not manifest.get("complete"):
-            raise ValueError(
-                f"{root}: the gradient store is incomplete (interrupted run?); re-run "
-                "score_candidates with the same arguments to resume it"
+            raise StoreError(
+                f"{root}: the gradient store is incomplete (interrupted run?); run `gdig score` "
+                "(or score_candidates) with the same arguments to resume it"
             )
         covered = sum(v["stop"] - v["start"] for v in manifest["shards"].values())
         if covered != manifest["n"]:
-            raise ValueError(f"{root}: shards cover {covered} rows, manifest says {manifest['n']}")
+            raise StoreError(f"{root}: shards cover {covered} rows, manifest says {manifest['n']}")
         return cls(root, manifest)
 
     # --- ScoreSource protocol ---
