@@ -365,3 +365,41 @@ def test_report_has_a_noise_kind_table(finished):
     kinds = json.loads((finished / "manifest.json").read_text())["stages"]["report"]["noise"]
     assert kinds["kinds"]["untranslated"]["pool"] == 11  # every 4th of 42
     assert sum(k["selected"] for k in kinds["kinds"].values()) == 10
+
+
+# ------------------------------------------------------------------ the paper's flow
+
+
+def test_finetune_first_then_score_with_the_tuned_model(tiny_llama_dir, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    tune = ["--finetune-first", "--max-steps", "3", "--learning-rate", "1e-2"]
+    args = _args(tiny_llama_dir, data, out, "--budget", "5", "--tau", "0", *tune)
+    assert main(["run", *args]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    tuned = manifest["stages"]["fit"]["finetune"]
+    assert tuned["steps"] == 3 and tuned["final_loss"] < tuned["first_loss"]
+    assert (out / "finetuned" / "config.json").is_file()
+    # another fine-tuning option changes fit's fingerprint: refused without --force-restart
+    capsys.readouterr()
+    assert main(["run", *args, "--learning-rate", "2e-2"]) == 2
+    assert "finetune.learning_rate" in capsys.readouterr().err
+    # without --finetune-first, fine-tuning options are not inputs
+    plain = tmp_path / "plain"
+    assert main(["run", *_args(tiny_llama_dir, data, plain, "--budget", "5", "--tau", "0")]) == 0
+    again = [*_args(tiny_llama_dir, data, plain, "--budget", "5", "--tau", "0"),
+             "--learning-rate", "3e-2"]  # fmt: skip
+    assert main(["run", *again]) == 0 and not (plain / "finetuned").exists()
+
+
+def test_finetune_and_eval_commands(tiny_llama_dir, data, tmp_path, capsys):
+    tuned = tmp_path / "tuned"
+    assert main(["finetune", "--model", str(tiny_llama_dir), "--data", str(data[1]),
+                 "--out", str(tuned), "--max-steps", "2", "--no-progress"]) == 0  # fmt: skip
+    assert (tuned / "config.json").is_file()
+    hyp = tmp_path / "hyp.jsonl"
+    assert main(["eval", "--model", str(tuned), "--test", str(data[0]), "--out", str(hyp),
+                 "--max-new-tokens", "4", "--no-progress"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "BLEU" in text and "chrF" in text and "nrefs:1" in text
+    assert len(hyp.read_text().splitlines()) == 6 and hyp.with_suffix(".json").is_file()
+    assert main(["eval", "--model", str(tuned), "--out", str(hyp)]) == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gdig.io.errors import GdigError, UsageError
-from gdig.run.config import VERB_SECTIONS
+from gdig.run.config import TOOL_SECTIONS, TOOL_SKIPS, VERB_SECTIONS
 from gdig.run.options import add_flags, known_keys, read_config_file, resolve
 
 # The embedded demo: sized to finish in minutes on a 2-core CPU; every value can be
@@ -41,6 +41,10 @@ DESCRIPTIONS = {
     "store alone (no model pass; every other option defaults to the run folder's)",
     "report": "write report.html (plots, most/least beneficial pairs, noise metrics)",
     "demo": "the whole pipeline on the bundled zh-en demo pool with SmolLM2-135M-Instruct",
+    "finetune": "supervised fine-tuning of a causal LM on pairs (same template and target-only "
+    "loss as scoring); resumable; writes a Hugging Face folder",
+    "eval": "translate test pairs (greedy, stop at EOS or newline) and score BLEU and chrF "
+    "with sacrebleu; hypotheses and scores written beside --out",
 }
 # The stages each verb runs.
 VERB_STAGES = {
@@ -79,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         general.add_argument("-v", "--verbose", action="store_true", help="log more")
         general.add_argument("--debug", action="store_true", help="show the traceback of an error")
         add_flags(p, sections)
+    for tool, classes in TOOL_SECTIONS.items():
+        p = sub.add_parser(tool, help=DESCRIPTIONS[tool], description=DESCRIPTIONS[tool])
+        general = p.add_argument_group("general")
+        general.add_argument("--config", metavar="FILE", help="YAML or TOML file of options")
+        general.add_argument("-v", "--verbose", action="store_true", help="log more")
+        general.add_argument("--debug", action="store_true", help="show an error's traceback")
+        add_flags(p, tuple(classes), classes, TOOL_SKIPS[tool])
     return parser
 
 
@@ -129,6 +140,49 @@ def options_from_args(args: argparse.Namespace):
     return resolve(flags, file_values, file_name, saved)
 
 
+def run_tool(args: argparse.Namespace) -> int:
+    """`gdig finetune` and `gdig eval`: model tools outside any run folder."""
+    from gdig.data.pairs import read_pairs
+    from gdig.model.load import resolve_model
+    from gdig.run.options import known_keys, resolve
+
+    classes = TOOL_SECTIONS[args.command]
+    keys = known_keys(tuple(classes), classes) - TOOL_SKIPS[args.command]
+    flags = {k: v for k, v in vars(args).items() if k in keys}
+    file_values = read_config_file(args.config, keys) if args.config else {}
+    built = resolve(flags, file_values, args.config, {}, classes)
+    job = built["job"]
+    if job.progress is None:
+        job.progress = sys.stderr.isatty()
+    what = "data" if args.command == "finetune" else "test"
+    if job.model is None or getattr(job, what) is None or job.out is None:
+        raise UsageError(f"gdig {args.command} needs --model, --{what} and --out")
+    pairs = read_pairs(getattr(job, what))
+    model = resolve_model(job.model, bool(job.progress))
+    common = {"template": job.template, "max_length": job.max_length, "device": job.device}
+    if args.command == "finetune":
+        from gdig.train.finetune import finetune
+
+        out = finetune(
+            model, pairs, Path(job.out), built["finetune"], **common,
+            progress=bool(job.progress), restart=job.restart,
+        )  # fmt: skip
+        print(f"gdig finetune: done: {out} (load it with --model {out})")
+        return 0
+    from gdig.train.evaluate import evaluate
+
+    scores = evaluate(
+        model, pairs, built["eval"], out_file=Path(job.out), **common,
+        progress=bool(job.progress),
+    )  # fmt: skip
+    print(f"gdig eval: {scores['n']} test pairs; hypotheses in {job.out}")
+    print(f"  BLEU {scores['bleu']:.2f}  ({scores['bleu_signature']})")
+    print(f"  chrF {scores['chrf']:.2f}  ({scores['chrf_signature']})")
+    print(f"  empty outputs {scores['n_empty']}, runaway (hit --max-new-tokens) "
+          f"{scores['n_runaway']}")  # fmt: skip
+    return 0
+
+
 def print_summary(state) -> None:
     stages = state.manifest.get("stages", {})
     sel = stages.get("select", {})
@@ -170,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command in TOOL_SECTIONS:
+            return run_tool(args)
         from gdig.run.stages import run_stages
 
         opts = options_from_args(args)

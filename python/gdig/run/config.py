@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gdig.engine.config import EngineConfig, ExecutionConfig, FactorConfig, ScoreConfig
-from gdig.io.validate import one_of, parse_device
+from gdig.io.validate import at_least, one_of, parse_device
 from gdig.select.config import SelectConfig
+from gdig.train.config import EvalConfig, FinetuneConfig
 
 BAD_LINES = ("error", "skip")
 TOO_LONG = ("truncate", "skip")
 DTYPES = ("float32", "bfloat16", "float64")
+VERIFY = ("quick", "full")
 
 
 @dataclass
@@ -52,9 +54,19 @@ class RunConfig:
             "differ from the run folder's (otherwise such a resume is refused)"
         },
     )
+    verify: str = field(
+        default="quick",
+        metadata={
+            "choices": VERIFY,
+            "help": "how the gradient store written by earlier runs is checked on every start: "
+            "'quick' compares each file's size and modification time with the store's "
+            "manifest (no reading), 'full' the sha256 of every file (reads the whole store)",
+        },
+    )
 
     def __post_init__(self) -> None:
         self.device = parse_device(self.device)
+        one_of("verify", self.verify, VERIFY)
 
 
 @dataclass
@@ -72,6 +84,13 @@ class Inputs:
     pool: str | None = field(
         default=None,
         metadata={"metavar": "FILE", "help": "candidate pairs to select from, JSONL or TSV"},
+    )
+    finetune_first: bool = field(
+        default=False,
+        metadata={
+            "help": "the paper's flow: fine-tune --model on the pool first (into "
+            "RUN_DIR/finetuned, with the options of `gdig finetune`) and score with it"
+        },
     )
 
 
@@ -148,6 +167,7 @@ SECTIONS: dict[str, type] = {
     "inputs": Inputs,
     "seeds": Seeds,
     "read": ReadConfig,
+    "finetune": FinetuneConfig,
     "factors": FactorConfig,
     "scoring": ScoreConfig,
     "execution": ExecutionConfig,
@@ -159,7 +179,7 @@ SECTIONS: dict[str, type] = {
 VERB_SECTIONS: dict[str, tuple[str, ...]] = {
     "run": tuple(SECTIONS),
     "demo": tuple(SECTIONS),
-    "fit": ("run", "inputs", "read", "factors", "execution"),
+    "fit": ("run", "inputs", "read", "finetune", "factors", "execution"),
     "score": ("run", "inputs", "seeds", "scoring", "execution"),
     "select": ("run", "select"),  # runs select and report
     "report": ("run", "report"),
@@ -172,6 +192,7 @@ class RunOptions:
     inputs: Inputs = field(default_factory=Inputs)
     seeds: Seeds = field(default_factory=Seeds)
     read: ReadConfig = field(default_factory=ReadConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     factors: FactorConfig = field(default_factory=FactorConfig)
     scoring: ScoreConfig = field(default_factory=ScoreConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
@@ -184,3 +205,54 @@ class RunOptions:
 
     def as_manifest(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+@dataclass
+class TrainJob:
+    """Model, data and output of `gdig finetune` and `gdig eval`."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"metavar": "MODEL", "help": "local folder, cached hub id, or smollm2"},
+    )
+    data: str | None = field(
+        default=None, metadata={"metavar": "FILE", "help": "pairs (JSONL or TSV) to train on"}
+    )
+    test: str | None = field(
+        default=None, metadata={"metavar": "FILE", "help": "test pairs (JSONL or TSV)"}
+    )
+    out: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "PATH",
+            "help": "finetune: the output model folder; eval: the hypotheses file (.jsonl; the "
+            "scores go beside it as .json)",
+        },
+    )
+    template: str = field(
+        default="paper", metadata={"help": "prompt template (the same rendering as scoring)"}
+    )
+    max_length: int = field(default=512, metadata={"help": "longest example in tokens"})
+    device: str = field(
+        default="cpu", metadata={"metavar": "{cpu,cuda,cuda:N}", "help": "where to run"}
+    )
+    progress: bool | None = field(
+        default=None, metadata={"help": "progress bars (default: on when stderr is a terminal)"}
+    )
+    restart: bool = field(
+        default=False,
+        metadata={"help": "discard a checkpoint made with other inputs or options"},
+    )
+
+    def __post_init__(self) -> None:
+        self.device = parse_device(self.device)
+        at_least(self, 1, "max_length")
+
+
+# The model tools work outside any run folder; each takes these sections (less the
+# TrainJob fields it has no use for).
+TOOL_SECTIONS: dict[str, dict[str, type]] = {
+    "finetune": {"job": TrainJob, "finetune": FinetuneConfig},
+    "eval": {"job": TrainJob, "eval": EvalConfig},
+}
+TOOL_SKIPS = {"finetune": {"test"}, "eval": {"data", "restart"}}

@@ -73,6 +73,14 @@ def _content(identity: dict[str, Any] | None) -> Any:
     return {k: v for k, v in identity.items() if k not in ("path", "name")}
 
 
+def sections(stage: str, config: dict[str, Any]) -> tuple[str, ...]:
+    """The config sections ``stage`` depends on: fit also depends on the fine-tuning
+    options when the model is fine-tuned on the pool first (``--finetune-first``)."""
+    if stage == "fit" and config["inputs"].get("finetune_first"):
+        return ("finetune", *STAGE_SECTIONS[stage])
+    return STAGE_SECTIONS[stage]
+
+
 def stage_fingerprints(opts: RunOptions, identities: dict[str, Any]) -> dict[str, str]:
     """Fingerprint of each stage's output: its inputs, its configs, the stage before."""
     config = opts.as_manifest()
@@ -83,7 +91,7 @@ def stage_fingerprints(opts: RunOptions, identities: dict[str, Any]) -> dict[str
             {
                 "before": before,
                 "inputs": {k: _content(identities.get(k)) for k in STAGE_INPUTS[stage]},
-                "config": {s: config[s] for s in STAGE_SECTIONS[stage]},
+                "config": {s: config[s] for s in sections(stage, config)},
             }
         )
         prints[stage] = before
@@ -107,10 +115,10 @@ def stage_diff(stage: str, old_ids: dict, old_config: dict, ids: dict, config: d
     return diff(
         {
             "inputs": {k: _content(old_ids.get(k)) for k in STAGE_INPUTS[stage]},
-            "config": {s: old_config.get(s, {}) for s in STAGE_SECTIONS[stage]},
+            "config": {s: old_config.get(s, {}) for s in sections(stage, config)},
         },
         {
             "inputs": {k: _content(ids.get(k)) for k in STAGE_INPUTS[stage]},
-            "config": {s: config[s] for s in STAGE_SECTIONS[stage]},
+            "config": {s: config[s] for s in sections(stage, config)},
         },
     )

@@ -29,6 +29,7 @@ log = logging.getLogger("gdig")
 
 MANIFEST = "manifest.json"
 FACTORS_FILE = "factors.safetensors"
+FINETUNED_DIR = "finetuned"  # --finetune-first: the model fine-tuned on the pool
 STORE_DIR = "store"
 SELECTION_FILE = "selection.npz"
 SKIPPED_FILE = "skipped_lines.jsonl"
@@ -167,7 +168,8 @@ def open_run(
 
 
 def clear_stage(out: Path, stage: str) -> None:
-    for name in STAGE_OUTPUTS[stage] + (["report_files"] if stage == "report" else []):
+    extra = {"fit": [FINETUNED_DIR], "report": ["report_files"]}.get(stage, [])
+    for name in STAGE_OUTPUTS[stage] + extra:
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -209,9 +211,14 @@ def drop_from(state: RunState, stage: str) -> None:
 def check_outputs(state: RunState) -> None:
     """Verify what earlier runs left in the folder; drop (and say so) whatever fails.
 
-    Recorded outputs must match the sha256 in the manifest; the gradient store's shards
-    must match theirs (the engine recomputes those that do not, and only those).
+    Recorded outputs (factors, selection; small) must match the sha256 in the manifest.
+    The gradient store's files are checked as ``--verify`` says: ``quick``, size and mtime
+    against the store's manifest (sound for files the store renamed into place itself:
+    see :mod:`gdig.io.integrity`), or ``full``, sha256. Shards that fail are forgotten in
+    the store's manifest, so the engine recomputes those, and only those.
     """
+    from gdig.engine.store import StoreError, forget_shards
+
     out, stages = state.out, state.manifest["stages"]
     remove_stale_temps(out)  # leftovers of writers killed mid-file
     for stage, names in (("fit", [FACTORS_FILE]), ("select", SELECT_OUTPUTS)):
@@ -228,7 +235,12 @@ def check_outputs(state: RunState) -> None:
             )
             drop_from(state, stage)
     store = out / STORE_DIR
-    bad, readable = check_store(store)
+    bad, readable = check_store(store, state.opts.run.verify)
+    if bad and readable:
+        try:  # the engine then recomputes these, whatever its own check
+            forget_shards(store, [name.split("/")[0] for name in bad if "/" in name])
+        except StoreError:
+            readable = False
     if not readable:
         warn(state, f"{store / 'manifest.json'} is unreadable; recomputing the whole store")
         shutil.rmtree(store)

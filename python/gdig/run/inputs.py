@@ -19,6 +19,7 @@ from gdig.run.diskspace import (
 from gdig.run.fingerprint import file_identity, model_identity
 from gdig.run.folder import (
     FACTORS_FILE,
+    FINETUNED_DIR,
     SKIPPED_FILE,
     STORE_DIR,
     RunState,
@@ -142,8 +143,12 @@ def model(state: RunState):
 
         check_device_available(state.opts.run.device)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+        path = model_path(state.opts.inputs.model, bool(state.opts.run.progress))
+        tuned = state.out / FINETUNED_DIR
+        if state.opts.inputs.finetune_first and (tuned / "config.json").is_file():
+            path = tuned  # fine-tuned on the pool by the fit stage
         state.model, state.tokenizer = load_model(
-            model_path(state.opts.inputs.model, bool(state.opts.run.progress)),
+            path,
             device=state.opts.run.device,
             dtype=dtype[state.opts.read.dtype],
             progress=bool(state.opts.run.progress),
@@ -214,7 +219,12 @@ def preflight(state: RunState) -> None:
     dim = sum(a * b for a, b in dims) if fac.exact else len(dims) * fac.k_in * fac.k_out
     estimate = SpaceEstimate(
         store_bytes=store_bytes(
-            len(pool), len(seeds), dim, opts.scoring.top_k, exe.export_benefit_matrix
+            len(pool),
+            len(seeds),
+            dim,
+            opts.scoring.top_k,
+            exe.export_benefit_matrix,
+            opts.scoring.feature_dtype,
         ),
         factor_bytes=factor_bytes(dims, fac.k_in, fac.k_out, fac.exact),
         existing_bytes=folder_bytes(state.out / STORE_DIR, state.out / FACTORS_FILE),

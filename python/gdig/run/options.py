@@ -86,17 +86,24 @@ def _metavar(tp: type, optional: bool, choices: tuple[str, ...] | None) -> str:
     return {int: "N", float: "X", str: "TEXT"}.get(tp, tp.__name__.upper())
 
 
-def add_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser,
+    sections: tuple[str, ...],
+    classes: dict[str, type] = SECTIONS,
+    skip: set[str] = frozenset(),
+) -> None:
     """One flag per field of the sections' dataclasses, grouped under each class's title.
     Defaults stay unset (``argparse.SUPPRESS``): a value the user did not give comes from
     the config file, the run folder or the dataclass, in that order."""
     for section in sections:
-        cls = SECTIONS[section]
+        cls = classes[section]
         title = (cls.__doc__ or section).splitlines()[0].rstrip(".")
         group = parser.add_argument_group(title)
         types_ = _field_types(cls)
         for f in dataclasses.fields(cls):
             name = public_name(cls, f.name)
+            if name in skip:
+                continue
             tp, optional = types_[f.name]
             default = f.default if f.default is not dataclasses.MISSING else None
             help_text = f.metadata.get("help", "")
@@ -126,13 +133,15 @@ def add_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> Non
             )
 
 
-def known_keys(sections: tuple[str, ...] = tuple(SECTIONS)) -> set[str]:
+def known_keys(
+    sections: tuple[str, ...] = tuple(SECTIONS), classes: dict[str, type] = SECTIONS
+) -> set[str]:
     return {
-        public_name(SECTIONS[s], f.name) for s in sections for f in dataclasses.fields(SECTIONS[s])
+        public_name(classes[s], f.name) for s in sections for f in dataclasses.fields(classes[s])
     }
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
+def read_config_file(path: str | Path, allowed: set[str] | None = None) -> dict[str, Any]:
     """Flat key/value options from YAML (.yaml/.yml) or TOML (.toml); JSON works as YAML."""
     p = Path(path)
     if not p.is_file():
@@ -152,7 +161,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigFileError(f"{p}: expected a mapping of option: value at the top level")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    allowed = known_keys()
+    allowed = known_keys() if allowed is None else allowed
     for old, new in DEPRECATED.items():
         if old in data and old not in allowed:
             log.warning("%s: key '%s' is deprecated; use '%s'", p, old, new)
@@ -189,11 +198,13 @@ def resolve(
     file_values: dict[str, Any],
     file_name: str | None,
     saved: dict[str, dict[str, Any]],
-) -> RunOptions:
+    classes: dict[str, type] | None = None,
+) -> Any:
     """Build every section from flags > config file > saved manifest config > defaults,
-    checking each value and naming its source when it is bad."""
+    checking each value and naming its source when it is bad. Returns :class:`RunOptions`,
+    or a dict of the built sections when ``classes`` is given (the model tools)."""
     built: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
+    for section, cls in (classes or SECTIONS).items():
         types_ = _field_types(cls)
         kwargs: dict[str, Any] = {}
         origin: dict[str, str] = {}
@@ -214,4 +225,4 @@ def resolve(
         except OptionError as exc:
             where = origin.get(exc.name, flag(public_name(cls, exc.name)))
             raise OptionError(exc.name, exc.detail).with_message(where) from None
-    return RunOptions(**built)
+    return built if classes else RunOptions(**built)

@@ -23,6 +23,7 @@ from gdig.run.config import RunOptions
 from gdig.run.fingerprint import STAGES
 from gdig.run.folder import (
     FACTORS_FILE,
+    FINETUNED_DIR,
     NONFINITE_FILE,
     SELECT_OUTPUTS,
     SELECTION_FILE,
@@ -50,6 +51,9 @@ def stage_fit(state: RunState) -> None:
     begin(state, "fit")
     t = time.perf_counter()
     pool = inputs.pairs(state, "pool")
+    tuned = None
+    if state.opts.inputs.finetune_first:
+        tuned = _finetune_on_pool(state, pool)
     model, tok = inputs.model(state)
     factors = fit_factors(model, tok, pool, state.opts.engine, progress=state.opts.run.progress)
     factors.save(state.out / FACTORS_FILE)
@@ -59,11 +63,36 @@ def stage_fit(state: RunState) -> None:
         state,
         "fit",
         time.perf_counter() - t,
+        finetune=tuned,
         examples=factors.stats.get("examples"),
         nonfinite=bad,
         sha256=file_digests(state.out, [FACTORS_FILE]),
     )
     say(f"fit: factors of {factors.stats.get('examples')} examples")
+
+
+def _finetune_on_pool(state: RunState, pool: list) -> dict[str, Any]:
+    """The paper's first step: fine-tune the base model on the raw pool (resumable: the
+    trainer keeps a checkpoint in RUN_DIR/finetuned and skips a finished model)."""
+    import json
+
+    from gdig.train.finetune import finetune
+
+    opts = state.opts
+    out = state.out / FINETUNED_DIR
+    base = inputs.model_path(opts.inputs.model, bool(opts.run.progress))
+    t = time.perf_counter()
+    finetune(
+        base, pool, out, opts.finetune, template=opts.factors.template,
+        max_length=opts.factors.max_length, device=opts.run.device,
+        progress=bool(opts.run.progress),
+    )  # fmt: skip
+    state.model = state.tokenizer = None  # score with the fine-tuned model from here on
+    info = json.loads((out / "gdig_finetune.json").read_text())
+    losses = info.get("losses") or [None]
+    say(f"fit: fine-tuned on {len(pool)} pool pairs (final loss {losses[-1]})")
+    return {"seconds": round(time.perf_counter() - t, 3), "steps": len(losses),
+            "first_loss": losses[0], "final_loss": losses[-1]}  # fmt: skip
 
 
 def stage_score(state: RunState) -> None:

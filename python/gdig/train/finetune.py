@@ -433,18 +433,23 @@ def finetune(
         "device": str(dev),
         "torch_version": torch.__version__,
     }
-    _write_final(out, model, tokenizer, meta)
+    _write_final(out, model, tokenizer, meta, progress)
     return out
 
 
-def _write_final(out: Path, model: Any, tokenizer: Any, meta: dict[str, Any]) -> None:
+def _write_final(
+    out: Path, model: Any, tokenizer: Any, meta: dict[str, Any], progress: bool
+) -> None:
     """Save into a temporary sibling, then swap it in for ``out`` (and its checkpoint)."""
     final_tmp, aside = _siblings(out)
     if final_tmp.exists():
         shutil.rmtree(final_tmp)
     final_tmp.mkdir(parents=True)
-    model.save_pretrained(final_tmp)
-    tokenizer.save_pretrained(final_tmp)
+    from gdig.model.load import _quiet_transformers
+
+    with contextlib.nullcontext() if progress else _quiet_transformers():
+        model.save_pretrained(final_tmp)
+        tokenizer.save_pretrained(final_tmp)
     atomic_write_text(final_tmp / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))
     if out.exists():
         os.rename(out, aside)

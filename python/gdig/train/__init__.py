@@ -1,0 +1,25 @@
+"""Fine-tuning on selected pairs and evaluating the result: the half of the paper's loop
+that turns a selection into a translator and measures it."""
+
+from gdig.train.config import EvalConfig, FinetuneConfig
+from gdig.train.evaluate import (
+    Hypothesis,
+    evaluate,
+    paired_bootstrap,
+    score_hypotheses,
+    translate,
+    translate_loaded,
+)
+from gdig.train.finetune import finetune
+
+__all__ = [
+    "EvalConfig",
+    "FinetuneConfig",
+    "Hypothesis",
+    "evaluate",
+    "finetune",
+    "paired_bootstrap",
+    "score_hypotheses",
+    "translate",
+    "translate_loaded",
+]
