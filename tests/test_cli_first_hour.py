@@ -403,3 +403,25 @@ def test_finetune_and_eval_commands(tiny_llama_dir, data, tmp_path, capsys):
     assert "BLEU" in text and "chrF" in text and "nrefs:1" in text
     assert len(hyp.read_text().splitlines()) == 6 and hyp.with_suffix(".json").is_file()
     assert main(["eval", "--model", str(tuned), "--out", str(hyp)]) == 2
+
+
+def test_resumed_run_says_what_it_kept(tiny_llama_dir, data, tmp_path, monkeypatch, capsys):
+    from gdig.engine.store import StoreWriter
+
+    real = StoreWriter.write_shard
+    calls = {"n": 0}
+
+    def dies_at_the_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if stopped while scoring
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(StoreWriter, "write_shard", dies_at_the_third)
+    args = _args(tiny_llama_dir, data, tmp_path / "run", "--budget", "5", "--tau", "0",
+                 "--shard-size", "8")  # fmt: skip
+    assert main(["run", *args]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["run", *args]) == 0
+    assert "resuming: 16/42 candidates already scored" in capsys.readouterr().err
