@@ -87,7 +87,9 @@ class TokenTable:
         texts += [""] * (max(size, n) - n)
         eos = tokenizer.eos_token_id
         newline = [("\n" in t) and i != eos for i, t in enumerate(texts)]
-        before = [nl and bool(t.rsplit("\n", 1)[0].strip()) for nl, t in zip(newline, texts)]
+        before = [
+            nl and bool(t.rsplit("\n", 1)[0].strip()) for nl, t in zip(newline, texts, strict=True)
+        ]
         return cls(newline, before, [bool(t.strip()) for t in texts], n)
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,8 +117,10 @@ def _finish(tokens: list[int], tokenizer: Any, eos: int, table: TokenTable, cap:
         if t == eos:
             stop, kept, n = "eos", tokens[:i], i + 1
             break
-        if t < len(table.newline) and table.newline[t] and (
-            seen_text or table.text_before_newline[t]
+        if (
+            t < len(table.newline)
+            and table.newline[t]
+            and (seen_text or table.text_before_newline[t])
         ):
             stop, kept, n = "newline", tokens[: i + 1], i + 1
             break

@@ -44,7 +44,7 @@ from gdig.data.pairs import Pair
 from gdig.engine.batching import collate
 from gdig.engine.capture import example_losses
 from gdig.engine.template import encode_pair
-from gdig.io.atomic import atomic_open, atomic_write_text
+from gdig.io.atomic import atomic_open, atomic_write_text, remove_stale_temps
 from gdig.io.errors import UsageError
 from gdig.train.config import NOT_FINGERPRINTED, FinetuneConfig
 
@@ -213,6 +213,7 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], restart: bool) -> dict[
             return None
         old = state.get("fingerprint", {})
         if old.get("digest") == fingerprint["digest"]:
+            remove_stale_temps(out / CHECKPOINT_DIR)  # of a save killed half-way
             return state
         diffs = fingerprint_differences(old, fingerprint)
         raise UsageError(
@@ -233,12 +234,11 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], restart: bool) -> dict[
             f"{out}: holds the model of another fine-tuning run ({'; '.join(diffs)}); pass "
             "restart=True (--restart) to replace it, or choose another output folder"
         )
-    leftover = (out / CHECKPOINT_DIR).exists()
-    if any(out.iterdir()) and not leftover:
+    if any(p.name != CHECKPOINT_DIR for p in out.iterdir()):
         raise UsageError(
             f"{out}: not empty and not a gdig fine-tuning folder; choose a new or empty folder"
         )
-    if leftover:  # a checkpoint folder without its state file: nothing to resume
+    if (out / CHECKPOINT_DIR).exists():  # no state file in it: nothing to resume
         shutil.rmtree(out / CHECKPOINT_DIR)
     return None
 
@@ -382,6 +382,7 @@ def finetune(
                         loss_sum += float(per_example.detach().sum())
                     if cfg.max_grad_norm > 0:
                         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    lr = scheduler.get_last_lr()[0]  # this step's
                     optimizer.step()
                     scheduler.step()
                     step += 1
@@ -389,7 +390,7 @@ def finetune(
                     recent = losses[-10:]
                     bar.set_postfix(
                         loss=f"{sum(recent) / len(recent):.4f}",
-                        lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                        lr=f"{lr:.2e}",
                         refresh=False,
                     )
                     bar.update(1)
