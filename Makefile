@@ -16,7 +16,7 @@ DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: setup build test lint demo bench clean
+.PHONY: setup build test lint demo bench quality clean
 
 setup: $(BUILD_STAMP)
 
@@ -55,6 +55,11 @@ demo: $(BUILD_STAMP)
 bench: $(BUILD_STAMP)
 	$(BIN)/python benchmarks/bench_ops.py
 	$(BIN)/python benchmarks/bench_engine.py
+
+# The quality experiment (benchmarks/quality): fine-tune on subsets chosen by each
+# selector, translate held-out tests, write benchmarks/quality/RESULTS.md. Long: see there.
+quality: $(BUILD_STAMP)
+	$(BIN)/python benchmarks/quality/run_quality.py $(QUALITY_ARGS)
 
 clean:
 	rm -rf build *.egg-info python/*.egg-info gdig_ext/_C*.so $(BUILD_STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,11 +13,21 @@ from helpers_models import engine_config, tiny_model, toy_pairs, with_options
 import gdig_ext
 from gdig.engine import (
     GradStore,
+    ScoreConfig,
     fit_factors,
     prepare_seeds,
     rescore,
     score_candidates,
 )
+from gdig.engine.score import run_key
+from gdig.engine.store import (
+    SHARD_FILES,
+    StoreWriter,
+    bytes_per_candidate,
+    forget_shards,
+    to_float16,
+)
+from gdig.io.validate import OptionError
 from gdig.select.source import ScoreSource
 
 PATTERN = r"mlp\.down_proj$"
@@ -120,3 +131,127 @@ def test_pool_ids_must_be_unique(scored, tmp_path):
     model, tok, pool, cfg, seeds, _, _ = scored
     with pytest.raises(ValueError, match="not unique"):
         score_candidates(model, tok, [pool[0], pool[0]], seeds, cfg, tmp_path, progress=False)
+
+
+def _npy_data_bytes(path) -> int:
+    """Bytes of an .npy file after its header (the array's own bytes)."""
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        version = fmt.read_magic(fh)
+        (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(fh)
+        return path.stat().st_size - fh.tell()
+
+
+def test_manifest_records_bytes_per_candidate_and_file_stats(scored):
+    *_, root, store = scored
+    manifest = json.loads((root / "manifest.json").read_text())
+    top_k = manifest["run"]["config"]["scoring"]["top_k"]  # 2 after the resume test
+    bpc = bytes_per_candidate(store.n_seeds, store.dim, top_k)
+    assert manifest["bytes_per_candidate"] == bpc and manifest["feature_dtype"] == "float32"
+    data = sum(_npy_data_bytes(p) for p in root.glob("shard-*/*.npy"))
+    assert data == store.n * bpc  # the formula is the arrays' bytes, exactly
+    assert len(list(root.glob("shard-*/*.npy"))) == len(SHARD_FILES) * len(manifest["shards"])
+    for name, shard in manifest["shards"].items():
+        for fname, rec in shard["files"].items():
+            st = (root / name / fname).stat()
+            assert rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns
+            assert len(rec["sha256"]) == 64
+
+
+def test_float16_store_round_trip(scored, tmp_path):
+    model, tok, pool, cfg, seeds, _, _ = scored
+    cfg16 = with_options(cfg, feature_dtype="float16")
+    store32 = score_candidates(model, tok, pool, seeds, cfg, tmp_path / "32", 7, progress=False)
+    store = score_candidates(model, tok, pool, seeds, cfg16, tmp_path, 7, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["feature_dtype"] == "float16"
+    assert manifest["bytes_per_candidate"] == bytes_per_candidate(5, store.dim, 3, "float16")
+    # features take 2 bytes instead of 4, plus a float32 scale per row
+    bpc32 = bytes_per_candidate(5, store.dim, 3)
+    assert manifest["bytes_per_candidate"] == bpc32 - 2 * store.dim + 4
+    assert np.load(tmp_path / "shard-00000" / "features.npy").dtype == np.float16
+    scale = np.load(tmp_path / "shard-00000" / "feature_scale.npy")
+    assert scale.dtype == np.float32 and scale.shape == (7,)
+    assert np.array_equal(scale, 2.0 ** np.round(np.log2(scale)))  # powers of two
+    assert np.load(tmp_path / "shard-00000" / "benefit.npy").dtype == np.float32
+    assert np.load(tmp_path / "seed_features.npy").dtype == np.float32
+    # benefits, norms and stats come from the model pass: exactly the float32 store's
+    full = np.concatenate([b for _, b in store.benefit_blocks()])
+    assert np.array_equal(full, np.concatenate([b for _, b in store32.benefit_blocks()]))
+    assert np.array_equal(store.cand_norm, store32.cand_norm)
+    for key, val in store.stats().items():
+        assert np.array_equal(val, store32.stats()[key]), key
+    # features: read back as float32, within float16 rounding of the float32 ones (each
+    # row scaled by a power of two first, so small gradients keep their 11 bits)
+    want = store32.feature_rows(np.arange(store.n))
+    got = store.feature_rows(np.arange(store.n))
+    assert got.dtype == np.float32
+    row_max = np.abs(want).max(axis=1, keepdims=True)
+    assert np.all(np.abs(got - want) <= 2**-11 * np.abs(want) + 2**-24 * 2 * row_max)
+    assert np.all(np.abs(got).max(axis=1) > 0)
+    tiny = to_float16(want * 1e-9)  # below float16's range without the scale
+    small = tiny[0].astype(np.float32) * tiny[1][:, None]
+    np.testing.assert_allclose(small, want * 1e-9, rtol=2**-10, atol=1e-9 * 2**-23 * row_max.max())
+    shards = list(store.feature_shards())
+    assert all(s.dtype == np.float32 for s in shards)
+    assert np.array_equal(np.concatenate(shards), got)
+    # rescore from float16 features: the same counts and order, means within rounding
+    a, b = rescore(store32, top_k=3), rescore(store, top_k=3)
+    assert b["mean"].dtype == np.float32
+    np.testing.assert_allclose(b["mean"], a["mean"], rtol=1e-2, atol=1e-3 * np.abs(a["mean"]).max())
+
+
+def test_feature_dtype_is_checked():
+    with pytest.raises(OptionError, match="feature-dtype"):
+        ScoreConfig(feature_dtype="bfloat16")
+    assert ScoreConfig().feature_dtype == "float32"
+
+
+def test_quick_resume_checks_size_and_mtime_full_the_sha256(scored, tmp_path):
+    """shard_done under quick keeps a shard whose file changed with size and mtime kept (it
+    cannot see that; --verify full can), catches a touched or truncated one."""
+    model, tok, pool, cfg, seeds, _, _ = scored
+    root = tmp_path
+    score_candidates(model, tok, pool, seeds, cfg, root, shard_size=7, progress=False)
+    writer = StoreWriter(
+        root,
+        run_key=run_key(model, seeds, cfg),
+        n=len(pool),
+        shard_size=7,
+        seed_ids=seeds.ids,
+        seed_features=seeds.features,
+        seed_norm=seeds.norm,
+        layers=[],
+        top_k=3,
+    )
+    ids = [p.id for p in pool]
+    assert all(writer.shard_done(i, ids[i * 7 : i * 7 + 7]) for i in range(4))
+    path = root / "shard-00001" / "mean.npy"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored
+    assert writer.shard_done(1, ids[7:14])  # quick: size and mtime match
+    writer.verify = "full"
+    assert not writer.shard_done(1, ids[7:14])
+    writer.verify = "quick"
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: hashed, caught
+    assert not writer.shard_done(1, ids[7:14])
+    good = root / "shard-00002" / "min.npy"
+    os.utime(good, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes: kept
+    assert writer.shard_done(2, ids[14:21])
+    cut = root / "shard-00003" / "n_pos.npy"
+    os.truncate(cut, cut.stat().st_size - 8)  # truncated: size differs
+    assert not writer.shard_done(3, ids[21:23])
+
+
+def test_forgotten_shards_make_the_store_incomplete(scored, tmp_path):
+    import shutil
+
+    shutil.copytree(scored[5], tmp_path / "s")
+    forget_shards(tmp_path / "s", ["shard-00002"])
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert sorted(manifest["shards"]) == ["shard-00000", "shard-00001", "shard-00003"]
+    with pytest.raises(ValueError, match="incomplete"):
+        GradStore.open(tmp_path / "s")

@@ -14,6 +14,7 @@ from helpers_models import toy_pairs
 
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
+from gdig.engine.store import bytes_per_candidate
 from gdig.run.diskspace import factor_bytes, folder_bytes, store_bytes
 
 FAST = ["--no-progress", "--factor-samples", "30", "--k-in", "4", "--k-out", "4", "--rank", "4",
@@ -102,15 +103,32 @@ def test_auto_batch_size_is_fixed_at_the_first_run(env, tmp_path, monkeypatch):
     assert manifest["execution"]["max_batch_tokens"] == chosen
 
 
-def test_disk_estimate_covers_the_written_store(env):
-    out = _run(env, "a", "--batch-size", "2")
+def _npy_header_bytes(path: Path) -> int:
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        version = fmt.read_magic(fh)
+        (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(fh)
+        return fh.tell()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_disk_estimate_covers_the_written_store(env, dtype):
+    extra = [] if dtype == "float32" else ["--feature-dtype", dtype]
+    out = _run(env, "a" if dtype == "float32" else dtype, "--batch-size", "2", *extra)
     store = json.loads((out / "store" / "manifest.json").read_text())
-    layers = store["layers"]
-    est_store = store_bytes(store["n"], store["n_seeds"], store["dim"], top_k=5)
-    est_factors = factor_bytes([(ly["d_out"], ly["d_in"]) for ly in layers], 4, 4, exact=False)
+    assert store["feature_dtype"] == dtype
+    n, s, d = store["n"], store["n_seeds"], store["dim"]
+    # the manifest records the bytes per candidate the estimate is made of
+    assert store["bytes_per_candidate"] == bytes_per_candidate(s, d, 5, dtype)
+    est_store = store_bytes(n, s, d, top_k=5, feature_dtype=dtype)
+    assert est_store == n * store["bytes_per_candidate"] + 4 * s * (d + 1)  # + seed files
     real_store = folder_bytes(out / "store")
+    # exactly the arrays' bytes: the rest is npy headers, ids.json and the manifest
+    overhead = sum(_npy_header_bytes(p) for p in (out / "store").rglob("*.npy"))
+    overhead += sum(p.stat().st_size for p in (out / "store").rglob("*.json"))
+    assert real_store - overhead == est_store
+    layers = store["layers"]
+    est_factors = factor_bytes([(ly["d_out"], ly["d_in"]) for ly in layers], 4, 4, exact=False)
     real_factors = folder_bytes(out / "factors.safetensors")
-    # the estimate leaves out npy headers and manifests (covered by the margin)
-    assert 0.5 * real_store < est_store * 1.05 + (64 << 10) and est_store <= real_store * 1.5
     assert 0.5 * real_factors < est_factors * 1.05 + (16 << 10)
     assert est_factors <= real_factors * 1.5

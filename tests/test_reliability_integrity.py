@@ -166,3 +166,74 @@ def test_a_second_process_on_the_same_folder_is_refused(done_run, tmp_path, caps
     err = capsys.readouterr().err
     assert f"{out} is in use by another gdig process (pid {os.getpid()})" in err
     assert main(["run", *args]) == 0  # free again once the holder is gone
+
+
+def _flip(path: Path) -> os.stat_result:
+    """Flip one byte of ``path`` (same size); return its stat from before."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return st
+
+
+def test_quick_verify_catches_a_truncated_and_a_touched_shard(done_run, tmp_path, caplog):
+    """Default --verify quick: size and mtime against the store's manifest."""
+    args, out = _copy(done_run, tmp_path)
+    cut = out / "store" / "shard-00002" / "topk_val.npy"
+    os.truncate(cut, cut.stat().st_size - 4)
+    touched = out / "store" / "shard-00004" / "features.npy"
+    st = _flip(touched)
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    untouched = _mtimes(out / "store" / "shard-00000")
+    with caplog.at_level(logging.WARNING, logger="gdig"):
+        assert main(["run", *args]) == 0
+    assert "shard-00002/topk_val.npy" in caplog.text, caplog.text
+    assert "shard-00004/features.npy" in caplog.text, caplog.text
+    for path in (cut, touched):
+        assert path.read_bytes() == (done_run[1] / path.relative_to(out)).read_bytes()
+    assert _mtimes(out / "store" / "shard-00000") == untouched
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (done_run[1] / name).read_bytes(), name
+
+
+def test_a_change_that_keeps_size_and_mtime_needs_verify_full(done_run, tmp_path, caplog):
+    args, out = _copy(done_run, tmp_path)
+    flipped = out / "store" / "shard-00001" / "benefit.npy"
+    st = _flip(flipped)
+    os.utime(flipped, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored
+    with caplog.at_level(logging.WARNING, logger="gdig"):
+        assert main(["run", *args]) == 0  # quick: size and mtime match, nothing to redo
+    assert "shard-00001" not in caplog.text
+    assert flipped.read_bytes() != (done_run[1] / "store/shard-00001/benefit.npy").read_bytes()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gdig"):
+        assert main(["run", *args, "--verify", "full"]) == 0
+    assert "shard-00001/benefit.npy" in caplog.text, caplog.text
+    assert flipped.read_bytes() == (done_run[1] / "store/shard-00001/benefit.npy").read_bytes()
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (done_run[1] / name).read_bytes(), name
+
+
+def test_a_copy_that_did_not_keep_mtimes_is_verified_not_recomputed(done_run, tmp_path, caplog):
+    """Every store file with a new mtime but its size is hashed (quick), and all pass."""
+    args, out = done_run
+    shutil.copytree(out, tmp_path / "run", copy_function=shutil.copyfile)
+    out = tmp_path / "run"
+    before = _mtimes(out / "store" / "shard-00003")
+    with caplog.at_level(logging.WARNING, logger="gdig"):
+        assert main(["run", *args, "--out", str(out)]) == 0
+    assert "gradient store" not in caplog.text
+    assert _mtimes(out / "store" / "shard-00003") == before
+
+
+def test_verify_is_checked_and_on_the_help(capsys):
+    from gdig.io.validate import OptionError
+    from gdig.run.config import RunConfig
+
+    with pytest.raises(OptionError, match="--verify"):
+        RunConfig(verify="sha")
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "--verify {quick,full}" in text and "--feature-dtype {float32,float16}" in text

@@ -23,6 +23,7 @@ TEMPLATES = ("paper", "chat")
 METHODS = ("ekfac", "kfac")
 FISHER_LABELS = ("empirical", "sampled")
 AUTOCAST_DTYPES = ("bf16", "fp16")
+FEATURE_DTYPES = ("float32", "float16")
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
@@ -123,8 +124,31 @@ class ScoreConfig:
         metadata={"help": "rank of each seed's preconditioned gradient (0 = no compression)"},
     )
     top_k: int = field(default=5, metadata={"help": "seed ids kept per candidate (top benefit)"})
+    # float16 features (each row scaled by a power of two first, so small gradients keep
+    # their 11 bits) against float32, rescore() and k-means on the same store. SmolLM2-135M,
+    # demo pool N=1000, 32 seeds, 10 layers, D=10240: Spearman of the mean benefit
+    # 1.0000000 (max relative error 5e-3 on a mean near 0, median 1.4e-5), n_pos equal for
+    # 999/1000 (one off by 1), top-1 seed 100 %, k-means labels and the gdig selection
+    # identical. Synthetic N=2000, D=10240: all identical; at 1e-3 the scale (features
+    # ~2e-7), unscaled float16 kept only 92.8 % of the k-means labels and 81 % of the
+    # selection, the row-scaled one all. For comparison, rescore() itself (projected
+    # features) agrees with the model pass's stats at Spearman 0.86. Default float32: the
+    # bar for float16 was "every n_pos equal, Spearman >= 0.99999, identical clusters and
+    # selection", and one n_pos differed. float16 halves the store (41.2 -> 20.7 KB per
+    # candidate there); use it for large pools.
+    feature_dtype: str = field(
+        default="float32",
+        metadata={
+            "choices": FEATURE_DTYPES,
+            "help": "dtype of the stored projected gradients (store/*/features.npy): float16 "
+            "(each row scaled by a power of two) halves the largest part of the store; read "
+            "back as float32, k-means and re-scoring agree closely but not bit for bit. "
+            "Benefits, and so the quality filter, stay float32",
+        },
+    )
 
     def __post_init__(self) -> None:
+        one_of("feature_dtype", self.feature_dtype, FEATURE_DTYPES)
         at_least(self, 0, "damping", "damping_factor", "rank")
         at_least(self, 1, "top_k")
 

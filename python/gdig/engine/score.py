@@ -94,11 +94,14 @@ def score_candidates(
     store_dir: str | Path,
     shard_size: int | None = None,
     progress: bool = True,
+    verify: str = "quick",
 ) -> GradStore:
     """Score every pool pair against every seed and write the gradient store at ``store_dir``.
 
     Benefit ``B(m, s) = ∇L(s)ᵀ H⁻¹ ∇L(m)``: positive means candidate ``m`` helps seed ``s``.
-    Shards already written by an identical earlier run are kept (resume).
+    Shards already written by an identical earlier run are kept (resume) when they pass
+    the ``verify`` check: ``quick`` (size and mtime against the store's manifest) or
+    ``full`` (sha256); see :class:`~gdig.engine.store.StoreWriter`.
     """
     if seed_grads.proj_key != projection_key(cfg.factors):
         raise ValueError(
@@ -126,6 +129,9 @@ def score_candidates(
         seed_features=seed_grads.features,
         seed_norm=seed_grads.norm,
         layers=[{"name": ly.name, "d_out": ly.d_out, "d_in": ly.d_in} for ly in layers],
+        top_k=cfg.scoring.top_k,
+        feature_dtype=cfg.scoring.feature_dtype,
+        verify=verify,
     )
     max_tokens = cfg.execution.max_batch_tokens or auto_max_tokens(model, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -210,7 +216,8 @@ def rescore(
 
     ``seed_features`` is ``[S, D]`` (or a :class:`SeedGradients` prepared with the store's
     projection settings); default: the store's own seeds. No model pass: one
-    ``gdig_ext.score_stats`` GEMM per shard over the memory-mapped features.
+    ``gdig_ext.score_stats`` GEMM per shard over the stored features, read as float32
+    (features stored as float16 agree closely, not exactly: see ``ScoreConfig.feature_dtype``).
     Returns n_pos, mean, min, topk_val, topk_idx in pool order (benefit: positive = helps).
     """
     if seed_features is None:
@@ -226,8 +233,10 @@ def rescore(
     parts: dict[str, list[np.ndarray]] = {
         key: [] for key in ("n_pos", "mean", "min", "topk_val", "topk_idx")
     }
-    for feats in store.feature_shards():
-        cand = torch.from_numpy(np.array(feats, dtype=np.float32))  # one shard, in memory
+    for feats in store.feature_shards():  # float32 (a float16 store's upcast on read)
+        if isinstance(feats, np.memmap):
+            feats = np.array(feats)  # one shard, in memory
+        cand = torch.from_numpy(feats)
         for key, val in zip(parts, gdig_ext.score_stats(cand, seeds_t, k), strict=True):
             parts[key].append(val.numpy())
     return {key: np.concatenate(v) if v else np.zeros(0) for key, v in parts.items()}

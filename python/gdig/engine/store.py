@@ -2,17 +2,22 @@
 
 Layout::
 
-    STORE/manifest.json            what is where, with sha256 of every file
-    STORE/seed_features.npy        [S, D] projected preconditioned seed gradients
+    STORE/manifest.json            what is where: each file's sha256, size and mtime_ns
+    STORE/seed_features.npy        [S, D] float32 projected preconditioned seed gradients
     STORE/seed_norm.npy            [S]
     STORE/shard-00000/ids.json     the shard's candidate ids (pool order)
     STORE/shard-00000/benefit.npy  [n_i, S] float32, B(m, s) (positive = m helps s)
-    STORE/shard-00000/features.npy [n_i, D] float32 projected per-example gradients
+    STORE/shard-00000/features.npy [n_i, D] projected per-example gradients, float32 or
+                                   float16 (``ScoreConfig.feature_dtype``; read as float32)
+    STORE/shard-00000/feature_scale.npy  [n_i] float32, float16 stores only: each row's
+                                   power-of-two scale (features = stored x scale)
     STORE/shard-00000/cand_norm.npy, n_pos.npy, mean.npy, min.npy, topk_val.npy, topk_idx.npy
 
 Every file is written under a temporary name and renamed into place; the manifest is
 rewritten after each shard, so an interrupted run resumes: shards whose files exist and
-match their checksums (and whose run key matches) are skipped.
+pass the check (``verify``: size and mtime, or sha256; :mod:`gdig.io.integrity`) and
+whose run key matches are skipped. The manifest also records ``bytes_per_candidate``
+(:func:`bytes_per_candidate`, the formula the disk-space check uses before a run).
 :class:`GradStore` implements ``gdig.select.source.ScoreSource``.
 """
 
@@ -27,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from gdig.engine.config import FEATURE_DTYPES
 from gdig.io.atomic import atomic_open, atomic_write_bytes
 from gdig.io.errors import UsageError
-from gdig.io.integrity import bad_files, sha256_file, sha256_json
+from gdig.io.integrity import VERIFY_MODES, bad_files, file_record, sha256_json
 
 FORMAT = "gdig-gradstore"
 VERSION = 1
@@ -38,15 +44,43 @@ STAT_FILES = ("n_pos", "mean", "min", "topk_val", "topk_idx")
 SHARD_FILES = ("benefit", "features", "cand_norm") + STAT_FILES
 
 
+def bytes_per_candidate(n_seeds: int, dim: int, top_k: int, feature_dtype: str = "float32") -> int:
+    """Bytes one candidate adds to a store's shard files (npy headers and ids.json aside):
+    benefit ``4 S``, features ``D x itemsize`` (float16: plus a float32 row scale),
+    cand_norm/mean/min ``3 x 4``, n_pos ``8`` and top-k (float32 values, int64 seed
+    indices) ``12 min(k, S)``. The writer records it in the manifest; the disk-space
+    check uses it before any model pass."""
+    k = min(top_k, n_seeds)
+    features = 4 * dim if feature_dtype == "float32" else 2 * dim + 4
+    return 4 * n_seeds + features + 3 * 4 + 8 + 12 * k
+
+
+def to_float16(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(float16 [n, D], float32 scale [n])`` with ``features ~ stored x scale[:, None]``.
+
+    Each row is divided by a power of two that brings its largest magnitude into
+    ``(0.5, 1]`` before rounding, so every row keeps float16's 11 significant bits whatever
+    its size: projected gradients of well-fit examples are often below float16's smallest
+    normal number (6.1e-5) and would otherwise lose their precision, or vanish. Dividing
+    by a power of two is exact, so the only error is the float16 rounding itself.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    amax = np.abs(features).max(axis=1) if features.shape[1] else np.zeros(len(features))
+    exponent = np.ceil(np.log2(np.where(amax > 0, amax, 1.0)))
+    exponent = np.clip(exponent, -126, 127).astype(np.int32)  # float32's normal range
+    scale = np.ldexp(np.float32(1), exponent).astype(np.float32)
+    return (features / scale[:, None]).astype(np.float16), scale
+
+
 class StoreError(UsageError):
     """A gradient store that cannot be read or is incomplete (the message says what to do)."""
 
 
-def _atomic_npy(path: Path, array: np.ndarray) -> str:
-    """Write ``array`` as .npy atomically; return the file's sha256."""
+def _atomic_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+    """Write ``array`` as .npy atomically; return the file's record (sha256, size, mtime)."""
     with atomic_open(path) as f:
         np.save(f, np.ascontiguousarray(array))
-    return sha256_file(path)
+    return file_record(path)
 
 
 def shard_name(index: int) -> str:
@@ -54,7 +88,13 @@ def shard_name(index: int) -> str:
 
 
 class StoreWriter:
-    """Writes a store shard by shard; resumes the shards of an earlier identical run."""
+    """Writes a store shard by shard; resumes the shards of an earlier identical run.
+
+    ``feature_dtype`` is the dtype of the stored features; ``verify`` how a shard of an
+    earlier run is checked before it is kept: ``quick`` (size and mtime against the
+    manifest; sound for files this writer renamed into place, see
+    :mod:`gdig.io.integrity`) or ``full`` (sha256 of every file).
+    """
 
     def __init__(
         self,
@@ -67,7 +107,16 @@ class StoreWriter:
         seed_features: np.ndarray,
         seed_norm: np.ndarray,
         layers: list[dict[str, Any]],
+        top_k: int = 5,
+        feature_dtype: str = "float32",
+        verify: str = "quick",
     ) -> None:
+        if feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}: {feature_dtype!r}")
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+        self.feature_dtype = feature_dtype
+        self.verify = verify
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         key = sha256_json(run_key)
@@ -77,6 +126,7 @@ class StoreWriter:
             and old.get("run_key") == key
             and old.get("n") == n
             and old.get("shard_size") == shard_size
+            and old.get("feature_dtype", "float32") == feature_dtype
         )
         self.manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -87,6 +137,10 @@ class StoreWriter:
             "n": n,
             "n_seeds": len(seed_ids),
             "dim": int(seed_features.shape[1]),
+            "feature_dtype": feature_dtype,
+            "bytes_per_candidate": bytes_per_candidate(
+                len(seed_ids), int(seed_features.shape[1]), top_k, feature_dtype
+            ),
             "shard_size": shard_size,
             "layers": layers,
             "seed_ids": list(seed_ids),
@@ -107,11 +161,14 @@ class StoreWriter:
         atomic_write_bytes(self.root / MANIFEST, data)
 
     def shard_done(self, index: int, ids: Sequence[str]) -> bool:
-        """True when shard ``index`` holds exactly ``ids`` and its files match their checksums."""
+        """True when shard ``index`` holds exactly ``ids`` and its files pass the check
+        (``verify``). A run folder's start checks the store first (``check_outputs``, with
+        the run's ``--verify``) and forgets the shards that fail, so those are redone here
+        whatever this writer's own mode."""
         entry = self.manifest["shards"].get(shard_name(index))
         if entry is None or entry["ids_sha256"] != sha256_json(list(ids)):
             return False
-        return not bad_files(self.root / shard_name(index), entry["files"])
+        return not bad_files(self.root / shard_name(index), entry["files"], self.verify)
 
     def write_shard(
         self,
@@ -129,10 +186,17 @@ class StoreWriter:
             raise ValueError(f"shard {index}: arrays {missing} missing")
         folder = self.root / shard_name(index)
         folder.mkdir(exist_ok=True)
-        files = {f"{k}.npy": _atomic_npy(folder / f"{k}.npy", arrays[k]) for k in SHARD_FILES}
+        keys = list(SHARD_FILES)
+        if self.feature_dtype == "float16":
+            features, scale = to_float16(arrays["features"])
+            arrays = {**arrays, "features": features, "feature_scale": scale}
+            keys.append("feature_scale")
+        else:
+            arrays = {**arrays, "features": np.asarray(arrays["features"], dtype=np.float32)}
+        files = {f"{k}.npy": _atomic_npy(folder / f"{k}.npy", arrays[k]) for k in keys}
         ids_bytes = json.dumps(list(ids)).encode()
         atomic_write_bytes(folder / "ids.json", ids_bytes)
-        files["ids.json"] = hashlib.sha256(ids_bytes).hexdigest()
+        files["ids.json"] = file_record(folder / "ids.json", hashlib.sha256(ids_bytes).hexdigest())
         self.manifest["shards"][shard_name(index)] = {
             "start": start,
             "stop": start + len(ids),
@@ -148,6 +212,21 @@ class StoreWriter:
         self.manifest["shards"] = {k: v for k, v in self.manifest["shards"].items() if k in names}
         self.manifest["complete"] = True
         self._save()
+
+
+def forget_shards(root: str | Path, names: Sequence[str]) -> None:
+    """Drop shards (``shard-NNNNN``) from a store's manifest and mark the store incomplete
+    (also when ``names`` is empty: a damaged top-level file). For a run folder's start,
+    after its check (``--verify``) found them damaged: the store cannot be read until a
+    scoring pass resumes it, which recomputes exactly those shards, whatever its own check.
+    """
+    root = Path(root)
+    manifest = _read_manifest(root)
+    for name in names:
+        manifest["shards"].pop(name, None)
+    manifest["complete"] = False
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    atomic_write_bytes(root / MANIFEST, data)
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -182,6 +261,7 @@ class GradStore:
         self._starts = np.array([s for s, _, _ in self._shards], dtype=np.int64)
         self._ids: list[str] | None = None
         self._cand_norm: np.ndarray | None = None
+        self._float16 = manifest.get("feature_dtype", "float32") == "float16"
 
     @classmethod
     def open(cls, root: str | Path) -> GradStore:
@@ -238,6 +318,7 @@ class GradStore:
                 yield start + off, np.asarray(block[off : off + chunk_rows], dtype=np.float32)
 
     def feature_rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 ``[len(rows), D]`` features of pool rows (float16 stores are upcast)."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
@@ -249,13 +330,22 @@ class GradStore:
             start, _, name = self._shards[s]
             sel = np.nonzero(shard_of == s)[0]
             out[sel] = self._array(name, "features")[rows[sel] - start]
+            if self._float16:
+                out[sel] *= self._array(name, "feature_scale")[rows[sel] - start][:, None]
         return out
 
     # --- extras ---
     def feature_shards(self) -> Iterator[np.ndarray]:
-        """Each shard's memory-mapped ``[n_i, D]`` features, in pool order."""
+        """Each shard's ``[n_i, D]`` features as float32, in pool order: memory-mapped when
+        stored as float32, read and upcast (one shard in memory) when stored as float16."""
         for _, _, name in self._shards:
-            yield self._array(name, "features")
+            feats = self._array(name, "features")
+            if not self._float16:
+                yield feats
+                continue
+            out = np.asarray(feats, dtype=np.float32)
+            out *= self._array(name, "feature_scale")[:, None]
+            yield out
 
     def stats(self) -> dict[str, np.ndarray]:
         """Per-candidate n_pos, mean, min, topk_val, topk_idx (seed indices) in pool order."""

@@ -60,7 +60,8 @@ class RunConfig:
             "choices": VERIFY,
             "help": "how the gradient store written by earlier runs is checked on every start: "
             "'quick' compares each file's size and modification time with the store's "
-            "manifest (no reading), 'full' the sha256 of every file (reads the whole store)",
+            "manifest (reading only a file whose time changed), 'full' the sha256 of every "
+            "file (reads the whole store)",
         },
     )
 

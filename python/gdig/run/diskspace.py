@@ -1,9 +1,10 @@
 """Free-space check before a run writes its factors and gradient store.
 
 The store holds, per candidate, its benefit on every seed (``S`` floats), its projected
-gradient (``D`` floats) and a few statistics; the factors hold each tracked layer's
-eigenbases and eigen-diagonal in float64. Running out of disk half-way through a pool
-wastes hours, so the run checks first and stops with the numbers.
+gradient (``D`` float32 or float16 values) and a few statistics: the bytes per candidate
+the store's manifest records (``gdig.engine.store.bytes_per_candidate``). The factors
+hold each tracked layer's eigenbases and eigen-diagonal in float64. Running out of disk
+half-way through a pool wastes hours, so the run checks first and stops with the numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gdig.engine.store import bytes_per_candidate
 from gdig.io.errors import GdigError
 
 MARGIN = 1.05  # 5 % slack for manifests, ids, npy headers
@@ -36,10 +38,18 @@ class SpaceEstimate:
         return max(int(total) - self.existing_bytes, 0)
 
 
-def store_bytes(n: int, n_seeds: int, dim: int, top_k: int, export_matrix: bool = False) -> int:
-    """Bytes of a gradient store: ``N x (S + D + small) x 4`` (plus the optional N x S matrix)."""
-    k = min(top_k, n_seeds)
-    per_row = 4 * (n_seeds + dim + 3) + 8 + 12 * k  # benefit, features, norm/mean/min, n_pos, top-k
+def store_bytes(
+    n: int,
+    n_seeds: int,
+    dim: int,
+    top_k: int,
+    export_matrix: bool = False,
+    feature_dtype: str = "float32",
+) -> int:
+    """Bytes of a gradient store: ``N x`` the bytes per candidate its manifest will record
+    (benefit, features, norms, stats, top-k), the float32 seed features and norms, and the
+    optional N x S benefit matrix. npy headers, ids and manifests are left to the margin."""
+    per_row = bytes_per_candidate(n_seeds, dim, top_k, feature_dtype)
     return n * per_row + (n * n_seeds * 4 if export_matrix else 0) + 4 * n_seeds * (dim + 1)
 
 
@@ -75,7 +85,8 @@ def check_free_space(folder: str | os.PathLike[str], estimate: SpaceEstimate) ->
             f"{folder}: {_mib(free)} free but this run needs about {_mib(need)} more "
             f"(gradient store {_mib(estimate.store_bytes)}, factors "
             f"{_mib(estimate.factor_bytes)}, {_mib(estimate.existing_bytes)} already written); "
-            "free some space, use another --out, or shrink the store (--k-in/--k-out, fewer seeds)"
+            "free some space, use another --out, or shrink the store (--feature-dtype float16, "
+            "--k-in/--k-out, fewer seeds)"
         )
 
 
