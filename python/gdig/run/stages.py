@@ -113,8 +113,9 @@ def stage_score(state: RunState) -> None:
     progress = state.opts.run.progress
     seed_grads = prepare_seeds(model, tok, seeds, factors, eng, progress=progress)
     store = score_candidates(
-        model, tok, pool, seed_grads, eng, state.out / STORE_DIR, progress=progress
-    )
+        model, tok, pool, seed_grads, eng, state.out / STORE_DIR, progress=progress,
+        verify=state.opts.run.verify,
+    )  # fmt: skip
     bad = _note_nonfinite(state, "score", store.nonfinite_ids)
     record(
         state,
