@@ -133,7 +133,9 @@ def _third_party_imports() -> set[str]:
                     mods.update(a.name.split(".")[0] for a in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     mods.add(node.module.split(".")[0])
-    return mods - set(sys.stdlib_module_names) - {"gdig", "gdig_ext", "__future__"}
+    # tomli is the Python 3.10 fallback of tomllib, declared only for python_version < 3.11.
+    conditional = {"tomli"} if sys.version_info >= (3, 11) else set()
+    return mods - set(sys.stdlib_module_names) - {"gdig", "gdig_ext", "__future__"} - conditional
 
 
 def test_every_imported_module_is_installed(fresh, tmp_path):
