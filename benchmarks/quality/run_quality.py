@@ -66,6 +66,13 @@ TEST_SETS = ("test_in", "test_other")
 #   gdig scoring of the pool (fit on 400 samples + 1,000 x 32 seeds, layer stride 6):
 #     ~3 min (the demo's measured time); 27 `gdig select` calls ~1 min
 #   total ~66 min, leaving ~24 min (35%) for a busier machine or longer hypotheses.
+# Caveat, measured on this machine while it was shared (load 5-11 on 2 cores): a reduced
+# run (budget 100, 1 seed, 100 + 100 test sentences, bf16) took 1,678 s for `gdig run`
+# (the demo's 3 min quiet: ~9x slower), 1,319 s to train 100 pairs (26 steps) and 449 s +
+# 392 s to decode 100 + 100 sentences. Scaled by that 9x, training is ~5.5 s/step and
+# decoding ~0.45 s/sentence, well above the probe's figures: re-time on a quiet machine
+# (results.json keeps wall and CPU seconds per run) before trusting the 90-minute plan.
+# fp32 took 1.6-1.8x less CPU time than bf16 autocast here, hence --bf16 off on CPU.
 TIME_BUDGET = (
     "training ~1.5 s/step (batch 8); decoding ~0.07 s/sentence; "
     "budget 100: 12 runs x (38 s train + 45 s decode) = 16.6 min; "
