@@ -535,8 +535,10 @@ class Experiment:
             "key": key,
             "spec": spec,
             "subset": noise_of(pairs),
-            "train_s": round(train_s, 2),
-            "train_cpu_s": round(train_cpu, 2),  # CPU seconds, all threads (load-robust)
+            # the fine-tuning's own wall time (over all resumed parts) when it says so
+            "train_s": round(_finetune_meta(model).get("wall_s", train_s), 2),
+            "train_s_this_call": round(train_s, 2),
+            "train_cpu_s": round(train_cpu, 2),  # CPU seconds of this call, all threads
             "loadavg_1min_at_start": load,
             "finetune": _finetune_meta(model),
             "eval": {},
@@ -556,7 +558,10 @@ class Experiment:
         _write_json(res_file, result)
         if not self.args.keep_models:
             shutil.rmtree(run / "model", ignore_errors=True)
-        log(f"{key}: train {train_s:.0f} s, noise rate {result['subset']['noise_rate']:.3f}")
+        log(
+            f"{key}: train {result['train_s']:.0f} s, noise rate "
+            f"{result['subset']['noise_rate']:.3f}"
+        )
         return result
 
     # -- the choice step on dev
