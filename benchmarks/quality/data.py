@@ -63,7 +63,7 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 class SplitConfig:
     direction: str = field(default="zh-en", metadata={"help": "zh-en or de-en"})
     n_seeds: int = field(default=32, metadata={"help": "trusted seed pairs (clean)"})
-    n_pool: int = field(default=1000, metadata={"help": "pool pairs (noisy)"})
+    n_pool: int = field(default=600, metadata={"help": "pool pairs (noisy)"})
     n_dev: int = field(default=200, metadata={"help": "dev pairs (clean, in-domain)"})
     n_test: int = field(default=300, metadata={"help": "in-domain test pairs"})
     n_test_other: int = field(default=300, metadata={"help": "other-domain (gettext) test pairs"})
