@@ -57,6 +57,7 @@ class RunState:
     tokenizer: Any = None
     long_skipped: dict[str, int] = field(default_factory=dict)  # too-long pairs left out
     reused: list[str] = field(default_factory=list)  # stages found done
+    records: dict[str, Any] | None = None  # the pool's pairs by id, read once for select/report
 
 
 def check_out_folder(out: str | None) -> Path:

@@ -167,8 +167,9 @@ def _open_store(state: RunState):
 
 def _records(state: RunState, ids: list[str]) -> list[Any]:
     """The pool's pairs with these ids, in this order, read without any tokenizer."""
-    got, _ = inputs.read_input(state, "pool")
-    by_id = {p.id: p for p in got}
+    if state.records is None:  # select and report in one process read the pool once
+        state.records = {p.id: p for p in inputs.read_input(state, "pool")[0]}
+    by_id = state.records
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise UsageError(
