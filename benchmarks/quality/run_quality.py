@@ -66,7 +66,8 @@ TEST_SETS = ("test_in", "test_other")
 #   decoding both test sets: 600 x 0.12 s = 72 s, ~75 s a run
 #   budget 60: 12 runs x (35 + 75) s = 22 min; budget 120: 12 x (66 + 75) s = 28 min;
 #   whole pool: 3 x (330 + 75) s = 20 min; gdig run ~2 min, selects ~1 min
-#   total ~74 min of the 90 allowed (~20% margin for a busier machine or longer outputs).
+#   dev choice (2 taus x 2 scorings at budget 60, dev 200): 4 x (35 + 24) s = 4 min
+#   total ~78 min of the 90 allowed (~20% margin for a busier machine or longer outputs).
 # The example (pool 1,000, budgets 100,200) costs 12 x (57 + 75) + 12 x (112 + 75)
 # + 3 x (561 + 75) s + 4 min = ~100 min: run it with --n-pool 1000 --budgets 100,200.
 # When the machine is shared everything is slower (measured at load 5-11: 9-10x); bf16
@@ -75,7 +76,8 @@ TIME_BUDGET = (
     "quiet 2-core CPU, fp32: training 2.2 s/step (batch 8), decoding 0.12 s/sentence "
     "(batch 32), gdig run ~110 s for 600 candidates; budget 60: 12 runs x (35 s train + "
     "75 s decode) = 22 min; budget 120: 12 x (66 + 75) s = 28 min; whole pool 600: "
-    "3 x (330 + 75) s = 20 min; gdig run + 24 selects ~3 min; total ~74 min of the 90 min "
+    "3 x (330 + 75) s = 20 min; gdig run + 24 selects ~3 min; dev choice of tau and scoring "
+    "4 x (35 + 24) s = 4 min; total ~78 min of the 90 min "
     "allowed"
 )
 
@@ -96,6 +98,8 @@ SMOKE = {
     "gdig_args": "--k-in 4 --k-out 4 --rank 4",
     "bootstrap_n": 50,
     "bf16": False,
+    "dev_taus": "0.9",  # two dev trials keep the choice step exercised
+    "dev_scorings": "raw,cosine",
 }
 
 
@@ -154,8 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--gdig-args", default="", help='more `gdig run` flags, e.g. --gdig-args="--rank 16"'
     )
-    g.add_argument("--dev-taus", default="", help="choice step on dev: taus to try (e.g. 0.8,1)")
-    g.add_argument("--dev-scorings", default="", help="choice step on dev: scorings to try")
+    g.add_argument(
+        "--dev-taus", default="0.8,0.9", help="choice step on dev: taus to try ('' = --tau)"
+    )
+    g.add_argument(
+        "--dev-scorings",
+        default="raw,cosine",
+        help="choice step on dev: scorings to try ('' = --scoring)",
+    )
     g = ap.add_argument_group("fine-tuning (gdig.train)")
     g.add_argument("--train-seeds", default="0,1,2", help="comma-separated training seeds")
     g.add_argument(
