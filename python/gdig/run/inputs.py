@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gdig.data.pairs import Pair, read_pairs, write_jsonl
+from gdig.data.pairs import Pair, write_jsonl
+from gdig.data.pool import PoolIndex, open_pool
 from gdig.io.errors import UsageError
 from gdig.run.diskspace import (
     SpaceEstimate,
@@ -26,7 +27,7 @@ from gdig.run.folder import (
     save_manifest,
     warn,
 )
-from gdig.run.lengths import model_context, split_too_long, token_lengths
+from gdig.run.lengths import model_context, token_lengths, too_long_records
 
 # The input files each stage reads (the pool's records are also what select writes out).
 READS = {"fit": ("model", "pool"), "score": ("model", "pool", "seeds"), "select": ("pool",)}
@@ -76,13 +77,15 @@ def replace_entries(file: Path, key: str, value: str, records: list[dict]) -> No
         write_jsonl(file, keep + records)
 
 
-def read_input(state: RunState, which: str) -> tuple[list[Pair], list[dict]]:
-    """``(pairs, skip records)`` of the seed or pool file under the bad-line policy."""
+def read_input(state: RunState, which: str) -> tuple[PoolIndex, list[dict]]:
+    """``(pairs, skip records)`` of the seed or pool file under the bad-line policy. The
+    pairs stay in the file: the index holds a few numbers a pair (``gdig.data.pool``)."""
     read = state.opts.read
     path = state.opts.seeds.seeds if which == "seeds" else state.opts.inputs.pool
     skipped: list[dict] = []
-    pairs = read_pairs(
+    pairs = open_pool(
         path,
+        progress=bool(state.opts.run.progress) and which == "pool",
         bad_lines=read.bad_lines,
         skipped=skipped,
         src_field=read.src_field,
@@ -93,7 +96,7 @@ def read_input(state: RunState, which: str) -> tuple[list[Pair], list[dict]]:
     return pairs, skipped
 
 
-def pairs(state: RunState, which: str) -> list[Pair]:
+def pairs(state: RunState, which: str) -> PoolIndex:
     """The seed or pool pairs after the bad-line and too-long policies (cached)."""
     cached = getattr(state, which)
     if cached is not None:
@@ -113,9 +116,12 @@ def pairs(state: RunState, which: str) -> list[Pair]:
     if read.too_long == "skip":
         _, tok = model(state)
         limit = state.opts.factors.max_length
-        got, long = split_too_long(
-            got, token_lengths(got, tok, state.opts.factors.template), limit, str(path)
+        lengths = token_lengths(
+            got, tok, state.opts.factors.template, progress=bool(state.opts.run.progress)
         )
+        keep, long = too_long_records(got, lengths, limit, str(path))
+        if long:
+            got = got.subset(keep)
         if long:
             warn(
                 state,
@@ -125,7 +131,7 @@ def pairs(state: RunState, which: str) -> list[Pair]:
             )
             skipped += long
         state.long_skipped[which] = len(long)
-        if not got:
+        if not len(got):
             raise UsageError(
                 f"{path}: every pair is longer than --max-length {limit} tokens; raise "
                 "--max-length or use --too-long truncate"
@@ -164,10 +170,10 @@ def preflight(state: RunState) -> None:
     opts = state.opts
     inputs, read, fac, exe = opts.inputs, opts.read, opts.factors, opts.execution
     pool = pairs(state, "pool")
-    seeds: list[Pair] = []
+    seeds: list[Pair] | PoolIndex = []
     if "score" in state.stages:  # fit alone needs no seeds
         seeds = pairs(state, "seeds")
-        if not seeds:
+        if not len(seeds):
             raise UsageError(f"--seeds {opts.seeds.seeds}: the seed set is empty")
         if len(seeds) > len(pool):
             warn(
@@ -198,8 +204,8 @@ def preflight(state: RunState) -> None:
     truncated = dict(zero)
     if read.too_long == "truncate":
         for which, got in (("seeds", seeds), ("pool", pool)):
-            lengths = token_lengths(got, tok, fac.template)
-            truncated[which] = sum(n > fac.max_length for n in lengths)
+            lengths = token_lengths(got, tok, fac.template, bool(opts.run.progress))
+            truncated[which] = int((lengths > fac.max_length).sum())
         if any(truncated.values()):
             warn(
                 state,
@@ -243,7 +249,7 @@ def preflight(state: RunState) -> None:
     save_manifest(state)
 
 
-def _compare_seeds_pool(state: RunState, seeds: list[Pair], pool: list[Pair]) -> None:
+def _compare_seeds_pool(state: RunState, seeds: PoolIndex, pool: PoolIndex) -> None:
     from gdig.data.checks import compare_seeds_pool
 
     for message in compare_seeds_pool(seeds, pool):

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from gdig.data.pairs import Pair
+from gdig.data.pool import PoolIndex
 from gdig.engine.template import render_prompt
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
@@ -27,34 +30,46 @@ def model_context(model: Any) -> int | None:
     return None
 
 
-def token_lengths(pairs: Sequence[Pair], tokenizer: Any, template: str) -> list[int]:
+_CHUNK = 4096  # pairs tokenised at once: a pool is measured without holding its texts
+
+
+def token_lengths(
+    pairs: Sequence[Pair], tokenizer: Any, template: str, progress: bool = False
+) -> np.ndarray:
     """Untruncated tokens of each rendered example (prompt + target + EOS), as the engine
-    counts them (prompt and target tokenised separately)."""
-    if not pairs:
-        return []
+    counts them (prompt and target tokenised separately); int64 ``[len(pairs)]``."""
+    from tqdm.auto import tqdm
+
     chat = template == "chat"
-    prompts = [render_prompt(p, template, tokenizer) for p in pairs]
-    n_prompt = tokenizer(prompts, add_special_tokens=not chat)["input_ids"]
-    n_target = tokenizer([p.tgt for p in pairs], add_special_tokens=False)["input_ids"]
-    return [len(a) + len(b) + 1 for a, b in zip(n_prompt, n_target, strict=True)]
+    out = np.zeros(len(pairs), dtype=np.int64)
+    with tqdm(total=len(pairs), desc="measure lengths", unit="ex", disable=not progress) as bar:
+        for start in range(0, len(pairs), _CHUNK):
+            chunk = pairs[start : start + _CHUNK]
+            prompts = [render_prompt(p, template, tokenizer) for p in chunk]
+            n_prompt = tokenizer(prompts, add_special_tokens=not chat)["input_ids"]
+            n_target = tokenizer([p.tgt for p in chunk], add_special_tokens=False)["input_ids"]
+            out[start : start + len(chunk)] = [
+                len(a) + len(b) + 1 for a, b in zip(n_prompt, n_target, strict=True)
+            ]
+            bar.update(len(chunk))
+    return out
 
 
-def split_too_long(
-    pairs: Sequence[Pair], lengths: Sequence[int], limit: int, path: str
-) -> tuple[list[Pair], list[dict[str, Any]]]:
-    """``(pairs within limit, skip records of the others)``."""
-    kept, skipped = [], []
-    for pair, n in zip(pairs, lengths, strict=True):
-        if n <= limit:
-            kept.append(pair)
-        else:
-            skipped.append(
-                {
-                    "file": path,
-                    "line": pair.line,
-                    "field": "<pair>",
-                    "id": pair.id,
-                    "reason": f"too long: {n} tokens > max_length {limit}",
-                }
-            )
-    return kept, skipped
+def too_long_records(
+    pairs: PoolIndex, lengths: np.ndarray, limit: int, path: str
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """``(mask of the pairs within limit, skip records of the others)``."""
+    keep = np.asarray(lengths) <= limit
+    long_rows = np.flatnonzero(~keep)
+    long_pairs = pairs.records(long_rows)
+    skipped = [
+        {
+            "file": path,
+            "line": pair.line,
+            "field": "<pair>",
+            "id": pair.id,
+            "reason": f"too long: {int(lengths[r])} tokens > max_length {limit}",
+        }
+        for r, pair in zip(long_rows.tolist(), long_pairs, strict=True)
+    ]
+    return keep, skipped

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gdig.data.pool import PoolIndex
 from gdig.engine.faults import fault_point
 from gdig.io.errors import UsageError
 from gdig.io.integrity import file_digests
@@ -38,6 +39,7 @@ from gdig.run.folder import (
     stage_done,
     warn,
 )
+from gdig.run.poolrows import PairTexts, TopSeeds, label_values, pool_rows
 
 
 def say(message: str) -> None:
@@ -144,9 +146,13 @@ def _note_nonfinite(state: RunState, stage: str, ids: list[str]) -> int:
     file = state.out / NONFINITE_FILE
     records = []
     if ids:
-        line = {p.id: p.line for p in inputs.pairs(state, "pool")}
+        pool = inputs.pairs(state, "pool")
+        lines = [int(pool.lines[r]) if r >= 0 else None for r in pool.rows_of(ids).tolist()]
         path = str(state.opts.inputs.pool)
-        records = [{"id": i, "stage": stage, "file": path, "line": line.get(i)} for i in ids]
+        records = [
+            {"id": i, "stage": stage, "file": path, "line": line}
+            for i, line in zip(ids, lines, strict=True)
+        ]
         what = "left out of the factors" if stage == "fit" else "left out of selection"
         warn(
             state,
@@ -165,23 +171,16 @@ def _open_store(state: RunState):
     return GradStore.open(state.out / STORE_DIR)
 
 
-def _records(state: RunState, ids: list[str]) -> list[Any]:
-    """The pool's pairs with these ids, in this order, read without any tokenizer."""
+def _pool_rows(state: RunState, ids: list[str]) -> tuple[PoolIndex, np.ndarray]:
+    """The pool (read without any tokenizer) and the pool row of each candidate id."""
     if state.records is None:  # select and report in one process read the pool once
-        state.records = {p.id: p for p in inputs.read_input(state, "pool")[0]}
-    by_id = state.records
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise UsageError(
-            f"{state.out / STORE_DIR}: candidate {missing[0]!r} is not in the pool "
-            f"({state.opts.inputs.pool}); the pool changed since scoring: use --force-restart"
-        )
-    return [by_id[i] for i in ids]
+        state.records = inputs.read_input(state, "pool")[0]
+    return state.records, pool_rows(state.records, ids, str(state.out / STORE_DIR))
 
 
 def stage_select(state: RunState) -> None:
     from gdig.select import ShortfallError, select
-    from gdig.select.writers import write_scores, write_selected
+    from gdig.select.writers import selected_order, write_scores, write_selected
 
     begin(state, "select")
     t = time.perf_counter()
@@ -190,7 +189,7 @@ def stage_select(state: RunState) -> None:
         sel = select(store, state.opts.select, device=state.opts.run.device)
     except ShortfallError as exc:
         if exc.selection is not None:  # the scores still help to choose --tau
-            top = _top_seeds(store, exc.selection.ids)
+            top = TopSeeds(store, exc.selection.ids)
             write_scores(state.out / "scores.csv", exc.selection, top)
             raise ShortfallError(
                 f"{exc}; per-candidate scores are in {state.out / 'scores.csv'}",
@@ -199,10 +198,12 @@ def stage_select(state: RunState) -> None:
                 pool_size=exc.pool_size,
             ) from None
         raise
-    top = _top_seeds(store, sel.ids)
+    top = TopSeeds(store, sel.ids)
     write_scores(state.out / "scores.csv", sel, top)
     fault_point("select:scores")
-    write_selected(state.out / "selected.jsonl", sel, _records(state, sel.ids), top)
+    pool, rows = _pool_rows(state, sel.ids)
+    chosen = pool.records(rows[selected_order(sel)])  # read by seeking: every field kept
+    write_selected(state.out / "selected.jsonl", sel, chosen, top)
     sel.save(state.out / SELECTION_FILE)
     fault_point("select:saved")
     for note in sel.notes:
@@ -215,19 +216,6 @@ def stage_select(state: RunState) -> None:
         **sel.summary(),
     )
     say(f"select: {int(sel.selected.sum())} of {sel.n} candidates ({sel.config.selector})")
-
-
-def _top_seeds(store, ids: list[str]) -> list[list[str]]:
-    """For each candidate, the seeds it helps most (positive raw benefit, best first), from
-    the top-k the scoring pass kept."""
-    stats = store.stats()
-    row = {cid: r for r, cid in enumerate(store.ids)}
-    seed_ids = store.seed_ids
-    out = []
-    for cid in ids:
-        idx, val = stats["topk_idx"][row[cid]], stats["topk_val"][row[cid]]
-        out.append([seed_ids[int(j)] for j, v in zip(idx, val, strict=True) if v > 0])
-    return out
 
 
 def noise_kinds(values: list[Any], labels: np.ndarray, sel) -> dict[str, dict[str, int]]:
@@ -255,7 +243,7 @@ def stage_report(state: RunState) -> None:
     sel = Selection.load(state.out / SELECTION_FILE)
     store = _open_store(state)
     source = finite_source(store)
-    pool = _records(state, sel.ids)
+    pool, pool_row = _pool_rows(state, sel.ids)
     rows = sample_map_rows(sel)
     # Counts (pool, passed quality, clusters, selected) come from Selection.summary() in the
     # report itself; only what the selection does not know is added here.
@@ -269,9 +257,10 @@ def stage_report(state: RunState) -> None:
         from gdig.data.checks import is_noise
 
         path = state.opts.inputs.pool
-        values = [p.extra.get(field_name) for p in pool]
+        values = label_values(pool, pool_row, field_name)
+        lines = pool.lines[pool_row]
         labels = np.array(
-            [is_noise(v, f"{path}:{p.line}") for v, p in zip(values, pool, strict=True)]
+            [is_noise(v, f"{path}:{line}") for v, line in zip(values, lines, strict=True)]
         )
         noise = noise_summary(source, sel, labels)
         noise["kinds"] = noise_kinds(values, labels, sel)
@@ -279,7 +268,7 @@ def stage_report(state: RunState) -> None:
     write_report(
         state.out,
         sel,
-        [(p.id, p.src, p.tgt) for p in pool],
+        PairTexts(pool, pool_row),
         source.feature_rows(rows),
         summary,
         map_rows=rows,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from gdig.data.pairs import write_jsonl
-from gdig.io.atomic import atomic_write_text
+from gdig.io.atomic import atomic_open
 
 from .selection import Selection
 
@@ -39,27 +39,39 @@ def ranks(sel: Selection) -> np.ndarray:
 
 
 def write_scores(path: Path, sel: Selection, top_seeds: Sequence[list[str]] | None = None) -> None:
-    """``top_seeds[i]``: the seeds candidate ``i`` helps most (written ``;``-joined)."""
+    """``top_seeds[i]``: the seeds candidate ``i`` helps most (written ``;``-joined).
+    Written row by row: a pool of millions never makes one big string."""
     rank = ranks(sel)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(SCORE_COLUMNS)
-    for i, cid in enumerate(sel.ids):
-        w.writerow(
-            [
-                cid,
-                int(sel.n_pos[i]),
-                sel.n_seeds,
-                f"{float(sel.benefit_mean[i]):.9g}",
-                f"{float(sel.benefit_min[i]):.9g}",
-                int(bool(sel.passed_quality[i])),
-                int(sel.cluster[i]),
-                int(bool(sel.selected[i])),
-                int(rank[i]),
-                ";".join(top_seeds[i]) if top_seeds is not None else "",
-            ]
-        )
-    atomic_write_text(path, buf.getvalue())
+    with atomic_open(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        w = csv.writer(text, lineterminator="\n")
+        w.writerow(SCORE_COLUMNS)
+        for i, cid in enumerate(sel.ids):
+            w.writerow(
+                [
+                    cid,
+                    int(sel.n_pos[i]),
+                    sel.n_seeds,
+                    f"{float(sel.benefit_mean[i]):.9g}",
+                    f"{float(sel.benefit_min[i]):.9g}",
+                    int(bool(sel.passed_quality[i])),
+                    int(sel.cluster[i]),
+                    int(bool(sel.selected[i])),
+                    int(rank[i]),
+                    ";".join(top_seeds[i]) if top_seeds is not None else "",
+                ]
+            )
+        text.flush()
+        text.detach()  # atomic_open closes the file itself
+
+
+def selected_order(sel: Selection) -> np.ndarray:
+    """The selected rows in the order ``selected.jsonl`` lists them: pool order, except
+    for ``--selector quality``, whose selection is a ranking: best first."""
+    rows = np.asarray(sel.selected_rows, dtype=np.int64)
+    if sel.config.selector == "quality":
+        rows = rows[np.lexsort((rows, -np.asarray(sel.benefit_mean)[rows]))]
+    return rows
 
 
 def write_selected(
@@ -68,15 +80,17 @@ def write_selected(
     pairs: Sequence[Any],
     top_seeds: Sequence[list[str]] | None = None,
 ) -> None:
-    """``pairs`` is aligned with ``sel.ids`` (anything with ``to_record()``). Pool order,
-    except for ``--selector quality``, whose selection is a ranking: best first."""
-    rows = np.asarray(sel.selected_rows, dtype=np.int64)
-    if sel.config.selector == "quality":
-        rows = rows[np.lexsort((rows, -np.asarray(sel.benefit_mean)[rows]))]
+    """``pairs``: the pairs of :func:`selected_order` (anything with ``to_record()``), in
+    that order; each record gets its scores added."""
+    rows = selected_order(sel)
+    if len(pairs) != len(rows):
+        raise ValueError(f"write_selected: {len(pairs)} pairs for {len(rows)} selected rows")
     rank = ranks(sel)
     records = []
-    for row in rows:
-        rec = pairs[int(row)].to_record()
+    for row, pair in zip(rows.tolist(), pairs, strict=True):
+        rec = pair.to_record()
+        if str(rec.get("id")) != sel.ids[row]:
+            raise ValueError(f"write_selected: pair {rec.get('id')!r} is not {sel.ids[row]!r}")
         rec.update(
             benefit_mean=float(sel.benefit_mean[row]),
             n_pos=int(sel.n_pos[row]),

@@ -1,0 +1,293 @@
+"""A pool of pairs that is never held whole: read once, kept as a few numbers a pair.
+
+:func:`open_pool` streams a pairs file (JSONL, TSV, plain or gzip, or Parquet) under the
+same rules as :func:`gdig.data.pairs.iter_pairs` and keeps, for every good pair, its id
+(as UTF-8 bytes in one buffer), its line (or Parquet row) number and where it starts in
+the file (byte offset in the decompressed stream; the row for Parquet). The result is a
+``Sequence[Pair]``: ``pool[i]`` and ``pool.records(rows)`` read the pairs back from the
+file by seeking, so a caller holds only the pairs it is working on.
+
+Memory: about ``len(id) + 24`` bytes a pair (id buffer, id start, line, offset), plus 8
+bytes a pair while the ids are checked for duplicates. The pairs read back are exactly
+the pairs read the first time, every field included.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+
+from gdig.data.lineparser import _LineParser
+from gdig.data.pair import Pair, PairsError
+from gdig.data.pairs import (
+    ReadOptions,
+    _open_binary,
+    _parse_unit,
+    duplicate_id_error,
+    finish_scan,
+    open_input,
+    scan_pairs,
+)
+
+__all__ = ["PoolIndex", "open_pool", "pair_ids", "take"]
+
+_BLOCK = 1024  # pairs read back at once when indexed one by one (sequential access)
+
+
+class PoolIndex(Sequence[Pair]):
+    """The good pairs of one file, in file order, read back on demand (see module doc)."""
+
+    def __init__(
+        self,
+        path: Path,
+        opts: ReadOptions,
+        parser: _LineParser,
+        id_blob: bytes,
+        id_start: np.ndarray,
+        lines: np.ndarray,
+        offsets: np.ndarray,
+    ) -> None:
+        self.path = path
+        self.opts = opts
+        self._parser = parser  # keeps a TSV header's column names for re-reads
+        self._id_blob = id_blob
+        self._id_start = id_start  # [n + 1]
+        self.lines = lines  # [n] line (Parquet: row) numbers, from 1
+        self.offsets = offsets  # [n] where each pair starts
+        self._block: tuple[int, list[Pair]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def id(self, i: int) -> str:
+        a, b = self._id_start[i], self._id_start[i + 1]
+        return self._id_blob[a:b].decode("utf-8")
+
+    def iter_ids(self) -> Iterator[str]:
+        for i in range(len(self)):
+            yield self.id(i)
+
+    @overload
+    def __getitem__(self, i: int) -> Pair: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Pair]: ...
+    def __getitem__(self, i: int | slice) -> Pair | list[Pair]:
+        if isinstance(i, slice):
+            return self.records(range(*i.indices(len(self))))
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"pool index {i} out of range ({n} pairs)")
+        if self._block is None or not (self._block[0] <= i < self._block[0] + len(self._block[1])):
+            self._block = (i, self.records(range(i, min(i + _BLOCK, n))))
+        return self._block[1][i - self._block[0]]
+
+    def __iter__(self) -> Iterator[Pair]:
+        for start in range(0, len(self), _BLOCK):
+            yield from self.records(range(start, min(start + _BLOCK, len(self))))
+
+    def chunks(self, size: int) -> Iterator[list[Pair]]:
+        """The pairs in file order, ``size`` at a time."""
+        for start in range(0, len(self), size):
+            yield self.records(range(start, min(start + size, len(self))))
+
+    def records(self, rows: Iterable[int]) -> list[Pair]:
+        """The pairs at these positions, in this order (each distinct one read once, in
+        file order: a gzip file is never rewound)."""
+        rows = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, np.int64)
+        if rows.size == 0:
+            return []
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise IndexError(f"pool rows out of range ({len(self)} pairs)")
+        unique = np.unique(rows)
+        got = dict(zip(unique.tolist(), self._read(unique), strict=True))
+        return [got[r] for r in rows.tolist()]
+
+    def _read(self, rows: np.ndarray) -> Iterator[Pair]:
+        if self.opts.fmt == "parquet":
+            from gdig.data.parquet import read_rows
+
+            units = (
+                (row, row, rec) for row, rec in read_rows(self.path, self.offsets[rows].tolist())
+            )
+            for r, unit in zip(rows.tolist(), units, strict=True):
+                yield self._parse(r, unit)
+            return
+        limit = self.opts.max_line_bytes + 2
+        with _open_binary(self.path) as fh:
+            for r in rows.tolist():
+                fh.seek(int(self.offsets[r]))
+                raw = fh.readline(limit).rstrip(b"\n").removesuffix(b"\r")
+                yield self._parse(r, (int(self.lines[r]), int(self.offsets[r]), raw))
+
+    def _parse(self, r: int, unit: Any) -> Pair:
+        try:
+            pair = _parse_unit(self._parser, unit, self.opts.max_line_bytes)
+        except PairsError:
+            pair = None
+        if pair is None or pair.id != self.id(r):
+            raise PairsError(
+                str(self.path),
+                int(self.lines[r]),
+                "<line>",
+                "the file changed while gdig was using it",
+                "leave the pool alone during a run, then run the command again",
+            )
+        return pair
+
+    def subset(self, keep: np.ndarray) -> PoolIndex:
+        """A pool of only the pairs where ``keep`` (a boolean mask) is true."""
+        keep = np.asarray(keep, dtype=bool)
+        starts, ends = self._id_start[:-1][keep], self._id_start[1:][keep]
+        blob = b"".join(self._id_blob[a:b] for a, b in zip(starts, ends, strict=True))
+        id_start = np.zeros(len(starts) + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=id_start[1:])
+        return PoolIndex(
+            self.path,
+            self.opts,
+            self._parser,
+            blob,
+            id_start,
+            self.lines[keep],
+            self.offsets[keep],
+        )
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Positions of these ids (-1 for an id not in the pool), without a dict of every
+        id: the pool's ids are hashed and sorted once."""
+        order, hashes = self._hash_order()
+        want = np.fromiter((_hash(i) for i in ids), dtype=np.uint64, count=len(ids))
+        pos = np.searchsorted(hashes[order], want)
+        out = np.full(len(ids), -1, dtype=np.int64)
+        for j, (p, cid) in enumerate(zip(pos.tolist(), ids, strict=True)):
+            while p < len(order) and hashes[order[p]] == want[j]:
+                if self.id(int(order[p])) == cid:
+                    out[j] = order[p]
+                    break
+                p += 1
+        return out
+
+    def _hash_order(self) -> tuple[np.ndarray, np.ndarray]:
+        hashes = np.fromiter((_hash(i) for i in self.iter_ids()), np.uint64, count=len(self))
+        return np.argsort(hashes, kind="stable"), hashes
+
+
+def _hash(text: str) -> int:
+    """A 64-bit hash of an id, the same in every process (Python's hash() is salted)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def open_pool(
+    path: str | os.PathLike[str],
+    *,
+    skipped: list[dict[str, Any]] | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> PoolIndex:
+    """Read a pairs file once and index it. ``options`` are :class:`ReadOptions` fields
+    (``bad_lines``, ``max_line_bytes``, ``fmt``, ``src_field``, ``tgt_field``,
+    ``src_lang``, ``tgt_lang``), as :func:`iter_pairs` takes them; ``skipped`` too.
+
+    Same pairs, same errors and skip records as ``iter_pairs``: a repeated id is a bad
+    line (the first one is kept), found after the pass from 64-bit hashes rather than a
+    dict of every id, so the error names the first repeated line and its first line.
+    """
+    path, opts = open_input(path, ReadOptions(**options))
+    parser = opts.parser(path)
+    own_skips: list[dict[str, Any]] = [] if skipped is None else skipped
+    n_before = len(own_skips)
+    blob = bytearray()
+    id_start, lines, offsets, hashes = array("q", [0]), array("q"), array("q"), array("Q")
+    from tqdm.auto import tqdm
+
+    size = path.stat().st_size
+    with tqdm(
+        total=size, desc=f"read {path.name}", unit="B", unit_scale=True, disable=not progress
+    ) as bar:
+        for k, (pair, offset) in enumerate(scan_pairs(path, opts, parser, own_skips)):
+            raw_id = pair.id.encode("utf-8")
+            blob += raw_id
+            id_start.append(len(blob))
+            lines.append(pair.line or 0)
+            offsets.append(offset)
+            hashes.append(_hash(pair.id))
+            if progress and k % 4096 == 0 and opts.fmt != "parquet" and path.suffix != ".gz":
+                bar.update(offset - bar.n)
+        bar.update(size - bar.n)
+    pool = PoolIndex(
+        path,
+        opts,
+        parser,
+        bytes(blob),
+        np.frombuffer(id_start, dtype=np.int64).copy(),
+        np.frombuffer(lines, dtype=np.int64).copy(),
+        np.frombuffer(offsets, dtype=np.int64).copy(),
+    )
+    del blob, id_start, lines, offsets
+    keep = _first_of_each_id(pool, np.frombuffer(hashes, dtype=np.uint64), own_skips)
+    if keep is not None:
+        pool = pool.subset(keep)
+        own_skips[n_before:] = sorted(own_skips[n_before:], key=lambda rec: rec["line"])
+    finish_scan(path, len(pool), own_skips, n_before, warn=skipped is None)
+    return pool
+
+
+def _first_of_each_id(
+    pool: PoolIndex, hashes: np.ndarray, skips: list[dict[str, Any]]
+) -> np.ndarray | None:
+    """Mask keeping the first pair of each id (None: no repeats); raises under
+    ``bad_lines="error"`` for the earliest repeat; otherwise adds its skip records."""
+    order = np.argsort(hashes, kind="stable")  # equal hashes stay in file order
+    same = hashes[order][1:] == hashes[order][:-1]
+    if not same.any():
+        return None
+    keep = np.ones(len(pool), dtype=bool)
+    repeats: list[tuple[int, int]] = []  # (row of the repeat, row of the first)
+    for j in np.flatnonzero(same).tolist():
+        # the run of equal hashes: compare the ids with every earlier pair of the run
+        row = int(order[j + 1])
+        k = j
+        while k >= 0 and hashes[order[k]] == hashes[row]:
+            first = int(order[k])
+            if keep[first] and pool.id(first) == pool.id(row):
+                keep[row] = False
+                repeats.append((row, first))
+                break
+            k -= 1
+    if not repeats:
+        return None
+    repeats.sort()
+    if pool.opts.bad_lines == "error":
+        row, first = repeats[0]
+        raise duplicate_id_error(
+            pool.path, pool.id(row), int(pool.lines[first]), int(pool.lines[row])
+        )
+    for row, first in repeats:
+        err = duplicate_id_error(
+            pool.path, pool.id(row), int(pool.lines[first]), int(pool.lines[row])
+        )
+        skips.append(err.as_skip_record())
+    return keep
+
+
+def take(pairs: Sequence[Pair], rows: Iterable[int]) -> list[Pair]:
+    """``[pairs[r] for r in rows]``, read in one forward pass when ``pairs`` is a pool."""
+    if isinstance(pairs, PoolIndex):
+        return pairs.records(rows)
+    return [pairs[int(r)] for r in rows]
+
+
+def pair_ids(pairs: Sequence[Any]) -> list[str]:
+    """The ids, in order (a pool's from its index, without reading the texts; anything
+    without an ``id`` is numbered)."""
+    if isinstance(pairs, PoolIndex):
+        return list(pairs.iter_ids())
+    return [str(getattr(p, "id", i)) for i, p in enumerate(pairs)]

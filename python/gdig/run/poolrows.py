@@ -1,0 +1,83 @@
+"""What select and report need from a pool of millions without holding it: the pool
+rows of the scored candidates, their texts on demand, their top seeds and noise labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gdig.data.pool import PoolIndex
+from gdig.io.errors import UsageError
+
+
+def pool_rows(pool: PoolIndex, ids: Sequence[str], where: str) -> np.ndarray:
+    """The pool row of each candidate id (``where`` names the store in the error)."""
+    if len(ids) == len(pool) and all(a == b for a, b in zip(ids, pool.iter_ids(), strict=True)):
+        return np.arange(len(pool), dtype=np.int64)  # the usual case: every pair was scored
+    rows = pool.rows_of(ids)
+    missing = np.flatnonzero(rows < 0)
+    if missing.size:
+        raise UsageError(
+            f"{where}: candidate {ids[int(missing[0])]!r} is not in the pool ({pool.path}); "
+            "the pool changed since scoring: use --force-restart"
+        )
+    return rows
+
+
+class PairTexts(Sequence[tuple[str, str, str]]):
+    """``(id, src, tgt)`` of candidate ``i``, read from the pool when asked for."""
+
+    def __init__(self, pool: PoolIndex, rows: np.ndarray) -> None:
+        self.pool, self.rows = pool, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        pair = self.pool.records([int(self.rows[i])])[0]
+        return pair.id, pair.src, pair.tgt
+
+
+class TopSeeds(Sequence[list[str]]):
+    """For candidate ``i`` (a row of ``ids``), the seeds it helps most (positive raw
+    benefit, best first), from the top-k the scoring pass kept; computed per row."""
+
+    def __init__(self, store, ids: Sequence[str]) -> None:
+        stats = store.stats()
+        self.idx, self.val = stats["topk_idx"], stats["topk_val"]
+        self.seed_ids = store.seed_ids
+        self.n = len(ids)
+        if len(ids) == store.n and ids == store.ids:
+            self.row = None  # the common case: the selection covers the store's rows
+        else:
+            by_id = {cid: r for r, cid in enumerate(store.ids)}
+            self.row = np.array([by_id[c] for c in ids], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        r = i if self.row is None else int(self.row[i])
+        return [
+            self.seed_ids[int(j)] for j, v in zip(self.idx[r], self.val[r], strict=True) if v > 0
+        ]
+
+
+def label_values(pool: PoolIndex, rows: np.ndarray, field: str) -> list[Any]:
+    """The ``field`` value of each candidate's pair, in candidate order: one pass over the
+    pool in file order, keeping one shared object per distinct value."""
+    order = np.argsort(rows, kind="stable")
+    out: list[Any] = [None] * len(rows)
+    shared: dict[Any, Any] = {}
+    for start in range(0, len(order), 4096):
+        part = order[start : start + 4096]
+        for k, pair in zip(part.tolist(), pool.records(rows[part]), strict=True):
+            value = pair.extra[field] if field in pair.extra else pair.to_record().get(field)
+            try:
+                value = shared.setdefault(value, value)
+            except TypeError:  # unhashable (a list): kept as it is; is_noise rejects it
+                pass
+            out[k] = value
+    return out
