@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    print(f"gdig {args.command}: done ({Path(state.out)})")
-    print_summary(state)
+    if state.dist.main:  # under torchrun: rank 0 speaks for the run
+        print(f"gdig {args.command}: done ({Path(state.out)})")
+        print_summary(state)
     return 0
 
 

@@ -24,6 +24,7 @@ from gdig.data.pool import take
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import GradientCapture
 from gdig.engine.config import EngineConfig, FactorConfig, ScoreConfig, as_dict
+from gdig.engine.distributed import SINGLE, Dist
 from gdig.engine.faults import finite_rows, run_with_backoff
 from gdig.engine.fingerprint import (
     FactorsMismatchError,
@@ -233,6 +234,13 @@ class _SpaceFit:
             self._q = (self.result.q_a.to(a.device, a.dtype), self.result.q_s.to(a.device, a.dtype))
         gdig_ext.ekfac_accumulate(a, g, mask, self._q[0], self._q[1], self.lam)
 
+    def sum_lam(self, dist: Dist, dtype: torch.dtype, device) -> None:
+        """Sum the diagonal across ranks (a rank without examples adds zeros)."""
+        assert self.result is not None
+        if self.lam is None:
+            self.lam = torch.zeros_like(self.result.lam, dtype=dtype, device=device)
+        dist.sum_(self.lam)
+
     def finish_lam(self, n_examples: int) -> None:
         assert self.result is not None and self.lam is not None
         self.result.lam = (self.lam.to(torch.float64) / max(n_examples, 1)).cpu()
@@ -244,8 +252,14 @@ def fit_factors(
     pairs: Sequence[Any],
     cfg: EngineConfig,
     progress: bool = True,
+    dist: Dist = SINGLE,
 ) -> Factors:
     """Fit the factors of the tracked layers on a sample of ``pairs`` (``factor_samples``).
+
+    Under torchrun (``dist``) each rank takes every ``world``-th example of the sample and
+    the sums (A, S, tokens, the EK-FAC diagonal, examples) are added across ranks, so every
+    rank ends with the same factors; only the order of the additions differs from one
+    process (float rounding).
 
     Pass 1 accumulates ``A`` and ``S``; EK-FAC then refits the eigen-diagonal with
     ``gdig_ext.ekfac_accumulate`` on the same examples, reusing the first pass's captured
@@ -260,7 +274,7 @@ def fit_factors(
     layers = tracked_layers(model, names)
     device = next(model.parameters()).device
     acc = _acc_dtype(model)
-    rows = _sample(len(pairs), cfg.factors.factor_samples, cfg.factors.factor_seed)
+    rows = dist.mine(_sample(len(pairs), cfg.factors.factor_samples, cfg.factors.factor_seed))
     encoded = [
         encode_pair(p, tokenizer, cfg.factors.template, cfg.factors.max_length)
         for p in take(pairs, rows)
@@ -340,11 +354,16 @@ def fit_factors(
                 cache[b] = parts
                 cache_bytes += size
             bar.update(len(batches[b]))
-        if len(nonfinite) == len(encoded):
+        nonfinite = set().union(*dist.gather(nonfinite))
+        n_examples = dist.sum_int(len(encoded), device)
+        n_tokens = dist.sum_int(n_tokens, device)
+        if len(nonfinite) == n_examples:
             raise ValueError("fit_factors: every example's loss or gradient is NaN/Inf")
 
         spaces = full + (proj if projections is not None else [])
         for sp in spaces:
+            dist.sum_(sp.cov_a)
+            dist.sum_(sp.cov_s)
             sp.eigen(n_tokens)
         if ekfac:  # the bar counts examples, once per pass
             bar.reset(total=len(encoded))
@@ -358,7 +377,8 @@ def fit_factors(
                             proj[i].add_lam(*projected(i, a, g), mask)
                 bar.update(len(batches[b]))
             for sp in spaces:
-                sp.finish_lam(len(encoded) - len(nonfinite))
+                sp.sum_lam(dist, acc, device)
+                sp.finish_lam(n_examples - len(nonfinite))
 
     return Factors(
         layers=[sp.result for sp in full],
@@ -366,7 +386,7 @@ def fit_factors(
         fingerprint=model_fingerprint(model, names),
         config=as_dict(cfg.factors),
         stats={
-            "examples": len(encoded) - len(nonfinite),
+            "examples": n_examples - len(nonfinite),
             "tokens": n_tokens,
             "nonfinite_ids": sorted(nonfinite),
         },

@@ -20,9 +20,21 @@ T = TypeVar("T")
 FAULT_ENV = "GDIG_FAULT"
 
 
+# GDIG_FAULT_RANK=<r> limits the kill to torchrun rank r; GDIG_FAULT_SKIP=<n> lets the
+# point pass n times first (e.g. die after the second shard).
+_passed: dict[str, int] = {}
+
+
 def fault_point(name: str) -> None:
     """Die here, by SIGKILL, when ``$GDIG_FAULT`` names this point (resume tests)."""
-    if os.environ.get(FAULT_ENV) == name:
+    if os.environ.get(FAULT_ENV) != name:
+        return
+    if os.environ.get("GDIG_FAULT_RANK", os.environ.get("RANK", "0")) != os.environ.get(
+        "RANK", "0"
+    ):
+        return
+    _passed[name] = _passed.get(name, 0) + 1
+    if _passed[name] > int(os.environ.get("GDIG_FAULT_SKIP", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

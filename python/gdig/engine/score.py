@@ -22,6 +22,7 @@ from gdig.data.pool import PoolIndex, pair_ids
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import Captured, GradientCapture
 from gdig.engine.config import EngineConfig, as_dict
+from gdig.engine.distributed import SINGLE, Dist
 from gdig.engine.faults import fault_point, finite_rows, run_with_backoff
 from gdig.engine.fingerprint import model_fingerprint
 from gdig.engine.projection import Projection, make_projections, projection_key
@@ -96,6 +97,7 @@ def score_candidates(
     shard_size: int | None = None,
     progress: bool = True,
     verify: str = "quick",
+    dist: Dist = SINGLE,
 ) -> GradStore:
     """Score every pool pair against every seed and write the gradient store at ``store_dir``.
 
@@ -103,6 +105,10 @@ def score_candidates(
     Shards already written by an identical earlier run are kept (resume) when they pass
     the ``verify`` check: ``quick`` (size and mtime against the store's manifest) or
     ``full`` (sha256); see :class:`~gdig.engine.store.StoreWriter`.
+
+    Under torchrun (``dist``) shard ``i`` is rank ``i % world``'s; every rank writes its
+    own shards and rank 0 completes the store once all are written. A shard's numbers do
+    not depend on the number of ranks.
     """
     if seed_grads.proj_key != projection_key(cfg.factors):
         raise ValueError(
@@ -133,16 +139,20 @@ def score_candidates(
         top_k=cfg.scoring.top_k,
         feature_dtype=cfg.scoring.feature_dtype,
         verify=verify,
+        part=dist.rank,
+        parts=dist.world,
     )
     max_tokens = cfg.execution.max_batch_tokens or auto_max_tokens(model, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     k = min(cfg.scoring.top_k, seed_grads.n)
     n_shards = (len(pool) + shard_size - 1) // shard_size
+    mine = [i for i in range(n_shards) if dist.owns(i)]
+    total = sum(min(shard_size, len(pool) - i * shard_size) for i in mine)
     with (
         GradientCapture(model, seed_grads.layer_names, cfg.factors.autocast) as cap,
-        tqdm(total=len(pool), desc="score candidates", unit="ex", disable=not progress) as bar,
+        tqdm(total=total, desc="score candidates", unit="ex", disable=not progress) as bar,
     ):
-        for index in range(n_shards):
+        for index in mine:
             start = index * shard_size
             stop = min(start + shard_size, len(pool))
             if writer.shard_done(index, ids[start:stop]):
@@ -189,9 +199,13 @@ def score_candidates(
                     ", ".join(nonfinite[:5]),
                 )
             writer.write_shard(index, start, ids[start:stop], arrays, nonfinite)
-    writer.finish(n_shards)
+            fault_point("score:shard")
+    dist.barrier()  # every rank's shards are on disk
+    if dist.main:
+        writer.finish(n_shards)
+    dist.barrier()
     store = GradStore.open(store_dir)
-    if cfg.execution.export_benefit_matrix:
+    if cfg.execution.export_benefit_matrix and dist.main:
         store.export_benefit_matrix()
     return store
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import GradientCapture
 from gdig.engine.config import EngineConfig
+from gdig.engine.distributed import Dist
 from gdig.engine.factors import Factors
 from gdig.engine.faults import finite_rows, run_with_backoff
 from gdig.engine.layers import TrackedLayer, tracked_layers
@@ -198,3 +199,17 @@ def prepare_seeds(
         rank=rank,
         proj_key=projection_key(cfg.factors),
     )
+
+
+def share_seeds(dist: Dist, seeds: SeedGradients | None, device: Any) -> SeedGradients:
+    """Rank 0's prepared seeds on every rank, on each rank's ``device`` (prepared once:
+    the other ranks pass None and wait)."""
+    if not dist.active:
+        assert seeds is not None
+        return seeds
+    payload = None
+    if dist.main:
+        assert seeds is not None
+        payload = replace(seeds, u=[t.cpu() for t in seeds.u], v=[t.cpu() for t in seeds.v])
+    got = dist.share(payload)
+    return replace(got, u=[t.to(device) for t in got.u], v=[t.to(device) for t in got.v])

@@ -110,6 +110,8 @@ class StoreWriter:
         top_k: int = 5,
         feature_dtype: str = "float32",
         verify: str = "quick",
+        part: int = 0,
+        parts: int = 1,
     ) -> None:
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}: {feature_dtype!r}")
@@ -119,15 +121,24 @@ class StoreWriter:
         self.verify = verify
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        # Under torchrun each rank (part) records its shards in its own manifest file; the
+        # main manifest is written by part 0, which merges the others' at finish().
+        self.part, self.parts = part, parts
+        self.manifest_name = MANIFEST if parts == 1 else part_manifest_name(part)
         key = sha256_json(run_key)
-        old = _read_manifest(self.root) if (self.root / MANIFEST).is_file() else None
-        resumable = (
-            old is not None
-            and old.get("run_key") == key
-            and old.get("n") == n
-            and old.get("shard_size") == shard_size
-            and old.get("feature_dtype", "float32") == feature_dtype
-        )
+
+        def resumable(old: dict[str, Any]) -> bool:
+            return (
+                old.get("run_key") == key
+                and old.get("n") == n
+                and old.get("shard_size") == shard_size
+                and old.get("feature_dtype", "float32") == feature_dtype
+            )
+
+        kept: dict[str, Any] = {}  # shards of an earlier identical run, whichever rank
+        for file in [self.root / MANIFEST, *sorted(self.root.glob(part_manifest_name("*")))]:
+            if file.is_file() and resumable(old := _read_manifest(self.root, file.name)):
+                kept.update(old["shards"])
         self.manifest: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
@@ -145,20 +156,23 @@ class StoreWriter:
             "layers": layers,
             "seed_ids": list(seed_ids),
             "files": {},
-            "shards": dict(old["shards"]) if resumable else {},
+            "shards": kept,
         }
         files = self.manifest["files"]
-        files["seed_features.npy"] = _atomic_npy(
-            self.root / "seed_features.npy", seed_features.astype(np.float32)
-        )
-        files["seed_norm.npy"] = _atomic_npy(
-            self.root / "seed_norm.npy", seed_norm.astype(np.float32)
-        )
+        if part == 0:  # the same bytes on every rank: one writes them
+            files["seed_features.npy"] = _atomic_npy(
+                self.root / "seed_features.npy", seed_features.astype(np.float32)
+            )
+            files["seed_norm.npy"] = _atomic_npy(
+                self.root / "seed_norm.npy", seed_norm.astype(np.float32)
+            )
+            if parts > 1:
+                self._save(MANIFEST)
         self._save()
 
-    def _save(self) -> None:
+    def _save(self, name: str | None = None) -> None:
         data = json.dumps(self.manifest, indent=1, sort_keys=True).encode()
-        atomic_write_bytes(self.root / MANIFEST, data)
+        atomic_write_bytes(self.root / (name or self.manifest_name), data)
 
     def shard_done(self, index: int, ids: Sequence[str]) -> bool:
         """True when shard ``index`` holds exactly ``ids`` and its files pass the check
@@ -208,10 +222,25 @@ class StoreWriter:
         self._save()
 
     def finish(self, n_shards: int) -> None:
+        """Part 0 only (after every part has written its shards): merge the parts'
+        manifests into the main one, mark the store complete, remove the part files."""
+        if self.part != 0:
+            raise RuntimeError("StoreWriter.finish: only part 0 completes the store")
+        part_files = sorted(self.root.glob(part_manifest_name("*")))
+        shards = dict(self.manifest["shards"])
+        for file in part_files:
+            other = _read_manifest(self.root, file.name)
+            if other.get("run_key") == self.manifest["run_key"]:
+                shards.update(other["shards"])
         names = {shard_name(i) for i in range(n_shards)}
-        self.manifest["shards"] = {k: v for k, v in self.manifest["shards"].items() if k in names}
+        self.manifest["shards"] = {k: v for k, v in shards.items() if k in names}
+        missing = names - set(self.manifest["shards"])
+        if missing:
+            raise StoreError(f"{self.root}: shards {sorted(missing)[:3]} were not written")
         self.manifest["complete"] = True
-        self._save()
+        self._save(MANIFEST)
+        for file in part_files:
+            file.unlink(missing_ok=True)
 
 
 def forget_shards(root: str | Path, names: Sequence[str]) -> None:
@@ -229,8 +258,13 @@ def forget_shards(root: str | Path, names: Sequence[str]) -> None:
     atomic_write_bytes(root / MANIFEST, data)
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST
+def part_manifest_name(part: int | str) -> str:
+    """The manifest file of one rank's shards while a torchrun scoring pass runs."""
+    return f"manifest.part-{part}.json"
+
+
+def _read_manifest(root: Path, name: str = MANIFEST) -> dict[str, Any]:
+    path = root / name
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gdig import __version__
+from gdig.data.pool import PoolIndex
+from gdig.engine.distributed import SINGLE, Dist
 from gdig.io.atomic import atomic_write_text, remove_stale_temps
 from gdig.io.errors import UsageError
 from gdig.io.integrity import bad_files, check_store
@@ -51,13 +53,14 @@ class RunState:
     out: Path
     manifest: dict[str, Any]
     stages: tuple[str, ...]  # the stages this command runs
-    seeds: list[Any] | None = None
-    pool: list[Any] | None = None
+    seeds: PoolIndex | None = None
+    pool: PoolIndex | None = None
     model: Any = None
     tokenizer: Any = None
     long_skipped: dict[str, int] = field(default_factory=dict)  # too-long pairs left out
     reused: list[str] = field(default_factory=list)  # stages found done
-    records: dict[str, Any] | None = None  # the pool's pairs by id, read once for select/report
+    records: PoolIndex | None = None  # the pool as read for select/report (no tokenizer)
+    dist: Dist = SINGLE  # this process's rank under torchrun
 
 
 def check_out_folder(out: str | None) -> Path:
@@ -90,6 +93,8 @@ def load_manifest(out: Path) -> dict[str, Any]:
 
 
 def save_manifest(state: RunState) -> None:
+    if not state.dist.main:  # under torchrun rank 0 keeps the run folder's records
+        return
     atomic_write_text(state.out / MANIFEST, json.dumps(state.manifest, indent=2) + "\n")
 
 
@@ -199,7 +204,8 @@ def record(state: RunState, stage: str, seconds: float, **extra: Any) -> None:
 
 def warn(state: RunState, message: str) -> None:
     """A warning the user must see: logged (stderr) and kept in the manifest."""
-    log.warning("%s", message)
+    if state.dist.main:  # once, not once per torchrun rank
+        log.warning("%s", message)
     state.manifest.setdefault("warnings", []).append(message)
 
 

@@ -136,7 +136,8 @@ def pairs(state: RunState, which: str) -> PoolIndex:
                 f"{path}: every pair is longer than --max-length {limit} tokens; raise "
                 "--max-length or use --too-long truncate"
             )
-    replace_entries(state.out / SKIPPED_FILE, "file", str(path), skipped)
+    if state.dist.main:  # under torchrun, rank 0 writes the run folder's files
+        replace_entries(state.out / SKIPPED_FILE, "file", str(path), skipped)
     setattr(state, which, got)
     return got
 

@@ -43,7 +43,12 @@ from gdig.run.poolrows import PairTexts, TopSeeds, label_values, pool_rows
 
 
 def say(message: str) -> None:
-    """One line of progress on stderr (what a log keeps when bars are off)."""
+    """One line of progress on stderr (what a log keeps when bars are off); under
+    torchrun, rank 0's only."""
+    from gdig.engine.distributed import from_env
+
+    if not from_env().main:
+        return
     print(f"gdig: {message}", file=sys.stderr, flush=True)
 
 
@@ -57,7 +62,11 @@ def stage_fit(state: RunState) -> None:
     if state.opts.inputs.finetune_first:
         tuned = _finetune_on_pool(state, pool)
     model, tok = inputs.model(state)
-    factors = fit_factors(model, tok, pool, state.opts.engine, progress=state.opts.run.progress)
+    factors = fit_factors(
+        model, tok, pool, state.opts.engine, progress=state.opts.run.progress, dist=state.dist
+    )
+    if not state.dist.main:  # rank 0 saves and records what every rank computed
+        return
     factors.save(state.out / FACTORS_FILE)
     fault_point("fit:saved")
     bad = _note_nonfinite(state, "fit", factors.stats.get("nonfinite_ids", []))
@@ -99,6 +108,7 @@ def _finetune_on_pool(state: RunState, pool: list) -> dict[str, Any]:
 
 def stage_score(state: RunState) -> None:
     from gdig.engine import Factors, prepare_seeds, score_candidates
+    from gdig.engine.seeds import share_seeds
 
     if not (state.out / FACTORS_FILE).exists():
         raise UsageError(f"{state.out / FACTORS_FILE} is missing: run `gdig fit` first")
@@ -111,13 +121,18 @@ def stage_score(state: RunState) -> None:
     kept = _scored_already(state.out / STORE_DIR)
     if kept:
         say(f"score: resuming: {kept}/{len(pool)} candidates already scored")
-    factors = Factors.load(state.out / FACTORS_FILE, model, eng.factors)
     progress = state.opts.run.progress
-    seed_grads = prepare_seeds(model, tok, seeds, factors, eng, progress=progress)
+    seed_grads = None
+    if state.dist.main:  # seeds are prepared once; the other ranks get them from rank 0
+        factors = Factors.load(state.out / FACTORS_FILE, model, eng.factors)
+        seed_grads = prepare_seeds(model, tok, seeds, factors, eng, progress=progress)
+    seed_grads = share_seeds(state.dist, seed_grads, next(model.parameters()).device)
     store = score_candidates(
         model, tok, pool, seed_grads, eng, state.out / STORE_DIR, progress=progress,
-        verify=state.opts.run.verify,
+        verify=state.opts.run.verify, dist=state.dist,
     )  # fmt: skip
+    if not state.dist.main:
+        return
     bad = _note_nonfinite(state, "score", store.nonfinite_ids)
     record(
         state,
@@ -131,13 +146,16 @@ def stage_score(state: RunState) -> None:
 
 
 def _scored_already(store: Path) -> int:
-    """Candidates in the shards an interrupted scoring pass left (before verification)."""
+    """Candidates in the shards an interrupted scoring pass left (before verification),
+    torchrun ranks' part manifests included."""
     import json
 
-    try:
-        shards = json.loads((store / "manifest.json").read_text())["shards"]
-    except (OSError, ValueError, KeyError):
-        return 0
+    shards: dict = {}
+    for file in [store / "manifest.json", *sorted(store.glob("manifest.part-*.json"))]:
+        try:
+            shards.update(json.loads(file.read_text())["shards"])
+        except (OSError, ValueError, KeyError):
+            continue
     return sum(v["stop"] - v["start"] for v in shards.values())
 
 
@@ -159,7 +177,8 @@ def _note_nonfinite(state: RunState, stage: str, ids: list[str]) -> int:
             f"{len(ids)} pool pair(s) have a NaN/Inf loss or gradient and are {what}: "
             f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; listed in {file}",
         )
-    inputs.replace_entries(file, "stage", stage, records)
+    if state.dist.main:
+        inputs.replace_entries(file, "stage", stage, records)
     return len(ids)
 
 
@@ -287,12 +306,42 @@ STAGE_FUNCS: dict[str, Callable[[RunState], Any]] = {
 
 
 def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunState:
-    """Run ``stages`` in the run folder, resuming what an earlier run left there."""
+    """Run ``stages`` in the run folder, resuming what an earlier run left there.
+
+    Under ``torchrun`` (``gdig.engine.distributed``) every rank runs this: rank 0 holds the
+    folder's lock, checks and records it; all ranks share fit and score; rank 0 alone
+    selects and reports.
+    """
+    from gdig.engine import distributed
+
+    dist = distributed.start(opts.run.device)
+    if dist.active:
+        if opts.inputs.finetune_first:
+            raise UsageError(
+                "--finetune-first runs in one process: run `gdig finetune` first (or without "
+                "torchrun) and pass its folder as --model"
+            )
+        opts.run.device = distributed.rank_device(dist, opts.run.device)
+        if not dist.main:
+            opts.run.progress = False  # one set of bars: rank 0's
+    try:
+        return _run_stages(opts, stages, dist)
+    finally:
+        distributed.stop(dist)
+
+
+def _run_stages(opts: RunOptions, stages: tuple[str, ...], dist) -> RunState:
     from gdig.run.lock import run_lock
 
     out = check_out_folder(opts.run.out)
     if opts.run.progress is None:
         opts.run.progress = sys.stderr.isatty()
+    if not dist.main:  # rank 0 checks the folder and fixes the batch size: wait for it
+        manifest, todo = dist.share(None)
+        state = RunState(opts, out, manifest, stages, dist=dist)
+        _fixed_batch_tokens(state)
+        _model_stages(state, todo)
+        return state
     old = load_manifest(out) if out.is_dir() else {}
     if not old and stages[0] != "fit":
         raise UsageError(f"--out {out}: no gdig run there; run `gdig run` (or `gdig fit`) first")
@@ -300,14 +349,35 @@ def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunState:
     with run_lock(out):
         ids = inputs.identities(opts, stages, old.get("inputs", {}))
         state = open_run(opts, out, stages, ids)
+        state.dist = dist
         check_outputs(state)
         todo = [s for s in stages if not stage_done(state, s)]
         state.reused = [s for s in stages if s not in todo]
+        if any(s in todo for s in ("fit", "score")):
+            inputs.preflight(state)
+        dist.share((state.manifest, todo))
         if not todo:
             say(f"nothing to do: every stage is already done in {out}")
             return state
-        if any(s in todo for s in ("fit", "score")):
-            inputs.preflight(state)
+        _model_stages(state, todo)
         for stage in todo:
-            STAGE_FUNCS[stage](state)
+            if stage not in ("fit", "score"):
+                STAGE_FUNCS[stage](state)
     return state
+
+
+def _model_stages(state: RunState, todo: list[str]) -> None:
+    """fit and score, on every rank (each waits for the others at the end of each)."""
+    for stage in ("fit", "score"):
+        if stage in todo:
+            STAGE_FUNCS[stage](state)
+            state.dist.barrier()
+
+
+def _fixed_batch_tokens(state: RunState) -> None:
+    """The batch size rank 0's preflight fixed in the manifest (a shard's numbers depend
+    on its batches: every rank must use the same)."""
+    exe = state.opts.execution
+    if exe.batch_size is None and exe.max_batch_tokens is None:
+        fixed = state.manifest.get("execution", {}).get("max_batch_tokens")
+        exe.max_batch_tokens = int(fixed) if fixed is not None else None
