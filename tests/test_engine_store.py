@@ -86,6 +86,11 @@ def test_rescore_uses_stored_features_only(scored):
     assert rescore(store, other, top_k=1)["topk_idx"].shape == (store.n, 1)
     with pytest.raises(ValueError, match="seed features must be"):
         rescore(store, other[:, :3])
+    # tiles smaller than a shard (7 rows) and not dividing it: the same statistics
+    tiled = rescore(store, top_k=3, tile_rows=3)
+    assert np.array_equal(tiled["n_pos"], got["n_pos"])
+    assert np.array_equal(tiled["topk_idx"], got["topk_idx"])
+    assert np.allclose(tiled["mean"], got["mean"], rtol=1e-5)
 
 
 def test_export_benefit_matrix(scored, tmp_path):

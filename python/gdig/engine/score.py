@@ -224,15 +224,26 @@ def _empty_shard(n: int, s: int, projections: list[Projection], k: int) -> dict[
     }
 
 
+# Rows of stored features read at once by rescore(): 16k rows x D=10,240 float32 = 640 MB
+# at most, whatever the shard size.
+RESCORE_TILE = 16384
+
+
 def rescore(
-    store: GradStore, seed_features: np.ndarray | SeedGradients | None = None, top_k: int = 5
+    store: GradStore,
+    seed_features: np.ndarray | SeedGradients | None = None,
+    top_k: int = 5,
+    device: str = "cpu",
+    tile_rows: int = RESCORE_TILE,
 ) -> dict[str, np.ndarray]:
     """Per-candidate stats against (new) seeds from the stored projected gradients alone.
 
     ``seed_features`` is ``[S, D]`` (or a :class:`SeedGradients` prepared with the store's
     projection settings); default: the store's own seeds. No model pass: one
-    ``gdig_ext.score_stats`` GEMM per shard over the stored features, read as float32
-    (features stored as float16 agree closely, not exactly: see ``ScoreConfig.feature_dtype``).
+    ``gdig_ext.score_stats`` GEMM per tile of ``tile_rows`` stored rows, read as float32
+    from the memory-mapped shards (features stored as float16 agree closely, not exactly:
+    see ``ScoreConfig.feature_dtype``). With ``device="cuda"`` the seeds sit on the GPU and
+    the tiles stream from the CPU (the op copies them); memory stays flat in N either way.
     Returns n_pos, mean, min, topk_val, topk_idx in pool order (benefit: positive = helps).
     """
     if seed_features is None:
@@ -243,15 +254,15 @@ def rescore(
         seeds = np.asarray(seed_features, dtype=np.float32)
     if seeds.ndim != 2 or seeds.shape[1] != store.dim:
         raise ValueError(f"rescore: seed features must be [S, {store.dim}], got {seeds.shape}")
-    seeds_t = torch.from_numpy(np.ascontiguousarray(seeds, dtype=np.float32))
+    seeds_t = torch.from_numpy(np.ascontiguousarray(seeds, dtype=np.float32)).to(device)
     k = min(top_k, seeds.shape[0])
     parts: dict[str, list[np.ndarray]] = {
         key: [] for key in ("n_pos", "mean", "min", "topk_val", "topk_idx")
     }
     for feats in store.feature_shards():  # float32 (a float16 store's upcast on read)
-        if isinstance(feats, np.memmap):
-            feats = np.array(feats)  # one shard, in memory
-        cand = torch.from_numpy(feats)
-        for key, val in zip(parts, gdig_ext.score_stats(cand, seeds_t, k), strict=True):
-            parts[key].append(val.numpy())
+        for start in range(0, len(feats), tile_rows):
+            tile = np.ascontiguousarray(feats[start : start + tile_rows], dtype=np.float32)
+            cand = torch.from_numpy(tile)
+            for key, val in zip(parts, gdig_ext.score_stats(cand, seeds_t, k), strict=True):
+                parts[key].append(val.cpu().numpy())
     return {key: np.concatenate(v) if v else np.zeros(0) for key, v in parts.items()}
