@@ -342,13 +342,13 @@ def render(pipe: list[dict], resc: list[dict], how: str, machine: str, load_end:
     return "\n".join(lines + ["", "![time and peak memory against N](scale.png)", ""])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between the scale markers in ``path``, or append it; keep the rest."""
-    block = f"{START}\n{section}{END}\n"
+def write_section(path: Path, section: str, start: str = START, end: str = END) -> None:
+    """Replace the text between the markers in ``path``, or append it; keep the rest."""
+    block = f"{start}\n{section}{end}\n"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + block + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
