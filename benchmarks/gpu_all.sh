@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: build gdig_ext in place with its CUDA kernels
-# (for this GPU's architecture only), run the CUDA cases of tests/test_ops.py, then time the
-# ops on the GPU.
+# The first GPU call: build gdig_ext in place with its CUDA kernels (for this GPU's
+# architecture only), run the CUDA cases of tests/test_ops.py, then time the ops on the GPU.
+# The second call is benchmarks/gpu_pipeline.sh (the whole pipeline with --device cuda on
+# the SmolLM2 architecture); each fits in one call of at most 10 minutes.
 #
 #   OUT=/some/dir benchmarks/gpu_all.sh            # logs and results under $OUT
 #   BENCH_ARGS="--quick" benchmarks/gpu_all.sh     # extra bench_ops.py flags
