@@ -32,8 +32,10 @@ from gdig.train import (
 )
 
 # The package re-exports the functions under the modules' names: get the modules themselves.
-evaluate_mod = importlib.import_module("gdig.train.evaluate")
 finetune_mod = importlib.import_module("gdig.train.finetune")
+schedule_mod = importlib.import_module("gdig.train.schedule")
+decode_mod = importlib.import_module("gdig.train.decode")
+metrics_mod = importlib.import_module("gdig.train.metrics")
 
 # A short run: 6 optimizer steps of 2 micro-batches of 4 examples, checkpoints at 2 and 4.
 SHORT = FinetuneConfig(
@@ -109,11 +111,11 @@ def test_configs_validate_and_carry_help():
 
 def test_schedule_warms_up_then_decays_to_zero():
     cfg = FinetuneConfig(epochs=1.5, train_batch_size=4, grad_accum=2, warmup_ratio=0.2)
-    total = finetune_mod.total_steps(cfg, 30)  # 8 micro-batches an epoch -> 12 -> 6 steps
-    assert total == 6 and finetune_mod.warmup_steps(cfg, total) == 2
-    f = [finetune_mod.lr_factor(s, 6, 2) for s in range(6)]
+    total = schedule_mod.total_steps(cfg, 30)  # 8 micro-batches an epoch -> 12 -> 6 steps
+    assert total == 6 and schedule_mod.warmup_steps(cfg, total) == 2
+    f = [schedule_mod.lr_factor(s, 6, 2) for s in range(6)]
     assert f == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
-    assert finetune_mod.total_steps(dataclasses.replace(cfg, max_steps=3), 30) == 3
+    assert schedule_mod.total_steps(dataclasses.replace(cfg, max_steps=3), 30) == 3
 
 
 # --------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def test_prompt_is_rendered_as_in_training():
     tok = byte_tokenizer()
     for p in toy_pairs(3):
         enc = encode_pair(p, tok, "paper", 512)
-        assert evaluate_mod.prompt_ids(p, tok, "paper", 512) == enc.input_ids[: enc.n_prompt]
+        assert decode_mod.prompt_ids(p, tok, "paper", 512) == enc.input_ids[: enc.n_prompt]
 
 
 def test_evaluate_counts_garbage_and_writes_files(base, tmp_path):
@@ -295,7 +297,7 @@ def test_decoding_stops_at_eos_or_newline_after_text():
         ("", "eos", 3, True, False),
         ("a", "eos", 2, False, False),
     ]
-    res = evaluate_mod.summarize(same, hyps)
+    res = metrics_mod.summarize(same, hyps)
     assert (res["n_empty"], res["n_runaway"], res["n_stop_newline"]) == (2, 1, 1)
 
 

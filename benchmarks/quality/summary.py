@@ -119,7 +119,7 @@ def significance(
     and metric. The seeds are pooled: seed k's gdig hypotheses are paired with seed k's
     baseline hypotheses on the same sentence, the units (sentence, seed) are concatenated
     and resampled together (the whole pool baseline: its run of the same seed)."""
-    from gdig.train.evaluate import paired_bootstrap
+    from gdig.train.metrics import paired_bootstrap
 
     by = {(r["spec"]["selector"], r["spec"]["budget"], r["spec"]["train_seed"]): r for r in results}
     out = []

@@ -2,15 +2,10 @@
 that turns a selection into a translator and measures it."""
 
 from gdig.train.config import EvalConfig, FinetuneConfig
-from gdig.train.evaluate import (
-    Hypothesis,
-    evaluate,
-    paired_bootstrap,
-    score_hypotheses,
-    translate,
-    translate_loaded,
-)
+from gdig.train.decode import Hypothesis, translate, translate_loaded
+from gdig.train.evaluate import evaluate
 from gdig.train.finetune import finetune
+from gdig.train.metrics import paired_bootstrap, score_hypotheses
 
 __all__ = [
     "EvalConfig",

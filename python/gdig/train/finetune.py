@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -44,235 +42,21 @@ from gdig.data.pairs import Pair
 from gdig.engine.batching import collate
 from gdig.engine.capture import example_losses
 from gdig.engine.template import encode_pair
-from gdig.io.atomic import atomic_open, atomic_write_text, remove_stale_temps
+from gdig.io.atomic import atomic_write_text
 from gdig.io.errors import UsageError
-from gdig.train.config import NOT_FINGERPRINTED, FinetuneConfig
-
-FORMAT = 1
-CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_FILE = "state.pt"
-META_FILE = "gdig_finetune.json"
-
-
-# --------------------------------------------------------------------------------------
-# identity of a run: what a checkpoint must match to be resumed
-
-
-def pairs_digest(pairs: Sequence[Any]) -> str:
-    """sha256 of the pairs' ids, texts and languages, in order (order sets the data order)."""
-    h = hashlib.sha256()
-    for p in pairs:
-        rec = [
-            getattr(p, "id", None),
-            p.src,
-            p.tgt,
-            getattr(p, "src_lang", None),
-            getattr(p, "tgt_lang", None),
-        ]
-        h.update(json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n")
-    return h.hexdigest()
-
-
-def run_fingerprint(
-    model_path: str | os.PathLike,
-    pairs: Sequence[Any],
-    cfg: FinetuneConfig,
-    template: str,
-    max_length: int,
-) -> dict[str, Any]:
-    """What decides the fine-tuned weights: base model folder, pairs, rendering, config.
-
-    ``checkpoint_every`` changes no weight and is left out. ``digest`` hashes the rest.
-    """
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
-    parts: dict[str, Any] = {
-        "base_model": str(Path(model_path).expanduser().resolve()),
-        "template": template,
-        "max_length": max_length,
-        "config": config,
-        "pairs": {"n": len(pairs), "sha256": pairs_digest(pairs)},
-    }
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    return {"digest": hashlib.sha256(blob).hexdigest(), **parts}
-
-
-def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable list of what differs between two run fingerprints."""
-    diffs = []
-    for key in ("base_model", "template", "max_length"):
-        if old.get(key) != new.get(key):
-            diffs.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
-    old_cfg, new_cfg = old.get("config", {}), new.get("config", {})
-    for key in sorted(set(old_cfg) | set(new_cfg)):
-        if old_cfg.get(key) != new_cfg.get(key):
-            diffs.append(f"{key} {old_cfg.get(key)!r} -> {new_cfg.get(key)!r}")
-    op, np_ = old.get("pairs", {}), new.get("pairs", {})
-    if op != np_:
-        diffs.append(
-            f"training pairs ({op.get('n')} pairs, sha256 {str(op.get('sha256'))[:12]} -> "
-            f"{np_.get('n')} pairs, sha256 {str(np_.get('sha256'))[:12]})"
-        )
-    if not diffs and old.get("digest") != new.get("digest"):
-        diffs.append("fingerprint format")
-    return diffs
-
-
-# --------------------------------------------------------------------------------------
-# schedule and data order
-
-
-def total_steps(cfg: FinetuneConfig, n_pairs: int) -> int:
-    """Optimizer steps of the run: ``max_steps``, else ``epochs`` worth of micro-batches."""
-    if cfg.max_steps is not None:
-        return cfg.max_steps
-    micro_per_epoch = math.ceil(n_pairs / cfg.train_batch_size)
-    return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
-
-
-def warmup_steps(cfg: FinetuneConfig, total: int) -> int:
-    return math.ceil(cfg.warmup_ratio * total)
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Multiplier of the peak learning rate for optimizer step ``step`` (0-based).
-
-    Linear warm-up, step ``s < warmup`` uses ``(s + 1) / warmup`` (no step is wasted at
-    lr 0), then linear decay that would reach 0 one step after the last.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _epoch_seed(train_seed: int, epoch: int) -> int:
-    digest = hashlib.sha256(f"gdig-finetune-order:{train_seed}:{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class DataOrder:
-    """Micro-batch ``k`` of the run: a pure function of (seed, k), so a resume needs only k."""
-
-    def __init__(self, n: int, batch_size: int, train_seed: int) -> None:
-        self.n, self.batch_size, self.train_seed = n, batch_size, train_seed
-        self.per_epoch = math.ceil(n / batch_size)
-        self._epoch = -1
-        self._perm: list[int] = []
-
-    def rows(self, k: int) -> list[int]:
-        epoch, j = divmod(k, self.per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_epoch_seed(self.train_seed, epoch))
-            self._perm = torch.randperm(self.n, generator=g).tolist()
-            self._epoch = epoch
-        return self._perm[j * self.batch_size : (j + 1) * self.batch_size]
-
-
-# --------------------------------------------------------------------------------------
-# the output folder
-
-
-def _siblings(out: Path) -> tuple[Path, Path]:
-    """(temporary folder the result is written to, where the old ``out`` goes meanwhile)."""
-    return out.parent / f".{out.name}.tmp-final", out.parent / f".{out.name}.tmp-old"
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return torch.load(fh, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: say which, do not guess
-        raise UsageError(
-            f"{path}: unreadable fine-tuning checkpoint ({type(e).__name__}: {e}); delete it "
-            "or pass restart=True (--restart) to start over"
-        ) from e
-
-
-def _prepare_out(out: Path, fingerprint: dict[str, Any], restart: bool) -> dict[str, Any] | None:
-    """Make ``out`` ready; return the checkpoint to resume from, if any.
-
-    Raises ``_AlreadyDone`` when ``out`` already holds the finished model of this very run.
-    """
-    final_tmp, aside = _siblings(out)
-    if aside.exists():
-        if not out.exists():  # killed between the two renames of the final swap
-            os.rename(aside, out)
-        else:
-            shutil.rmtree(aside)
-    if final_tmp.exists():
-        shutil.rmtree(final_tmp)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: is a file; give a folder for the fine-tuned model")
-    if not out.exists():
-        return None
-    ckpt_file = out / CHECKPOINT_DIR / CHECKPOINT_FILE
-    meta_file = out / META_FILE
-    if ckpt_file.is_file():
-        state = _read_checkpoint(ckpt_file) if not restart else None
-        if state is None:
-            shutil.rmtree(out / CHECKPOINT_DIR)
-            return None
-        old = state.get("fingerprint", {})
-        if old.get("digest") == fingerprint["digest"]:
-            remove_stale_temps(out / CHECKPOINT_DIR)  # of a save killed half-way
-            return state
-        diffs = fingerprint_differences(old, fingerprint)
-        raise UsageError(
-            f"{out}: holds the checkpoint of another fine-tuning run ({'; '.join(diffs)}); "
-            "pass restart=True (--restart) to discard it, or choose another output folder"
-        )
-    if meta_file.is_file():
-        try:
-            old = json.loads(meta_file.read_text("utf-8")).get("fingerprint", {})
-        except (OSError, ValueError, AttributeError):
-            old = {}
-        if old.get("digest") == fingerprint["digest"] and not restart:
-            raise _AlreadyDone
-        if restart:
-            return None
-        diffs = fingerprint_differences(old, fingerprint)
-        raise UsageError(
-            f"{out}: holds the model of another fine-tuning run ({'; '.join(diffs)}); pass "
-            "restart=True (--restart) to replace it, or choose another output folder"
-        )
-    if any(p.name != CHECKPOINT_DIR for p in out.iterdir()):
-        raise UsageError(
-            f"{out}: not empty and not a gdig fine-tuning folder; choose a new or empty folder"
-        )
-    if (out / CHECKPOINT_DIR).exists():  # no state file in it: nothing to resume
-        shutil.rmtree(out / CHECKPOINT_DIR)
-    return None
-
-
-class _AlreadyDone(Exception):
-    pass
-
-
-def _save_checkpoint(out: Path, state: dict[str, Any], step: int) -> None:
-    """Write ``out/checkpoint/state.pt`` atomically (``step`` is for hooks and messages)."""
-    with atomic_open(out / CHECKPOINT_DIR / CHECKPOINT_FILE) as fh:
-        torch.save(state, fh)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# --------------------------------------------------------------------------------------
+from gdig.train.checkpoint import (
+    FORMAT,
+    META_FILE,
+    AlreadyDone,
+    prepare_out,
+    rng_state,
+    run_fingerprint,
+    save_checkpoint,
+    set_rng_state,
+    siblings,
+)
+from gdig.train.config import FinetuneConfig
+from gdig.train.schedule import DataOrder, lr_factor, total_steps, warmup_steps
 
 
 def finetune(
@@ -308,8 +92,8 @@ def finetune(
         raise UsageError(f"{out}: the output folder is the base model's folder; choose another")
     fingerprint = run_fingerprint(model_path, pairs, cfg, template, max_length)
     try:
-        resume = _prepare_out(out, fingerprint, restart)
-    except _AlreadyDone:
+        resume = prepare_out(out, fingerprint, restart)
+    except AlreadyDone:
         return out
 
     model, tokenizer = load_model(model_path, device=device, dtype="float32", progress=progress)
@@ -347,7 +131,7 @@ def finetune(
                 model.load_state_dict(resume["model"])
                 optimizer.load_state_dict(resume["optimizer"])
                 scheduler.load_state_dict(resume["scheduler"])
-                _set_rng_state(resume["rng"], dev)
+                set_rng_state(resume["rng"], dev)
                 step = int(resume["step"])
                 losses = [float(x) for x in resume["losses"]]
                 wall_before = float(resume["wall_s"])
@@ -403,12 +187,12 @@ def finetune(
                             "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(),
-                            "rng": _rng_state(dev),
+                            "rng": rng_state(dev),
                             "losses": losses,
                             "wall_s": wall_before + time.perf_counter() - t0,
                             "resumed_at": resumed_at,
                         }
-                        _save_checkpoint(out, state, step)
+                        save_checkpoint(out, state, step)
                         del state
             wall = wall_before + time.perf_counter() - t0
         finally:
@@ -442,7 +226,7 @@ def _write_final(
     out: Path, model: Any, tokenizer: Any, meta: dict[str, Any], progress: bool
 ) -> None:
     """Save into a temporary sibling, then swap it in for ``out`` (and its checkpoint)."""
-    final_tmp, aside = _siblings(out)
+    final_tmp, aside = siblings(out)
     if final_tmp.exists():
         shutil.rmtree(final_tmp)
     final_tmp.mkdir(parents=True)
