@@ -100,3 +100,13 @@ def test_a_killed_rank_stops_the_job_and_the_same_command_resumes(inputs, single
     for name, mtime in written.items():  # kept, not recomputed
         assert (store / name / "benefit.npy").stat().st_mtime_ns == mtime, name
     _assert_same_result(single, out)
+
+
+def test_finetune_first_is_refused_under_torchrun_before_joining(inputs, tmp_path, monkeypatch):
+    from gdig.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    argv = ["run", *inputs, "--out", str(tmp_path / "ft"), "--finetune-first"]
+    assert main(argv) == 2  # a usage error, raised before any process group is joined
+    assert not (tmp_path / "ft").exists()

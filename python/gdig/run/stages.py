@@ -314,13 +314,13 @@ def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunState:
     """
     from gdig.engine import distributed
 
+    if distributed.from_env().active and opts.inputs.finetune_first:
+        raise UsageError(
+            "--finetune-first runs in one process: run `gdig finetune` first (or without "
+            "torchrun) and pass its folder as --model"
+        )
     dist = distributed.start(opts.run.device)
     if dist.active:
-        if opts.inputs.finetune_first:
-            raise UsageError(
-                "--finetune-first runs in one process: run `gdig finetune` first (or without "
-                "torchrun) and pass its folder as --model"
-            )
         opts.run.device = distributed.rank_device(dist, opts.run.device)
         if not dist.main:
             opts.run.progress = False  # one set of bars: rank 0's
