@@ -55,18 +55,28 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield row, rec
 
 
-def read_rows(path: str | Path, rows: Iterable[int]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(row, record)`` for the given row numbers (from 1, ascending): only the row groups
-    that hold them are read, each once."""
-    pf = _pyarrow_parquet().ParquetFile(path)
-    sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
-    group, first, cached, cached_group = 0, 1, None, -1
-    for row in rows:
-        while group < len(sizes) and row >= first + sizes[group]:
-            first += sizes[group]
-            group += 1
-        if group >= len(sizes):
-            raise IndexError(f"{path}: row {row} is past the end ({first - 1} rows)")
-        if cached_group != group:
-            cached, cached_group = _records(pf.read_row_group(group)), group
-        yield row, cached[row - first]
+class RowReader:
+    """Random access to a Parquet file's rows (numbered from 1), one row group decoded at a
+    time and kept until a row of another group is asked for: reading rows in ascending
+    order decodes each group once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self._pf = _pyarrow_parquet().ParquetFile(path)
+        sizes = [self._pf.metadata.row_group(g).num_rows for g in range(self._pf.num_row_groups)]
+        self._first = [1]
+        for size in sizes:
+            self._first.append(self._first[-1] + size)
+        self._cached: tuple[int, list[dict[str, Any]]] = (-1, [])
+
+    def read(self, rows: Iterable[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(row, record)`` for the given row numbers."""
+        import bisect
+
+        for row in rows:
+            group = bisect.bisect_right(self._first, row) - 1
+            if not 0 <= group < len(self._first) - 1:
+                raise IndexError(f"{self.path}: row {row} is past the end")
+            if self._cached[0] != group:
+                self._cached = (group, _records(self._pf.read_row_group(group)))
+            yield row, self._cached[1][row - self._first[group]]

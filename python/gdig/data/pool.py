@@ -60,6 +60,7 @@ class PoolIndex(Sequence[Pair]):
         self.lines = lines  # [n] line (Parquet: row) numbers, from 1
         self.offsets = offsets  # [n] where each pair starts
         self._block: tuple[int, list[Pair]] | None = None
+        self._reader: Any = None  # an open file handle (or Parquet row reader), kept
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -110,21 +111,32 @@ class PoolIndex(Sequence[Pair]):
         return [got[r] for r in rows.tolist()]
 
     def _read(self, rows: np.ndarray) -> Iterator[Pair]:
+        # One reader stays open across calls: the engine reads a pool block by block, and
+        # reopening would make a gzip file decompress from its start for every block.
         if self.opts.fmt == "parquet":
-            from gdig.data.parquet import read_rows
+            from gdig.data.parquet import RowReader
 
-            units = (
-                (row, row, rec) for row, rec in read_rows(self.path, self.offsets[rows].tolist())
-            )
+            if self._reader is None:
+                self._reader = RowReader(self.path)
+            units = ((row, row, rec) for row, rec in self._reader.read(self.offsets[rows].tolist()))
             for r, unit in zip(rows.tolist(), units, strict=True):
                 yield self._parse(r, unit)
             return
-        limit = self.opts.max_line_bytes + 2
-        with _open_binary(self.path) as fh:
-            for r in rows.tolist():
-                fh.seek(int(self.offsets[r]))
-                raw = fh.readline(limit).rstrip(b"\n").removesuffix(b"\r")
-                yield self._parse(r, (int(self.lines[r]), int(self.offsets[r]), raw))
+        if self._reader is None:
+            self._reader = _open_binary(self.path)
+        fh, limit = self._reader, self.opts.max_line_bytes + 2
+        for r in rows.tolist():
+            fh.seek(int(self.offsets[r]))  # gzip: forward seeks decompress only the gap
+            raw = fh.readline(limit).rstrip(b"\n").removesuffix(b"\r")
+            yield self._parse(r, (int(self.lines[r]), int(self.offsets[r]), raw))
+
+    def close(self) -> None:
+        if self._reader is not None and hasattr(self._reader, "close"):
+            self._reader.close()
+        self._reader = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def _parse(self, r: int, unit: Any) -> Pair:
         try:
