@@ -125,3 +125,24 @@ def test_run_on_a_parquet_pool_keeps_every_field(tiny_llama_dir, tmp_path):
     for rec in chosen:
         assert {k: rec[k] for k in by_id[rec["id"]]} == by_id[rec["id"]]
     assert "untranslated" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_index_holds_a_few_numbers_a_pair(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "pool.jsonl"
+    n = 20_000
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):  # ~250 bytes of text a pair, ids of 12 characters
+            src, tgt = "这是一个用来测试的句子。" * 4, "A sentence that is here to be tested. " * 3
+            rec = {"id": f"pair-{i:07d}", "src": src, "tgt": tgt, "noise": "clean"}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    open_pool(_write(tmp_path / "warm.jsonl", _clean()[:5], bad_tail=False))  # imports
+    tracemalloc.start()
+    pool = open_pool(path)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(pool) == n
+    # id (12 B) + id start, line and offset (8 B each) = 36 B; the pairs themselves ~900 B
+    assert held / n < 60, held / n
+    assert peak / n < 120, peak / n  # + the 64-bit hashes of the duplicate check
