@@ -425,3 +425,33 @@ def test_resumed_run_says_what_it_kept(tiny_llama_dir, data, tmp_path, monkeypat
     capsys.readouterr()
     assert main(["run", *args]) == 0
     assert "resuming: 16/42 candidates already scored" in capsys.readouterr().err
+
+
+def test_a_resumed_scoring_pass_reuses_the_prepared_seeds(run_copy, monkeypatch):
+    import gdig.engine
+
+    before = _digests(run_copy)
+    assert (run_copy / "seeds.pt").is_file()
+    # an interrupted scoring pass: the store's last shard gone, the stage not recorded
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    manifest["stages"]["score"]["done"] = False
+    (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    store = json.loads((run_copy / "store" / "manifest.json").read_text())
+    last = sorted(store["shards"])[-1]
+    del store["shards"][last]
+    store["complete"] = False
+    (run_copy / "store" / "manifest.json").write_text(json.dumps(store))
+    shutil.rmtree(run_copy / "store" / last)
+
+    def no_preparing(*args, **kwargs):
+        raise AssertionError("the seeds were prepared again")
+
+    monkeypatch.setattr(gdig.engine, "prepare_seeds", no_preparing)
+    assert main(["score", "--out", str(run_copy), "--no-progress"]) == 0
+    assert _digests(run_copy) == before  # the same bytes as the uninterrupted run
+    # seeds prepared from other options are not reused
+    from gdig.engine.seeds import load_seeds
+
+    assert load_seeds(run_copy / "seeds.pt", "another key", "cpu") is None
+    (run_copy / "seeds.pt").write_bytes(b"not a torch file")
+    assert load_seeds(run_copy / "seeds.pt", manifest["fingerprints"]["score"], "cpu") is None

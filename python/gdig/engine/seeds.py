@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,49 @@ def prepare_seeds(
         norm=np.sqrt(sq_norm).astype(np.float32),
         rank=rank,
         proj_key=projection_key(cfg.factors),
+    )
+
+
+def save_seeds(seeds: SeedGradients, path: str | Path, key: str) -> None:
+    """Keep prepared seeds (atomically) so that scoring again with the same factors, seeds
+    and options never prepares them twice; ``key`` says what they were prepared from."""
+    from gdig.io.atomic import atomic_open
+
+    data = {
+        "key": key,
+        "ids": list(seeds.ids),
+        "layers": [(ly.name, ly.d_out, ly.d_in) for ly in seeds.layers],
+        "u": [t.cpu() for t in seeds.u],
+        "v": [t.cpu() for t in seeds.v],
+        "features": torch.from_numpy(np.ascontiguousarray(seeds.features)),
+        "norm": torch.from_numpy(np.ascontiguousarray(seeds.norm)),
+        "rank": seeds.rank,
+        "proj_key": seeds.proj_key,
+    }
+    with atomic_open(path) as fh:
+        torch.save(data, fh)
+
+
+def load_seeds(path: str | Path, key: str, device: Any) -> SeedGradients | None:
+    """Seeds :func:`save_seeds` kept under ``key``; None when there are none, they were
+    prepared from something else, or the file cannot be read (they are prepared again)."""
+    import pickle
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key:
+        return None
+    return SeedGradients(
+        ids=list(data["ids"]),
+        layers=[TrackedLayer(name, d_out, d_in) for name, d_out, d_in in data["layers"]],
+        u=[t.to(device) for t in data["u"]],
+        v=[t.to(device) for t in data["v"]],
+        features=data["features"].numpy(),
+        norm=data["norm"].numpy(),
+        rank=int(data["rank"]),
+        proj_key=data["proj_key"],
     )
 
 

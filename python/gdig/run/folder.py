@@ -36,6 +36,7 @@ STORE_DIR = "store"
 SELECTION_FILE = "selection.npz"
 SKIPPED_FILE = "skipped_lines.jsonl"
 NONFINITE_FILE = "nonfinite.jsonl"
+SEEDS_FILE = "seeds.pt"  # the prepared seeds, kept so that a resumed scoring pass skips them
 SELECT_OUTPUTS = [SELECTION_FILE, "scores.csv", "selected.jsonl"]
 STAGE_OUTPUTS = {
     "fit": [FACTORS_FILE],
@@ -174,7 +175,9 @@ def open_run(
 
 
 def clear_stage(out: Path, stage: str) -> None:
-    extra = {"fit": [FINETUNED_DIR], "report": ["report_files"]}.get(stage, [])
+    extra = {"fit": [FINETUNED_DIR], "score": [SEEDS_FILE], "report": ["report_files"]}.get(
+        stage, []
+    )
     for name in STAGE_OUTPUTS[stage] + extra:
         p = out / name
         if p.is_dir():

@@ -26,6 +26,7 @@ from gdig.run.folder import (
     FACTORS_FILE,
     FINETUNED_DIR,
     NONFINITE_FILE,
+    SEEDS_FILE,
     SELECT_OUTPUTS,
     SELECTION_FILE,
     STORE_DIR,
@@ -108,7 +109,7 @@ def _finetune_on_pool(state: RunState, pool: list) -> dict[str, Any]:
 
 def stage_score(state: RunState) -> None:
     from gdig.engine import Factors, prepare_seeds, score_candidates
-    from gdig.engine.seeds import share_seeds
+    from gdig.engine.seeds import load_seeds, save_seeds, share_seeds
 
     if not (state.out / FACTORS_FILE).exists():
         raise UsageError(f"{state.out / FACTORS_FILE} is missing: run `gdig fit` first")
@@ -122,11 +123,18 @@ def stage_score(state: RunState) -> None:
     if kept:
         say(f"score: resuming: {kept}/{len(pool)} candidates already scored")
     progress = state.opts.run.progress
+    device = next(model.parameters()).device
     seed_grads = None
     if state.dist.main:  # seeds are prepared once; the other ranks get them from rank 0
-        factors = Factors.load(state.out / FACTORS_FILE, model, eng.factors)
-        seed_grads = prepare_seeds(model, tok, seeds, factors, eng, progress=progress)
-    seed_grads = share_seeds(state.dist, seed_grads, next(model.parameters()).device)
+        key = state.manifest["fingerprints"]["score"]  # factors, seeds and options
+        seed_grads = load_seeds(state.out / SEEDS_FILE, key, device)
+        if seed_grads is None:
+            factors = Factors.load(state.out / FACTORS_FILE, model, eng.factors)
+            seed_grads = prepare_seeds(model, tok, seeds, factors, eng, progress=progress)
+            save_seeds(seed_grads, state.out / SEEDS_FILE, key)
+        else:
+            say(f"score: {seed_grads.n} seeds prepared by an earlier run, reused")
+    seed_grads = share_seeds(state.dist, seed_grads, device)
     store = score_candidates(
         model, tok, pool, seed_grads, eng, state.out / STORE_DIR, progress=progress,
         verify=state.opts.run.verify, dist=state.dist,
