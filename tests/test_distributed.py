@@ -110,3 +110,14 @@ def test_finetune_first_is_refused_under_torchrun_before_joining(inputs, tmp_pat
     argv = ["run", *inputs, "--out", str(tmp_path / "ft"), "--finetune-first"]
     assert main(argv) == 2  # a usage error, raised before any process group is joined
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_killed_torchrun_job_resumes_in_one_process(inputs, single, tmp_path):
+    out = tmp_path / "killed"
+    kill = {"GDIG_FAULT": "score:shard", "GDIG_FAULT_RANK": "1", "GDIG_FAULT_SKIP": "1"}
+    assert _gdig([*inputs, "--out", str(out)], 2, kill).returncode != 0
+    proc = _gdig([*inputs, "--out", str(out)], 1)  # without torchrun this time
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming" in proc.stderr
+    assert not list((out / "store").glob("manifest.part-*"))  # merged and removed
+    _assert_same_result(single, out)
