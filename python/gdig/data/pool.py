@@ -7,13 +7,14 @@ the file (byte offset in the decompressed stream; the row for Parquet). The resu
 ``Sequence[Pair]``: ``pool[i]`` and ``pool.records(rows)`` read the pairs back from the
 file by seeking, so a caller holds only the pairs it is working on.
 
-Memory: about ``len(id) + 24`` bytes a pair (id buffer, id start, line, offset), plus 8
-bytes a pair while the ids are checked for duplicates. The pairs read back are exactly
-the pairs read the first time, every field included.
+Memory: about ``len(id) + 32`` bytes a pair (id buffer, id start, line, offset, and a
+64-bit hash of the id, for the duplicate check and :meth:`PoolIndex.rows_of`). The pairs
+read back are exactly the pairs read the first time, every field included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,6 +52,7 @@ class PoolIndex(Sequence[Pair]):
         id_start: np.ndarray,
         lines: np.ndarray,
         offsets: np.ndarray,
+        hashes: np.ndarray,
     ) -> None:
         self.path = path
         self.opts = opts
@@ -59,6 +61,7 @@ class PoolIndex(Sequence[Pair]):
         self._id_start = id_start  # [n + 1]
         self.lines = lines  # [n] line (Parquet: row) numbers, from 1
         self.offsets = offsets  # [n] where each pair starts
+        self.hashes = hashes  # [n] uint64 _hash of each id (duplicates, rows_of)
         self._block: tuple[int, list[Pair]] | None = None
         self._reader: Any = None  # an open file handle (or Parquet row reader), kept
 
@@ -92,11 +95,6 @@ class PoolIndex(Sequence[Pair]):
     def __iter__(self) -> Iterator[Pair]:
         for start in range(0, len(self), _BLOCK):
             yield from self.records(range(start, min(start + _BLOCK, len(self))))
-
-    def chunks(self, size: int) -> Iterator[list[Pair]]:
-        """The pairs in file order, ``size`` at a time."""
-        for start in range(0, len(self), size):
-            yield self.records(range(start, min(start + size, len(self))))
 
     def records(self, rows: Iterable[int]) -> list[Pair]:
         """The pairs at these positions, in this order (each distinct one read once, in
@@ -168,12 +166,14 @@ class PoolIndex(Sequence[Pair]):
             id_start,
             self.lines[keep],
             self.offsets[keep],
+            self.hashes[keep],
         )
 
     def rows_of(self, ids: Sequence[str]) -> np.ndarray:
         """Positions of these ids (-1 for an id not in the pool), without a dict of every
-        id: the pool's ids are hashed and sorted once."""
-        order, hashes = self._hash_order()
+        id: the hashes kept from reading the pool are sorted."""
+        hashes = self.hashes
+        order = np.argsort(hashes, kind="stable")
         want = np.fromiter((_hash(i) for i in ids), dtype=np.uint64, count=len(ids))
         pos = np.searchsorted(hashes[order], want)
         out = np.full(len(ids), -1, dtype=np.int64)
@@ -185,15 +185,9 @@ class PoolIndex(Sequence[Pair]):
                 p += 1
         return out
 
-    def _hash_order(self) -> tuple[np.ndarray, np.ndarray]:
-        hashes = np.fromiter((_hash(i) for i in self.iter_ids()), np.uint64, count=len(self))
-        return np.argsort(hashes, kind="stable"), hashes
-
 
 def _hash(text: str) -> int:
     """A 64-bit hash of an id, the same in every process (Python's hash() is salted)."""
-    import hashlib
-
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
@@ -242,9 +236,10 @@ def open_pool(
         np.frombuffer(id_start, dtype=np.int64).copy(),
         np.frombuffer(lines, dtype=np.int64).copy(),
         np.frombuffer(offsets, dtype=np.int64).copy(),
+        np.frombuffer(hashes, dtype=np.uint64).copy(),
     )
-    del blob, id_start, lines, offsets
-    keep = _first_of_each_id(pool, np.frombuffer(hashes, dtype=np.uint64), own_skips)
+    del blob, id_start, lines, offsets, hashes
+    keep = _first_of_each_id(pool, own_skips)
     if keep is not None:
         pool = pool.subset(keep)
         own_skips[n_before:] = sorted(own_skips[n_before:], key=lambda rec: rec["line"])
@@ -252,11 +247,10 @@ def open_pool(
     return pool
 
 
-def _first_of_each_id(
-    pool: PoolIndex, hashes: np.ndarray, skips: list[dict[str, Any]]
-) -> np.ndarray | None:
+def _first_of_each_id(pool: PoolIndex, skips: list[dict[str, Any]]) -> np.ndarray | None:
     """Mask keeping the first pair of each id (None: no repeats); raises under
     ``bad_lines="error"`` for the earliest repeat; otherwise adds its skip records."""
+    hashes = pool.hashes
     order = np.argsort(hashes, kind="stable")  # equal hashes stay in file order
     same = hashes[order][1:] == hashes[order][:-1]
     if not same.any():

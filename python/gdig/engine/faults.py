@@ -29,9 +29,8 @@ def fault_point(name: str) -> None:
     """Die here, by SIGKILL, when ``$GDIG_FAULT`` names this point (resume tests)."""
     if os.environ.get(FAULT_ENV) != name:
         return
-    if os.environ.get("GDIG_FAULT_RANK", os.environ.get("RANK", "0")) != os.environ.get(
-        "RANK", "0"
-    ):
+    rank = os.environ.get("RANK", "0")
+    if os.environ.get("GDIG_FAULT_RANK", rank) != rank:
         return
     _passed[name] = _passed.get(name, 0) + 1
     if _passed[name] > int(os.environ.get("GDIG_FAULT_SKIP", "0")):

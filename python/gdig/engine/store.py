@@ -136,8 +136,8 @@ class StoreWriter:
             )
 
         kept: dict[str, Any] = {}  # shards of an earlier identical run, whichever rank
-        for file in [self.root / MANIFEST, *sorted(self.root.glob(part_manifest_name("*")))]:
-            if file.is_file() and resumable(old := _read_manifest(self.root, file.name)):
+        for file in manifest_files(self.root):
+            if resumable(old := _read_manifest(self.root, file.name)):
                 kept.update(old["shards"])
         self.manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -261,6 +261,13 @@ def forget_shards(root: str | Path, names: Sequence[str]) -> None:
 def part_manifest_name(part: int | str) -> str:
     """The manifest file of one rank's shards while a torchrun scoring pass runs."""
     return f"manifest.part-{part}.json"
+
+
+def manifest_files(root: Path) -> list[Path]:
+    """The store's manifest and the part manifests of an unfinished torchrun pass, those
+    that exist."""
+    files = [root / MANIFEST, *sorted(root.glob(part_manifest_name("*")))]
+    return [f for f in files if f.is_file()]
 
 
 def _read_manifest(root: Path, name: str = MANIFEST) -> dict[str, Any]:

@@ -122,7 +122,6 @@ def pairs(state: RunState, which: str) -> PoolIndex:
         keep, long = too_long_records(got, lengths, limit, str(path))
         if long:
             got = got.subset(keep)
-        if long:
             warn(
                 state,
                 f"{path}: skipped {len(long)} pair(s) longer than --max-length {limit} tokens "

@@ -158,8 +158,10 @@ def _scored_already(store: Path) -> int:
     torchrun ranks' part manifests included."""
     import json
 
+    from gdig.engine.store import manifest_files
+
     shards: dict = {}
-    for file in [store / "manifest.json", *sorted(store.glob("manifest.part-*.json"))]:
+    for file in manifest_files(store):
         try:
             shards.update(json.loads(file.read_text())["shards"])
         except (OSError, ValueError, KeyError):
@@ -185,8 +187,7 @@ def _note_nonfinite(state: RunState, stage: str, ids: list[str]) -> int:
             f"{len(ids)} pool pair(s) have a NaN/Inf loss or gradient and are {what}: "
             f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; listed in {file}",
         )
-    if state.dist.main:
-        inputs.replace_entries(file, "stage", stage, records)
+    inputs.replace_entries(file, "stage", stage, records)  # rank 0 only: see the stages
     return len(ids)
 
 
