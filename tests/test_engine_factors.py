@@ -177,6 +177,23 @@ def test_precondition_solves_dense_damped_hessian(fitted, kfac, oracle, method, 
         assert got32.dtype == torch.float32 and rel(got32.double(), solved) < 1e-5
 
 
+@pytest.mark.parametrize("tokens", [3, 400])  # 400: forming G first is the cheaper branch
+def test_precondition_tokens_is_the_rotated_solve(fitted, tokens):
+    """From per-token ``a``, ``g`` (padding rows zero in g), ``precondition_tokens`` is
+    ``Q_Sᵀ H⁻¹G Q_A`` for ``G = Σ_t g_t a_tᵀ``, whichever side it multiplies first."""
+    _, _, _, cfg, ek = fitted
+    gen = torch.Generator().manual_seed(7)
+    for lf in ek.layers:
+        d_out, d_in = lf.lam.shape
+        a = torch.randn(2, tokens, d_in, generator=gen, dtype=F64)
+        g = torch.randn(2, tokens, d_out, generator=gen, dtype=F64)
+        g[1, tokens // 2 :] = 0  # a shorter, padded example
+        grads = g.transpose(1, 2) @ a
+        want = lf.q_s.T @ lf.precondition(grads, cfg.scoring) @ lf.q_a
+        got = lf.precondition_tokens(a, g, cfg.scoring)
+        assert got.dtype == F64 and rel(got, want) < 1e-10  # measured ~1e-15
+
+
 def test_cache_does_not_change_the_fit(fitted):
     model, tok, pool, cfg, f = fitted
     no_cache = with_options(cfg, factor_cache_mb=0)

@@ -60,10 +60,3 @@ def make_projections(
             Projection(_gaussian(layer.d_in, k_in, base), _gaussian(layer.d_out, k_out, base + 1))
         )
     return out
-
-
-def project_dense(grads: torch.Tensor, proj: Projection) -> torch.Tensor:
-    """``P_outᵀ G P_in`` of dense gradients ``[B, d_out, d_in]`` -> ``[B, k_out*k_in]``."""
-    p_in = proj.p_in.to(grads.device, grads.dtype)
-    p_out = proj.p_out.to(grads.device, grads.dtype)
-    return (p_out.T @ grads @ p_in).reshape(grads.shape[0], -1)

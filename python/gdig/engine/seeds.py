@@ -23,7 +23,7 @@ from gdig.engine.distributed import Dist
 from gdig.engine.factors import Factors
 from gdig.engine.faults import finite_rows, run_with_backoff
 from gdig.engine.layers import TrackedLayer, tracked_layers
-from gdig.engine.projection import make_projections, project_dense, projection_key
+from gdig.engine.projection import make_projections, projection_key
 from gdig.engine.template import encode_pair
 from gdig.io.errors import UsageError
 
@@ -56,26 +56,31 @@ class SeedGradients:
         return [ly.name for ly in self.layers]
 
 
-def dense_grads(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-example weight gradients ``G_b = Σ_t mask g_t a_tᵀ``: ``[B, d_out, d_in]``."""
-    return torch.bmm((g * mask.to(g.dtype).unsqueeze(-1)).transpose(1, 2), a)
-
-
 def truncated_svd(x: torch.Tensor, rank: int, n_iter: int = 3, seed: int = 0):
     """Rank-``rank`` SVD of each ``x [B, m, n]`` by a seeded randomized range finder.
 
     With a few power iterations it is as accurate as the full SVD for the top singular
     pairs that are kept, at a fraction of its cost (``O(m n rank)`` instead of ``O(m n²)``).
+    The range is found on the shorter side and each iteration orthonormalises once (subspace
+    iteration on ``x xᵀ``): this keeps the singular values down to about ``√ε`` of the
+    largest, which is all a rank cut ever keeps, with two thirds fewer QRs of the long side.
+    The final SVD is a QR of the long side and the SVD of a small ``q × q`` matrix.
     """
+    if x.shape[1] > x.shape[2]:  # work on the shorter side: x = (xᵀ)ᵀ
+        u, s, vh = truncated_svd(x.transpose(1, 2), rank, n_iter, seed)
+        return vh.transpose(1, 2), s, u.transpose(1, 2)
     m, n = x.shape[1:]
     q = min(rank + 10, m, n)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     omega = torch.randn(n, q, generator=gen, dtype=x.dtype).to(x.device)
-    basis = torch.linalg.qr(x @ omega).Q  # [B, m, q]
+    basis = torch.linalg.qr(x @ omega).Q  # [B, m, q], m <= n
+    xt = x.transpose(1, 2)
     for _ in range(n_iter):
-        basis = torch.linalg.qr(x @ torch.linalg.qr(x.transpose(1, 2) @ basis).Q).Q
-    ub, s, vh = torch.linalg.svd(basis.transpose(1, 2) @ x, full_matrices=False)
-    return (basis @ ub)[:, :, :rank], s[:, :rank], vh[:, :rank]
+        basis = torch.linalg.qr(x @ (xt @ basis)).Q
+    # basisᵀ x = (xᵀ basis)ᵀ = (Q_n R)ᵀ = Rᵀ Q_nᵀ; the SVD of the small Rᵀ finishes it.
+    q_n, r = torch.linalg.qr(xt @ basis)  # [B, n, q], [B, q, q]
+    ub, s, vh = torch.linalg.svd(r.transpose(1, 2))
+    return (basis @ ub)[:, :, :rank], s[:, :rank], (vh @ q_n.transpose(1, 2))[:, :rank]
 
 
 def compress(grads: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +101,21 @@ def compress(grads: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
     else:
         u, s, vh = truncated_svd(grads, rank)
     return (u * s[:, None, :]).transpose(1, 2).contiguous(), vh.contiguous()
+
+
+def compress_rotated(
+    x: torch.Tensor, q_s: torch.Tensor, q_a: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`compress` of ``Q_S x Q_Aᵀ`` for ``x [B, d_out, d_in]`` given in the eigenbasis.
+
+    Orthogonal rotations keep singular values, so the rank-``rank`` factors of ``x`` rotated
+    (``u Q_Sᵀ``, ``v Q_Aᵀ``) are those of the product, at ``rank (d_out² + d_in²)`` instead
+    of forming it; rank 0 (exact) needs the product itself.
+    """
+    if rank == 0:
+        return compress(q_s @ x @ q_a.T, 0)
+    u, v = compress(x, rank)
+    return u @ q_s.T, v @ q_a.T
 
 
 def check_finite_seeds(got: Any, pairs: Sequence[Any]) -> None:
@@ -164,28 +184,29 @@ def prepare_seeds(
             sq_norm[rows] = 0.0  # a retry after running out of memory must not add twice
             got = cap.run(collate(encoded, rows, pad_id, device))
             check_finite_seeds(got, [seeds[r] for r in rows])
+            mask = got.mask.to(compute).unsqueeze(-1)
             for i, (a, g) in enumerate(got.layers):
                 # float64 (exact mode or a float64 model) or float32: seeds are few, but a
                 # float64 preconditioning of large layers costs more than their model pass.
-                grads = dense_grads(a.to(compute), g.to(compute), got.mask)
-                pre = factors[names[i]].precondition(grads, cfg.scoring)
-                sq_norm[rows] += pre.square().sum(dim=(1, 2)).cpu().numpy()
+                lf, proj = factors[names[i]], projections[i].to(device, compute)
+                a, g = a.to(compute), g.to(compute) * mask
+                # H⁻¹G in the eigenbasis, straight from the tokens (METHOD.md §3): the dense
+                # gradient is never rotated, and its norm is the eigenbasis norm.
+                x = lf.precondition_tokens(a, g, cfg.scoring)
+                sq_norm[rows] += x.square().sum(dim=(1, 2)).cpu().numpy()
+                q_a, q_s = lf.q_a.to(device, compute), lf.q_s.to(device, compute)
                 if proj_factors is not None:
                     # Projected mode: precondition in the projected space, where the factors
                     # match the features' geometry (far less noisy than projecting H⁻¹G).
-                    raw = project_dense(grads, projections[i]).reshape(
-                        len(rows), cfg.factors.k_out, cfg.factors.k_in
-                    )
-                    seed_feat = (
-                        proj_factors[i].precondition(raw, cfg.scoring).reshape(len(rows), -1)
-                    )
-                else:
-                    seed_feat = project_dense(pre, projections[i])
-                feats[i][rows] = seed_feat.float().cpu().numpy()
-                u, v = compress(pre, rank)
+                    raw = (g @ proj.p_out).transpose(1, 2) @ (a @ proj.p_in)
+                    seed_feat = proj_factors[i].precondition(raw, cfg.scoring)
+                else:  # P_outᵀ H⁻¹G P_in with H⁻¹G = Q_S x Q_Aᵀ
+                    seed_feat = (q_s.T @ proj.p_out).T @ x @ (q_a.T @ proj.p_in)
+                feats[i][rows] = seed_feat.reshape(len(rows), -1).float().cpu().numpy()
+                u, v = compress_rotated(x, q_s, q_a, rank)
                 for j, r in enumerate(rows):
-                    us[i][r] = u[j].to(compute)
-                    vs[i][r] = v[j].to(compute)
+                    us[i][r] = u[j]
+                    vs[i][r] = v[j]
             bar.update(len(rows))
 
         for batch in batches:
