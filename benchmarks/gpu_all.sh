@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The first GPU call: build gdig_ext in place with its CUDA kernels (for this GPU's
-# architecture only), run the CUDA cases of tests/test_ops.py, then time the ops on the GPU.
+# architecture only), run the CUDA cases of tests/test_ops.py and tests/test_ops_cuda.py, then
+# time the ops on the GPU and rate them against the GPU's measured ceilings.
 # The second call is benchmarks/gpu_pipeline.sh (the whole pipeline with --device cuda on
 # the SmolLM2 architecture); each fits in one call of at most 10 minutes.
 #
@@ -9,8 +10,9 @@
 #
 # Needs python3 with a CUDA build of torch, nvcc, ninja and pytest; no network.
 # Writes to $OUT (default runs/gpu): env.txt, build.log, tests.log, tests.xml, bench.log,
-# bench_ops.md. Every stage runs even if an earlier test or bench fails; the exit status
-# is non-zero if any stage failed.
+# bench_ops.md, then the GPU's ceilings (ceilings.json, ceilings.log) and the op timings as a
+# share of them (ceilings.md). Every stage runs even if an earlier test or bench fails; the
+# exit status is non-zero if any stage failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu}"
@@ -43,13 +45,22 @@ fi
 
 status=0
 echo "== CUDA tests"
-"$PY" -m pytest -q -ra -p no:cacheprovider tests/test_ops.py -m cuda --junitxml "$OUT/tests.xml" \
+"$PY" -m pytest -q -ra -p no:cacheprovider tests/test_ops.py tests/test_ops_cuda.py -m cuda \
+  --junitxml "$OUT/tests.xml" \
   2>&1 | tee "$OUT/tests.log" || status=1
 
 echo "== op benchmarks"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
 "$PY" benchmarks/bench_ops.py --device cuda --out "$OUT/bench_ops.md" ${BENCH_ARGS:-} \
   2>&1 | tee "$OUT/bench.log" || status=1
+
+echo "== GPU ceilings (copy bandwidth, matmul FLOP/s) and each op's share of them"
+report=()
+if [ -f "$OUT/bench_ops.md" ]; then
+  report=(--report "$OUT/bench_ops.md" --report-out "$OUT/ceilings.md")
+fi
+"$PY" benchmarks/gpu_ceilings.py --out "$OUT/ceilings.json" ${report[@]+"${report[@]}"} \
+  2>&1 | tee "$OUT/ceilings.log" || status=1
 
 echo "gpu_all: done (status $status); results in $OUT"
 exit $status

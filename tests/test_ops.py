@@ -377,12 +377,11 @@ def test_score_stats_memmapped_pool(tmp_path, device, mmap_mode):
 
 @pytest.mark.parametrize("device", ONLY_CUDA)
 def test_score_stats_pinned_pool_is_read_before_return(device):
-    """A pinned, contiguous pool is sent to the GPU straight from the caller's buffer: the op
-    must not return while that copy may still be reading it. The pool is overwritten with
-    NaN right after the call, with no synchronisation: a copy still in flight would carry
-    NaN into the scores of its tile. (A race can only be caught, not ruled out, by a test:
-    the last of several tiles queues its copy behind the GEMM and top-k of the one before,
-    so without the wait the op would return long before that copy ends.)"""
+    """A pinned, contiguous pool is read only by the op's CPU copies into its own pinned
+    staging (double-buffered uploads), so the op must be done with the caller's buffer when
+    it returns. The pool is overwritten with NaN right after the call, with no
+    synchronisation: a read still in flight would carry NaN into the scores of its tile. (A
+    race can only be caught, not ruled out, by a test.)"""
     n, s, d, k = 20_000, 4096, 64, 7  # three tiles, as in test_score_stats_several_tiles
     cand = torch.randn(n, d).pin_memory()
     assert cand.is_pinned() and cand.is_contiguous()
@@ -491,14 +490,14 @@ EKFAC_TILED = [
     # 2^22 values per tile: 1677 rows of d_out = 1700, one example at a time of B = 2.
     pytest.param("cpu", (2, 8, 2500, 1700), F32, id="cpu-float32"),
     pytest.param("cpu", (2, 8, 2500, 1700), BF16, id="cpu-bfloat16"),
-    # 2^25/d_in = 4096 rows per tile of 4100, one example at a time.
+    # 2^25/(d_in*3) = 1360 rows x 3 examples per tile of 4100 rows (examples amortise lam).
     pytest.param("cuda", (3, 4, 8192, 4100), F32, id="cuda-row-tiles", marks=CUDA_MARKS),
     # All rows; 2^25/(512*512 + 64*1024) = 102 examples per tile of 250.
     pytest.param("cuda", (250, 64, 512, 512), F32, id="cuda-example-tiles", marks=CUDA_MARKS),
 ]
-# (N, S, D, k). CPU: 2^22/S = 2796 rows per tile of 7000. CUDA: 2^25/(S+D) = 8065 rows per
-# tile of 20000 when streamed (the tile holds a copy of the candidates), 2^25/S = 8192 when
-# cand is on the GPU.
+# (N, S, D, k). CPU: 2^22/S = 2796 rows per tile of 7000. CUDA: 2^25/(S+2D) = 7943 rows per
+# tile of 20000 when streamed (two device buffers of candidates, double-buffered), 2^25/S =
+# 8192 when cand is on the GPU.
 SCORE_TILED = {"cpu": (7000, 1500, 16, 7), "cuda": (20_000, 4096, 64, 7)}
 
 

@@ -1,8 +1,21 @@
 // ekfac_accumulate (CUDA): lam += sum_b (q_s^T G_b q_a)^2 without holding B x d_out x d_in.
 // Tokens of a tile of examples are rotated into the eigenbases first (cheaper than rotating
 // G), then each (examples x rows of d_out) tile of rotated gradients is formed with one
-// cuBLAS batched GEMM and a kernel squares it and adds it into lam.
+// batched GEMM and a kernel squares it and adds it into lam.
+//
+// bf16/fp16 inputs keep the rotated tokens in the input dtype and form the tile with
+// cublasGemmStridedBatchedEx (bf16/fp16 A and B, fp32 C, fp32 accumulation): tensor cores,
+// and each rotated entry is written in fp32, so fp16's range never has to hold it. Products
+// of bf16/fp16 values are exact in fp32, so this is as accurate as widening the tokens first.
+// float32 and float64 inputs take the ATen path (at::bmm in lam's dtype), as before.
+//
+// A tile spans several examples (kMinExamples when B allows, fewer rows of d_out if need
+// be), so lam is read and written once per kMinExamples examples rather than once per
+// example: at d_in = d_out = 4096 a single example would fill the whole tile budget.
+#include <ATen/cuda/Exceptions.h>
 #include <torch/library.h>
+
+#include <climits>
 
 #include "cuda_utils.cuh"
 #include "gdig.h"
@@ -11,20 +24,69 @@ namespace gdig {
 
 namespace {
 
+// Examples whose squares are summed before one read-modify-write of lam.
+constexpr int64_t kMinExamples = 8;
+// cuBLAS batch counts beyond the grid's z limit are not portable across versions.
+constexpr int64_t kMaxBatch = 65535;
+
 // lam[j] += sum_b tile[b, j] ^ 2 over the bb examples of a [bb, n] contiguous tile; each
-// element of lam is owned by one thread, so no atomics are needed.
-template <typename acc_t>
-__global__ void square_accumulate_kernel(const acc_t* __restrict__ tile, int64_t bb, int64_t n,
-                                         acc_t* __restrict__ lam) {
+// element of lam is owned by one thread, so no atomics are needed. The squares are summed
+// in lam's dtype.
+template <typename tile_t, typename lam_t>
+__global__ void square_accumulate_kernel(const tile_t* __restrict__ tile, int64_t bb, int64_t n,
+                                         lam_t* __restrict__ lam) {
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n;
        j += int64_t(gridDim.x) * blockDim.x) {
-    acc_t sum = 0;
+    lam_t sum = 0;
     for (int64_t b = 0; b < bb; ++b) {
-      const acc_t x = tile[b * n + j];
+      const lam_t x = static_cast<lam_t>(tile[b * n + j]);
       sum += x * x;
     }
     lam[j] += sum;
   }
+}
+
+void square_accumulate(const at::Tensor& tile, int64_t bb, int64_t n, at::Tensor& lam,
+                       int64_t offset, cudaStream_t stream) {
+  const auto blocks = cuda::blocks_for(n);
+  if (lam.scalar_type() == at::kDouble && tile.scalar_type() == at::kDouble) {
+    square_accumulate_kernel<double, double><<<blocks, cuda::kThreads, 0, stream>>>(
+        tile.data_ptr<double>(), bb, n, lam.data_ptr<double>() + offset);
+  } else if (lam.scalar_type() == at::kDouble) {  // bf16/fp16 inputs, float64 lam
+    square_accumulate_kernel<float, double><<<blocks, cuda::kThreads, 0, stream>>>(
+        tile.data_ptr<float>(), bb, n, lam.data_ptr<double>() + offset);
+  } else {
+    square_accumulate_kernel<float, float><<<blocks, cuda::kThreads, 0, stream>>>(
+        tile.data_ptr<float>(), bb, n, lam.data_ptr<float>() + offset);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// tile[b] (rows x d_in, fp32) = g[b, :, r0:r0+rows]^T a[b] for the nb examples of a tile.
+// a [nb,T,d_in] and g [nb,T,d_out] are contiguous, in bf16 or fp16. cuBLAS is column-major:
+// the row-major tile [rows, d_in] is the column-major d_in x rows matrix
+// a[b]^T (d_in x T, a's memory read as is) times g[b, :, r0:]  (T x rows, g's memory read
+// transposed with leading dimension d_out).
+void rotated_tile_lowp(const at::Tensor& a, const at::Tensor& g, int64_t r0, int64_t rows,
+                       at::Tensor& tile) {
+  const int64_t nb = a.size(0), T = a.size(1), d_in = a.size(2), d_out = g.size(2);
+  TORCH_CHECK(d_in <= INT_MAX && d_out <= INT_MAX && T <= INT_MAX && nb <= kMaxBatch,
+              "ekfac_accumulate: sizes too large for one cuBLAS call (T=", T, ", d_in=", d_in,
+              ", d_out=", d_out, ")");
+  const cudaDataType_t in_t = a.scalar_type() == at::kBFloat16 ? CUDA_R_16BF : CUDA_R_16F;
+  const float alpha = 1.0f, beta = 0.0f;
+  // The handle comes bound to the current stream and with torch's workspace.
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  const auto elem = a.element_size();
+  const char* a_ptr = static_cast<const char*>(a.data_ptr());
+  const char* g_ptr = static_cast<const char*>(g.data_ptr()) + r0 * elem;
+  TORCH_CUDABLAS_CHECK(cublasGemmStridedBatchedEx(
+      handle, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(d_in), static_cast<int>(rows),
+      static_cast<int>(T), &alpha, a_ptr, in_t, static_cast<int>(d_in),
+      static_cast<long long>(T * d_in), g_ptr, in_t, static_cast<int>(d_out),
+      static_cast<long long>(T * d_out), &beta, tile.data_ptr<float>(), CUDA_R_32F,
+      static_cast<int>(d_in), static_cast<long long>(rows * d_in), static_cast<int>(nb),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace
@@ -38,30 +100,41 @@ void ekfac_accumulate_cuda(const at::Tensor& acts, const at::Tensor& out_grads,
   const int64_t d_in = acts.size(2), d_out = out_grads.size(2);
   cuda::check_cuda(op, acts, "acts", acts, "acts");
   const c10::cuda::CUDAGuard guard(acts.device());
-  if (B == 0 || d_in == 0 || d_out == 0) return;
+  // No example or no token: every G_b is zero and lam stays as it is.
+  if (B == 0 || T == 0 || d_in == 0 || d_out == 0) return;
 
   const auto lam_t = lam.scalar_type();
-  const auto m = mask_as(mask, lam_t).unsqueeze(-1);
+  const auto in_t = acts.scalar_type();
+  const bool lowp = in_t == at::kBFloat16 || in_t == at::kHalf;
+  const auto work_t = lowp ? in_t : lam_t;      // dtype of the rotated tokens
+  const auto tile_t = lowp ? at::kFloat : lam_t;  // dtype of the rotated gradients
+  const auto m = mask_as(mask, work_t).unsqueeze(-1);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  // Rows of d_out per tile: all of them when a single example fits, else a slice. Examples
-  // per tile then share the budget with their rotated tokens.
-  const int64_t rows = tile_rows(d_in, cuda::kTileElems, d_out);
-  const int64_t bb = tile_rows(rows * d_in + T * (d_in + d_out), cuda::kTileElems, B);
+
+  // Rows of d_out per tile: enough for kMinExamples examples (or all of B) in the budget,
+  // a multiple of 8 when sliced so that each slice of g starts 16-byte aligned.
+  const int64_t ex = std::min(B, kMinExamples);
+  int64_t rows = tile_rows(d_in * ex, cuda::kTileElems, d_out);
+  if (rows < d_out && rows >= 8) rows -= rows % 8;
+  // Examples per tile: as many as the tile and, separately, their rotated tokens allow.
+  const int64_t bb = std::min({tile_rows(rows * d_in, cuda::kTileElems, B),
+                               tile_rows(T * (d_in + d_out), cuda::kTileElems, B), kMaxBatch});
+  auto buf = at::empty({bb * rows * d_in}, lam.options().dtype(tile_t));
   for (int64_t b0 = 0; b0 < B; b0 += bb) {
-    const int64_t b1 = std::min(B, b0 + bb);
-    const auto a = at::matmul(acts.slice(0, b0, b1), q_a).to(lam_t);
-    auto g = at::matmul(out_grads.slice(0, b0, b1), q_s).to(lam_t);
-    g.mul_(m.slice(0, b0, b1));
-    const auto gt = g.transpose(1, 2);  // [bb,d_out,T]
+    const int64_t b1 = std::min(B, b0 + bb), nb = b1 - b0;
+    auto a = at::matmul(acts.slice(0, b0, b1), q_a).to(work_t).contiguous();  // [nb,T,d_in]
+    auto g = at::matmul(out_grads.slice(0, b0, b1), q_s).to(work_t).contiguous();
+    g.mul_(m.slice(0, b0, b1));  // 0/1 mask: exact in every dtype
+    const auto gt = g.transpose(1, 2);  // [nb,d_out,T]
     for (int64_t r0 = 0; r0 < d_out; r0 += rows) {
       const int64_t r1 = std::min(d_out, r0 + rows);
-      const auto tile = at::bmm(gt.slice(1, r0, r1), a).contiguous();  // [bb,rows,d_in]
-      const int64_t n = (r1 - r0) * d_in;
-      AT_DISPATCH_FLOATING_TYPES(lam_t, "ekfac_accumulate_cuda", [&] {
-        square_accumulate_kernel<scalar_t><<<cuda::blocks_for(n), cuda::kThreads, 0, stream>>>(
-            tile.data_ptr<scalar_t>(), b1 - b0, n, lam.data_ptr<scalar_t>() + r0 * d_in);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+      auto tile = buf.narrow(0, 0, nb * (r1 - r0) * d_in).view({nb, r1 - r0, d_in});
+      if (lowp) {
+        rotated_tile_lowp(a, g, r0, r1 - r0, tile);
+      } else {
+        at::bmm_out(tile, gt.slice(1, r0, r1), a);
+      }
+      square_accumulate(tile, nb, (r1 - r0) * d_in, lam, r0 * d_in, stream);
     }
   }
 }

@@ -11,26 +11,59 @@ namespace gdig {
 
 namespace {
 
-// One block per (seed s, example b) of the tile: threads stride over the T*r products.
+// V values of scalar_t read with one load (16 bytes when V > 1).
+template <typename scalar_t, int V>
+struct alignas(sizeof(scalar_t) * V) Pack {
+  scalar_t v[V];
+};
+
+// One block per (seed s, example b) of the tile. The block's threads form a fixed grid of
+// (token rows) x (lanes per row), set once from threadIdx: `lanes` consecutive threads share
+// a token t and stride over its r values in packs of V, so the inner loops index with
+// additions only (no division per element), and a row's lanes skip a padded token together.
 // gu, av: [bb, T, sb*r] contiguous; mask: [bb, T]; out row stride out_stride (= S).
-template <typename scalar_t, typename acc_t>
+// V > 1 needs r % V == 0 and 16-byte aligned gu/av: then every row of r values starts aligned.
+template <typename scalar_t, typename acc_t, int V>
 __global__ void lowrank_reduce_kernel(const scalar_t* __restrict__ gu,
                                       const scalar_t* __restrict__ av,
                                       const acc_t* __restrict__ mask, acc_t* __restrict__ out,
-                                      int64_t T, int64_t sb, int64_t r, int64_t out_stride) {
+                                      int64_t T, int64_t sb, int64_t r, int64_t out_stride,
+                                      int lanes) {
+  using P = Pack<scalar_t, V>;
   const int64_t s = blockIdx.x, b = blockIdx.y;
   const int64_t width = sb * r;
-  const int64_t n = T * r;
+  const int64_t packs = r / V;  // packs of V values per token row
+  const int lane = threadIdx.x % lanes;
+  const int64_t row_step = blockDim.x / lanes;
+  const acc_t* m = mask + b * T;
+  const scalar_t* gu_b = gu + b * T * width + s * r;
+  const scalar_t* av_b = av + b * T * width + s * r;
   acc_t total = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const int64_t t = i / r, k = i - t * r;
-    const acc_t w = mask[b * T + t];
+  for (int64_t t = threadIdx.x / lanes; t < T; t += row_step) {
+    const acc_t w = m[t];
     if (w == acc_t(0)) continue;  // padding: skip the reads, like the CPU kernel
-    const int64_t idx = (b * T + t) * width + s * r + k;
-    total += w * static_cast<acc_t>(gu[idx]) * static_cast<acc_t>(av[idx]);
+    const P* x = reinterpret_cast<const P*>(gu_b + t * width);
+    const P* y = reinterpret_cast<const P*>(av_b + t * width);
+    acc_t dot = 0;
+    for (int64_t p = lane; p < packs; p += lanes) {
+      const P xp = x[p], yp = y[p];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        dot += static_cast<acc_t>(xp.v[i]) * static_cast<acc_t>(yp.v[i]);
+      }
+    }
+    total += w * dot;
   }
   total = cuda::block_sum(total);
   if (threadIdx.x == 0) out[b * out_stride + s] = total;
+}
+
+// Lanes per token row: enough for one pass over the row's packs, a power of two that
+// divides the block, at most a warp so that a row's loads stay within one warp.
+int lanes_for(int64_t packs) {
+  int lanes = 1;
+  while (lanes < packs && lanes < cuda::kWarp) lanes *= 2;
+  return lanes;
 }
 
 }  // namespace
@@ -66,17 +99,29 @@ at::Tensor lowrank_benefit_cuda(const at::Tensor& acts, const at::Tensor& out_gr
       const auto mt = m.slice(0, b0, b1).contiguous();
       // grid.y is limited to 65535 examples; bb is far below that for any real T*r,
       // but split the launch anyway so that no shape can break it.
+      const int64_t tile_off = T * (s1 - s0) * r;  // values per example in gu/av
       for (int64_t y0 = 0; y0 < b1 - b0; y0 += 65535) {
         const int64_t ny = std::min<int64_t>(65535, b1 - b0 - y0);
         const dim3 grid(static_cast<unsigned int>(s1 - s0), static_cast<unsigned int>(ny));
         AT_DISPATCH_FLOATING_TYPES_AND2(
             at::kHalf, at::kBFloat16, gu.scalar_type(), "lowrank_benefit_cuda", [&] {
               using acc_t = at::opmath_type<scalar_t>;
-              lowrank_reduce_kernel<scalar_t, acc_t><<<grid, cuda::kThreads, 0, stream>>>(
-                  gu.data_ptr<scalar_t>() + y0 * T * (s1 - s0) * r,
-                  av.data_ptr<scalar_t>() + y0 * T * (s1 - s0) * r,
-                  mt.data_ptr<acc_t>() + y0 * T,
-                  out.data_ptr<acc_t>() + (b0 + y0) * S + s0, T, s1 - s0, r, S);
+              constexpr int kVec = 16 / sizeof(scalar_t);
+              const scalar_t* gp = gu.data_ptr<scalar_t>() + y0 * tile_off;
+              const scalar_t* ap = av.data_ptr<scalar_t>() + y0 * tile_off;
+              const acc_t* mp = mt.data_ptr<acc_t>() + y0 * T;
+              acc_t* dst = out.data_ptr<acc_t>() + (b0 + y0) * S + s0;
+              const bool vec = r % kVec == 0 && reinterpret_cast<uintptr_t>(gp) % 16 == 0 &&
+                               reinterpret_cast<uintptr_t>(ap) % 16 == 0;
+              if (vec) {
+                lowrank_reduce_kernel<scalar_t, acc_t, kVec>
+                    <<<grid, cuda::kThreads, 0, stream>>>(gp, ap, mp, dst, T, s1 - s0, r, S,
+                                                          lanes_for(r / kVec));
+              } else {  // r not a multiple of a pack, or a misaligned base: scalar loads
+                lowrank_reduce_kernel<scalar_t, acc_t, 1>
+                    <<<grid, cuda::kThreads, 0, stream>>>(gp, ap, mp, dst, T, s1 - s0, r, S,
+                                                          lanes_for(r));
+              }
               C10_CUDA_KERNEL_LAUNCH_CHECK();
             });
       }

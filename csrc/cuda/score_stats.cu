@@ -1,8 +1,15 @@
 // score_stats (CUDA): n_pos / mean / min / top-k of cand @ seeds^T, one row tile at a time.
-// `cand` may stay on the CPU (a memory-mapped pool): each tile is copied into pinned memory
-// and sent to the GPU asynchronously, so reading the next tile overlaps this one's GEMM.
-// Per tile: one cuBLAS GEMM for the scores, one kernel for n_pos/mean/min, at::topk.
+// Per tile: one cuBLAS GEMM for the scores, one kernel for n_pos/mean/min, at::topk, all on
+// the caller's current stream.
+//
+// `cand` may stay on the CPU (a memory-mapped pool). It is then staged through two pinned
+// buffers of a fixed size (double buffering) and sent on a separate copy stream: while the
+// GPU scores tile i, the CPU reads tile i+1 into the other buffer and the copy engine sends
+// it. Events order the two streams: a tile's GEMM waits for its copy, a copy into a device
+// buffer waits for the GEMM that last read it, and the CPU waits for the copy that last
+// read a pinned buffer before refilling it.
 #include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -13,6 +20,10 @@
 namespace gdig {
 
 namespace {
+
+// Rows of a pinned staging buffer hold at most this many values (16 MiB in float32), so the
+// pinned footprint of a streamed call is two such buffers, whatever N is.
+constexpr int64_t kStageElems = int64_t(1) << 22;
 
 // One warp per row of the [rows, S] score tile; sums in double like the CPU kernel, since
 // S may be large. min propagates NaN like torch.amin.
@@ -60,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> score_sta
               "; cand must be on the CPU (streamed) or on seeds' device");
   const c10::cuda::CUDAGuard guard(seeds.device());
 
-  const int64_t N = cand.size(0), S = seeds.size(0);
+  const int64_t N = cand.size(0), D = cand.size(1), S = seeds.size(0);
   const auto opts = seeds.options().dtype(acc);
   auto n_pos = at::empty({N}, seeds.options().dtype(at::kLong));
   auto mean = at::empty({N}, opts);
@@ -71,21 +82,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> score_sta
 
   const auto seeds_t = seeds.t();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  // A tile holds its scores and, when streamed, its copy of the candidates.
-  const int64_t per_row = S + (cand.is_cpu() ? cand.size(1) : 0);
-  const int64_t rows = tile_rows(per_row, cuda::kTileElems, N);
   const int64_t warps = cuda::kThreads / cuda::kWarp;
-  at::cuda::CUDAEvent copied;  // recorded after each host-to-device copy of a tile
-  for (int64_t c0 = 0; c0 < N; c0 += rows) {
-    const int64_t c1 = std::min(N, c0 + rows);
-    auto tile = cand.slice(0, c0, c1);
-    if (tile.is_cpu()) {
-      // pin_memory() takes a block from the caching host allocator, which does not hand it
-      // out again until the asynchronous copy recorded on `stream` has finished.
-      tile = tile.contiguous().pin_memory().to(seeds.device(), /*non_blocking=*/true);
-      copied.record(stream);
-    }
-    const auto sc = at::mm(tile, seeds_t).contiguous();  // [rows,S] in the input dtype
+  // Statistics of the [c1-c0, S] scores `sc` into rows [c0, c1) of the outputs.
+  auto reduce_tile = [&](const at::Tensor& sc, int64_t c0, int64_t c1) {
     const int64_t nr = c1 - c0;
     const auto blocks = static_cast<unsigned int>((nr + warps - 1) / warps);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sc.scalar_type(),
@@ -102,14 +101,69 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> score_sta
       top_val.slice(0, c0, c1).copy_(vals);
       top_idx.slice(0, c0, c1).copy_(idx);
     }
+  };
+
+  if (!cand.is_cpu()) {  // already on the GPU: a tile holds its scores only
+    const int64_t rows = tile_rows(S, cuda::kTileElems, N);
+    for (int64_t c0 = 0; c0 < N; c0 += rows) {
+      const int64_t c1 = std::min(N, c0 + rows);
+      reduce_tile(at::mm(cand.slice(0, c0, c1), seeds_t).contiguous(), c0, c1);
+    }
+    return {n_pos, mean, mn, top_val, top_idx};
   }
-  if (cand.is_cpu()) {
-    // When cand is already pinned (and contiguous), pin_memory() returns cand itself and the
-    // asynchronous copy reads the caller's buffer: returning while it is in flight would let
-    // the caller overwrite or free rows not yet sent. Wait for the last copy (copies run in
-    // stream order, so for all of them); the GEMM and kernels queued after it stay async.
-    copied.synchronize();
+
+  // Streamed: a tile holds its scores and two device copies of candidates; its rows also
+  // fit one pinned staging buffer.
+  const int64_t rows =
+      std::min(tile_rows(S + 2 * D, cuda::kTileElems, N), tile_rows(D, kStageElems, N));
+  const auto host_opts = cand.options().pinned_memory(true);
+  at::Tensor host[2] = {at::empty({rows, D}, host_opts), at::empty({rows, D}, host_opts)};
+  at::Tensor dev[2] = {at::empty({rows, D}, seeds.options()),
+                       at::empty({rows, D}, seeds.options())};
+  auto copy_stream = at::cuda::getStreamFromPool(/*isHighPriority=*/false,
+                                                 seeds.device().index());
+  if (copy_stream == stream) {  // the caller may run on a pool stream; the pool is round-robin
+    copy_stream = at::cuda::getStreamFromPool(false, seeds.device().index());
   }
+  {
+    // The device buffers may reuse blocks that kernels queued earlier on `stream` still
+    // read: copies into them must start after those.
+    at::cuda::CUDAEvent ready;
+    ready.record(stream);
+    ready.block(copy_stream);
+  }
+  at::cuda::CUDAEvent copied[2];    // recorded on copy_stream after a copy out of host[i]
+  at::cuda::CUDAEvent consumed[2];  // recorded on `stream` after the GEMM that read dev[i]
+  for (int64_t c0 = 0, i = 0; c0 < N; c0 += rows, ++i) {
+    const int64_t c1 = std::min(N, c0 + rows), nr = c1 - c0;
+    const int slot = static_cast<int>(i % 2);
+    // host[slot] was last read by the copy of tile i-2: wait for it before refilling.
+    // (Before the first record of an event, synchronize() and block() do nothing.)
+    copied[slot].synchronize();
+    auto h = host[slot].narrow(0, 0, nr);
+    h.copy_(cand.slice(0, c0, c1));  // on the CPU: pages in the rows of a memory-mapped pool
+    auto d = dev[slot].narrow(0, 0, nr);
+    consumed[slot].block(copy_stream);  // dev[slot] was last read by tile i-2's GEMM
+    {
+      const c10::cuda::CUDAStreamGuard on_copy(copy_stream);
+      // torch records this copy in the caching host allocator, so host[slot] is not handed
+      // out to anyone else after this call until the copy is done.
+      d.copy_(h, /*non_blocking=*/true);
+    }
+    copied[slot].record(copy_stream);
+    copied[slot].block(stream);
+    const auto sc = at::mm(d, seeds_t).contiguous();  // [nr,S] in the input dtype
+    consumed[slot].record(stream);
+    reduce_tile(sc, c0, c1);
+  }
+  // Every copy is followed by a wait of `stream` on it, so work queued later on `stream`
+  // cannot overtake them; recording the copy stream on the device buffers keeps that true
+  // for the caching allocator too, whichever stream reuses their blocks.
+  for (const auto& t : dev) {
+    c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), copy_stream);
+  }
+  // The caller's cand was only read by the CPU copies above, so nothing in flight reads it
+  // once this returns: no host synchronisation is needed.
   return {n_pos, mean, mn, top_val, top_idx};
 }
 
