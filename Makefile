@@ -16,7 +16,7 @@ DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: setup build test lint demo bench quality clean
+.PHONY: setup build test lint demo bench peers quality clean
 
 setup: $(BUILD_STAMP)
 
@@ -52,9 +52,21 @@ test: $(BUILD_STAMP) lint
 demo: $(BUILD_STAMP)
 	$(BIN)/gdig demo
 
-bench: $(BUILD_STAMP)
+# The CPU suite: the ops and the engine against their pure-PyTorch baselines, then the
+# peers side by side (about 30 min in all on 2 cores).
+bench: $(BUILD_STAMP) peers
 	$(BIN)/python benchmarks/bench_ops.py
 	$(BIN)/python benchmarks/bench_engine.py
+
+# The peers (kronfluence and what it needs) go into .peers/, never into gdig's environment
+# or dependencies: --no-deps, since kronfluence's own pins would replace torch/transformers.
+PEERS_STAMP := .peers/.stamp
+$(PEERS_STAMP): $(BUILD_STAMP)
+	$(BIN)/pip install -q --no-deps --target .peers kronfluence==1.0.1 einops einconv opt-einsum
+	touch $@
+
+peers: $(PEERS_STAMP)
+	$(BIN)/python benchmarks/peers.py --out benchmarks/RESULTS.md $(PEERS_ARGS)
 
 # The quality experiment (benchmarks/quality): fine-tune on subsets chosen by each
 # selector, translate held-out tests, write benchmarks/quality/RESULTS.md. Long: see there.
