@@ -256,13 +256,24 @@ def rescore(
         raise ValueError(f"rescore: seed features must be [S, {store.dim}], got {seeds.shape}")
     seeds_t = torch.from_numpy(np.ascontiguousarray(seeds, dtype=np.float32)).to(device)
     k = min(top_k, seeds.shape[0])
-    parts: dict[str, list[np.ndarray]] = {
-        key: [] for key in ("n_pos", "mean", "min", "topk_val", "topk_idx")
+    # The outputs are allocated once at their final size (76 bytes a candidate at k = 5) and
+    # filled tile by tile: gathering pieces and concatenating them held them twice.
+    n = store.n
+    out = {
+        "n_pos": np.zeros(n, np.int64),
+        "mean": np.zeros(n, np.float32),
+        "min": np.zeros(n, np.float32),
+        "topk_val": np.zeros((n, k), np.float32),
+        "topk_idx": np.zeros((n, k), np.int64),
     }
+    row = 0
     for feats in store.feature_shards():  # float32 (a float16 store's upcast on read)
         for start in range(0, len(feats), tile_rows):
             tile = np.ascontiguousarray(feats[start : start + tile_rows], dtype=np.float32)
-            cand = torch.from_numpy(tile)
-            for key, val in zip(parts, gdig_ext.score_stats(cand, seeds_t, k), strict=True):
-                parts[key].append(val.cpu().numpy())
-    return {key: np.concatenate(v) if v else np.zeros(0) for key, v in parts.items()}
+            got = gdig_ext.score_stats(torch.from_numpy(tile), seeds_t, k)
+            for key, val in zip(out, got, strict=True):
+                out[key][row : row + len(tile)] = val.cpu().numpy()
+            row += len(tile)
+    if row != n:
+        raise ValueError(f"rescore: the store's shards hold {row} rows, its manifest says {n}")
+    return out
