@@ -6,6 +6,10 @@ outer product), not naively. They hold whole intermediates that the compiled
 ops tile: B x T x S*r for ``lowrank_benefit``, B x d_out x d_in for
 ``ekfac_accumulate``, and the N x S matrix for ``score_stats`` (chunked here
 only along N so that a memory-mapped pool can be read at all).
+
+Each is one formula for every device. Where a kernel works at another precision
+(ekfac_accumulate with bf16 inputs: this reference runs its big bmm in fp32, the CPU kernel
+in bf16), benchmarks/bench_ops.py times a same-precision twin instead.
 """
 
 from __future__ import annotations
