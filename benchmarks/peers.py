@@ -54,6 +54,7 @@ METHODS = (
     "kronfluence-fp32",
     "kronfluence-exact",
     "paper-recipe",
+    "paper-recipe-full-svd",
     "less-trak",
 )
 RANK = 32
@@ -293,8 +294,9 @@ def _tracked_weights(model, names: list[str]) -> dict:
 
 def run_paper(spec: dict, out: Path) -> dict:
     """Batch size 1; per-layer autograd gradient; rank-32 SVD (torch.svd_lowrank, the
-    cheaper of PyTorch's two); seeds K-FAC preconditioned then compressed; benefit of a
-    candidate = Σ_layers <its rank-32 gradient, each seed's>. Per-example times."""
+    cheaper of PyTorch's two, or torch.linalg.svd for "-full-svd"); seeds K-FAC
+    preconditioned then compressed; benefit of a candidate = Σ_layers <its rank-32
+    gradient, each seed's>. Per-example times."""
     import torch
     from helpers_models import with_options
 
@@ -318,7 +320,12 @@ def run_paper(spec: dict, out: Path) -> dict:
             g = torch.autograd.grad(loss.sum(), list(weights.values()))
             yield rows, g
 
+    full_svd = spec["method"] == "paper-recipe-full-svd"
+
     def lowrank(g):
+        if full_svd:  # torch.linalg.svd, then keep the top RANK
+            u, s, vh = torch.linalg.svd(g, full_matrices=False)
+            return u[:, :RANK] * s[:RANK], vh[:RANK].T
         u, s, v = torch.svd_lowrank(g, q=RANK, niter=2)
         return u * s, v  # [d_out, r], [d_in, r]
 
@@ -390,6 +397,7 @@ RUNNERS = {
     "kronfluence-fp32": run_kronfluence,
     "kronfluence-exact": run_kronfluence,
     "paper-recipe": run_paper,
+    "paper-recipe-full-svd": run_paper,
     "less-trak": run_less,
 }
 
@@ -425,7 +433,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subset", type=int, default=16, help="examples timed for the slow peers")
     ap.add_argument("--exact-seeds", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument(
+        "--methods", default=",".join(METHODS), help="comma list; empty: redraw the table"
+    )
     ap.add_argument("--work", default=None, help="folder for scores and results")
     ap.add_argument("--out", default=None, help="write the section into this RESULTS.md")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -436,8 +446,11 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="gdig-peers-"))
     work.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()[0]
-    results = {}
-    for method in args.methods.split(","):
+    # A run of some methods updates the results of an earlier run in the same --work folder.
+    previous = work / "results.json"
+    results = json.loads(previous.read_text()) if previous.is_file() else {}
+    methods = [m for m in args.methods.split(",") if m]  # none: redraw from results.json
+    for method in methods:
         if method.startswith("kronfluence") and not (PEERS / "kronfluence").is_dir():
             print(f"{method}: skipped (run `make peers` to install kronfluence)", file=sys.stderr)
             continue
@@ -458,7 +471,11 @@ def main(argv: list[str] | None = None) -> None:
         results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
         results[method]["wall"] = time.perf_counter() - t0
         print(method, json.dumps(results[method]), flush=True)
-    results["_load"] = [load_start, os.getloadavg()[0]]
+    results.setdefault("_runs", [])
+    if methods:
+        load = [load_start, os.getloadavg()[0]]
+        date = time.strftime("%Y-%m-%d %H:%M")
+        results["_runs"].append({"methods": args.methods, "load": load, "date": date})
     results["_args"] = vars(args)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     text = render(results, args, work)
@@ -503,10 +520,6 @@ def _rates(t: dict, args) -> tuple[float | None, float, float | None]:
 
 
 def render(results: dict, args, work: Path) -> str:
-    import platform
-
-    import torch
-
     n, s = args.candidates, args.seeds
     rows = []
     kron = results.get("kronfluence-fp32", {}).get("times")
@@ -537,10 +550,12 @@ def render(results: dict, args, work: Path) -> str:
             note = f"seeds {t['seeds']:.1f} s ({t['seeds'] / s:.3f} s/seed)"
         vs = f"{with_seeds / kron_rate:.2f}" if kron_rate and m != "kronfluence-exact" else ""
         agree = ""
-        ours = scores(m) if m.startswith("gdig") else None
+        ours = scores(m) if m.startswith("gdig") or m == "kronfluence-fp32" else None
         if ours is not None:
             parts = []
             for ref, label in ((lowrank_ref, "kf r32"), (exact_ref, "kf exact")):
+                if m == "kronfluence-fp32" and label == "kf r32":
+                    continue
                 if ref is not None:
                     a = agreement(ours[:, : ref.shape[1]], ref)
                     parts.append(
@@ -555,15 +570,21 @@ def render(results: dict, args, work: Path) -> str:
             else f"| {m} | | {_f(rate)} | {with_seeds:.2f} | {vs} | {r['peak_mib']:.0f} | "
             f"{agree} | {note} |"
         )
-    load = results["_load"]
+    runs = "; ".join(
+        f"{r['date']} ({r['methods'].replace(',', ', ')}; 1-min load {r['load'][0]:.1f} -> "
+        f"{r['load'][1]:.1f})"
+        for r in results["_runs"]
+    )
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_ops import machine_description
+
     head = [
         "<!-- peers: start (generated by benchmarks/peers.py) -->",
         "## The peers side by side (benchmarks/peers.py)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-        f"(torch {torch.__version__}, {args.threads} threads); 1-min load {load[0]:.1f} at the "
-        f"start, {load[1]:.1f} at the end. Run {time.strftime('%Y-%m-%d %H:%M')} with "
-        f"`python benchmarks/peers.py --seeds {s} --candidates {n} --subset {args.subset}`.",
+        f"Machine: {machine_description('cpu').split(';')[0]}. Runs: {runs}, with "
+        f"`python benchmarks/peers.py --seeds {s} --candidates {n} --subset {args.subset}` "
+        "(and `--methods` for a rerun of some).",
         "",
         f"SmolLM2-135M-Instruct, 10 down_proj layers (576x1536), S = {s} Tatoeba zh-en seeds, "
         f"N = {n} candidates (the next {n} pairs), factors fitted on the N candidates, batch "
