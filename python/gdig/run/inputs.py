@@ -117,7 +117,11 @@ def pairs(state: RunState, which: str) -> PoolIndex:
         _, tok = model(state)
         limit = state.opts.factors.max_length
         lengths = token_lengths(
-            got, tok, state.opts.factors.template, progress=bool(state.opts.run.progress)
+            got,
+            tok,
+            state.opts.factors.template,
+            progress=bool(state.opts.run.progress),
+            limit=limit,
         )
         keep, long = too_long_records(got, lengths, limit, str(path))
         if long:
@@ -204,7 +208,9 @@ def preflight(state: RunState) -> None:
     truncated = dict(zero)
     if read.too_long == "truncate":
         for which, got in (("seeds", seeds), ("pool", pool)):
-            lengths = token_lengths(got, tok, fac.template, bool(opts.run.progress))
+            lengths = token_lengths(
+                got, tok, fac.template, bool(opts.run.progress), limit=fac.max_length
+            )
             truncated[which] = int((lengths > fac.max_length).sum())
         if any(truncated.values()):
             warn(
