@@ -190,7 +190,7 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     from gdig.select import SelectConfig, select
     from gdig.select.metrics import noise_summary
     from gdig.select.selectors import finite_source
-    from gdig.select.writers import selected_order, write_scores, write_selected
+    from gdig.select.writers import write_scores, write_selected
 
     n, path, out = spec["n"], Path(spec["pool"]), Path(spec["dir"])
     shutil.rmtree(out, ignore_errors=True)  # a left store would resume: time a fresh one
@@ -226,8 +226,7 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     where = str(out / "store")
     prow, top = pool_rows(pool, sel.ids, where), TopSeeds(store, sel.ids)
     write_scores(out / "scores.csv", sel, top)
-    chosen = pool.records(prow[selected_order(sel)])
-    write_selected(out / "selected.jsonl", sel, chosen, top)
+    write_selected(out / "selected.jsonl", sel, lambda r: pool.records(prow[r]), top)
     sel.save(out / "selection.npz")
     done("writers")
     source, rows = finite_source(store), sample_map_rows(sel)

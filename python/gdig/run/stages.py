@@ -208,7 +208,7 @@ def _pool_rows(state: RunState, ids: list[str]) -> tuple[PoolIndex, np.ndarray]:
 
 def stage_select(state: RunState) -> None:
     from gdig.select import ShortfallError, select
-    from gdig.select.writers import selected_order, write_scores, write_selected
+    from gdig.select.writers import write_scores, write_selected
 
     begin(state, "select")
     t = time.perf_counter()
@@ -230,8 +230,8 @@ def stage_select(state: RunState) -> None:
     write_scores(state.out / "scores.csv", sel, top)
     fault_point("select:scores")
     pool, rows = _pool_rows(state, sel.ids)
-    chosen = pool.records(rows[selected_order(sel)])  # read by seeking: every field kept
-    write_selected(state.out / "selected.jsonl", sel, chosen, top)
+    # Read by seeking, a chunk at a time: every field kept, the budget never held whole.
+    write_selected(state.out / "selected.jsonl", sel, lambda r: pool.records(rows[r]), top)
     sel.save(state.out / SELECTION_FILE)
     fault_point("select:saved")
     for note in sel.notes:

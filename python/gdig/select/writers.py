@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+import json
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gdig.data.pairs import write_jsonl
 from gdig.io.atomic import atomic_open
 
 from .selection import Selection
@@ -77,29 +78,61 @@ def selected_order(sel: Selection) -> np.ndarray:
 def write_selected(
     path: Path,
     sel: Selection,
-    pairs: Sequence[Any],
+    read_pairs: Callable[[np.ndarray], Sequence[Any]],
     top_seeds: Sequence[list[str]] | None = None,
+    chunk: int = 4096,
 ) -> None:
-    """``pairs``: the pairs of :func:`selected_order` (anything with ``to_record()``), in
-    that order; each record gets its scores added."""
-    rows = selected_order(sel)
-    if len(pairs) != len(rows):
-        raise ValueError(f"write_selected: {len(pairs)} pairs for {len(rows)} selected rows")
+    """``selected.jsonl``: the selected pairs in :func:`selected_order`, each record (every
+    input field, from ``to_record()``) with its scores added. ``read_pairs(rows)`` returns
+    the pairs of these selection rows, in that order.
+
+    Pairs are read ``chunk`` at a time in ascending row order (a forward read of the pool:
+    a gzip file is never rewound), so memory holds one chunk of pairs whatever the budget.
+    When the file's order is another (``--selector quality`` ranks best first), each line
+    is spooled to a temporary file beside ``path`` and copied out in order from there.
+    """
+    order = selected_order(sel)
+    ascending = np.sort(order)
     rank = ranks(sel)
-    records = []
-    for row, pair in zip(rows.tolist(), pairs, strict=True):
-        rec = pair.to_record()
-        if str(rec.get("id")) != sel.ids[row]:
-            raise ValueError(f"write_selected: pair {rec.get('id')!r} is not {sel.ids[row]!r}")
-        rec.update(
-            benefit_mean=float(sel.benefit_mean[row]),
-            n_pos=int(sel.n_pos[row]),
-            cluster=int(sel.cluster[row]),
-            rank=int(rank[row]),
-        )
-        if top_seeds is not None:
-            rec["top_seeds"] = list(top_seeds[row])
-        if bool(sel.filled[row]):
-            rec["filled"] = True
-        records.append(rec)
-    write_jsonl(path, records)
+
+    def lines() -> Iterator[bytes]:
+        for start in range(0, len(ascending), chunk):
+            part = ascending[start : start + chunk]
+            pairs = read_pairs(part)
+            if len(pairs) != len(part):
+                raise ValueError(f"write_selected: {len(pairs)} pairs for {len(part)} rows")
+            for row, pair in zip(part.tolist(), pairs, strict=True):
+                yield _selected_line(sel, row, pair, int(rank[row]), top_seeds)
+
+    with atomic_open(path) as fh:
+        if np.array_equal(order, ascending):
+            for line in lines():
+                fh.write(line)
+            return
+        with tempfile.TemporaryFile(dir=Path(path).parent) as spool:
+            spans = np.zeros((len(ascending), 2), dtype=np.int64)  # offset, length
+            for i, line in enumerate(lines()):
+                spans[i] = spool.tell(), len(line)
+                spool.write(line)
+            for i in np.searchsorted(ascending, order).tolist():
+                spool.seek(int(spans[i, 0]))
+                fh.write(spool.read(int(spans[i, 1])))
+
+
+def _selected_line(
+    sel: Selection, row: int, pair: Any, rank: int, top_seeds: Sequence[list[str]] | None
+) -> bytes:
+    rec = pair.to_record()
+    if str(rec.get("id")) != sel.ids[row]:
+        raise ValueError(f"write_selected: pair {rec.get('id')!r} is not {sel.ids[row]!r}")
+    rec.update(
+        benefit_mean=float(sel.benefit_mean[row]),
+        n_pos=int(sel.n_pos[row]),
+        cluster=int(sel.cluster[row]),
+        rank=rank,
+    )
+    if top_seeds is not None:
+        rec["top_seeds"] = list(top_seeds[row])
+    if bool(sel.filled[row]):
+        rec["filled"] = True
+    return json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n"
