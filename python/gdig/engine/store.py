@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from gdig.data.idlist import IdList
 from gdig.engine.config import FEATURE_DTYPES
 from gdig.io.atomic import atomic_open, atomic_write_bytes
 from gdig.io.errors import UsageError
@@ -300,7 +301,7 @@ class GradStore:
             ((v["start"], v["stop"], k) for k, v in manifest["shards"].items()), key=lambda t: t[0]
         )
         self._starts = np.array([s for s, _, _ in self._shards], dtype=np.int64)
-        self._ids: list[str] | None = None
+        self._ids: IdList | None = None
         self._cand_norm: np.ndarray | None = None
         self._float16 = manifest.get("feature_dtype", "float32") == "float16"
 
@@ -321,12 +322,13 @@ class GradStore:
 
     # --- ScoreSource protocol ---
     @property
-    def ids(self) -> list[str]:
+    def ids(self) -> IdList:
+        """Candidate ids in pool order, held compactly (one shard's list at a time)."""
         if self._ids is None:
-            ids: list[str] = []
+            ids = IdList()
             for _, _, name in self._shards:
-                ids += json.loads((self.root / name / "ids.json").read_text())
-            self._ids = ids
+                ids.extend(json.loads((self.root / name / "ids.json").read_text()))
+            self._ids = ids.freeze()
         return self._ids
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ class Selection:
     positive means the candidate helps.
     """
 
-    ids: list[str]
+    ids: Sequence[str]  # an IdList when it comes from a gradient store
     n_pos: np.ndarray  # int32 [N]: seed groups the candidate benefits
     n_seeds: int  # G: seed groups that n_pos counts out of
     need: int  # n_pos needed to pass quality: ceil(tau * G)
@@ -101,7 +102,7 @@ class Selection:
     def save(self, path: Path) -> None:
         """Write to one ``.npz`` (arrays + JSON of ids, config, timings, notes)."""
         meta = {
-            "ids": self.ids,
+            "ids": list(self.ids),
             "n_seeds": self.n_seeds,
             "need": self.need,
             "config": dataclasses.asdict(self.config),

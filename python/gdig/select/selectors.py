@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from gdig.data.idlist import IdList
+
 from .config import SelectConfig
 from .diversity import cluster_rows, default_clusters, resample
 from .quality import quality_stats
@@ -55,7 +57,7 @@ def finite_source(source: ScoreSource) -> ScoreSource:
     bad = set(getattr(source, "nonfinite_ids", ()))
     if not bad:
         return source
-    keep = np.array([r for r, i in enumerate(source.ids) if i not in bad], dtype=np.int64)
+    keep = np.fromiter((r for r, i in enumerate(source.ids) if i not in bad), dtype=np.int64)
     if len(keep) == 0:
         raise ShortfallError(
             "every candidate's loss or gradient is NaN/Inf: nothing can be selected",
@@ -194,7 +196,7 @@ def _selection(
     in_cluster = cluster[selected]
     sizes_after = np.bincount(in_cluster[in_cluster >= 0], minlength=len(sizes_before))
     return Selection(
-        ids=list(source.ids),
+        ids=source.ids if isinstance(source.ids, IdList) else list(source.ids),
         n_pos=stats.n_pos,
         n_seeds=stats.n_groups,
         need=stats.need,
