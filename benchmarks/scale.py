@@ -98,6 +98,12 @@ class AnonPeak:
     def mib(self) -> float:
         return self.peak_kib / 1024
 
+    def take_mib(self) -> float:
+        """The peak since the last call (or the start), in MiB; starts a new window."""
+        now = self.now_kib()
+        peak, self.peak_kib = max(self.peak_kib, now), now
+        return peak / 1024
+
 
 def ensure_pool(n: int, data_dir: Path, out: Path) -> Path:
     """``out/pool-N.jsonl``, written once per N and reused (its sidecar says from what)."""
@@ -196,6 +202,8 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)  # a left store would resume: time a fresh one
     out.mkdir(parents=True)
     res: dict[str, Any] = {"start_mib": _peak_mib(), "phases": {}, "peak_after_mib": {}}
+    res["anon_start_mib"], res["anon_peak_mib"] = AnonPeak.now_kib() / 1024, {}
+    anon = AnonPeak().__enter__()  # per-phase peaks of anonymous memory (see AnonPeak)
     clock = time.perf_counter()
 
     def done(phase: str) -> None:
@@ -203,6 +211,7 @@ def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         now = time.perf_counter()
         res["phases"][phase], clock = now - clock, now
         res["peak_after_mib"][phase] = _peak_mib()
+        res["anon_peak_mib"][phase] = anon.take_mib()
 
     pool = open_pool(path)
     noisy = np.array(check_label_field(pool, "noise", str(path)), dtype=bool)
@@ -346,19 +355,28 @@ def render(pipe: list[dict], resc: list[dict], how: str, machine: str, load_end:
         f"synthetic in the real format (S={PIPE_SEEDS}, D={PIPE_DIM}); budget N/10, selector "
         "gdig. Seconds per phase; `store` (writing that store) stands in for the model pass "
         "and is left out of the total.", "",
+        "Anon: the largest anonymous resident memory (RssAnon, sampled every 20 ms) in the "
+        "whole run and, after it, the phase where it was reached (VmHWM also counts the "
+        "pages of memory-mapped files).", "",
         "| N | read+validate | lengths | store | select | writers | report | total s "
-        "| s per 1k pairs | start MiB | peak MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| s per 1k pairs | start MiB | peak MiB | anon start MiB | anon peak MiB (phase) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     for r in pipe:
+        phase, top = max(r["anon_peak_mib"].items(), key=lambda kv: kv[1])
         lines.append(
             f"| {r['n']:,} | "
             + " | ".join(f"{r['phases'][p]:.2f}" for p in PHASES)
             + f" | {r['total_s']:.1f} | {1000 * r['total_s'] / r['n']:.3f} "
-            f"| {r['start_mib']:.0f} | {r['peak_mib']:.0f} |"
+            f"| {r['start_mib']:.0f} | {r['peak_mib']:.0f} "
+            f"| {r['anon_start_mib']:.0f} | {top:.0f} ({phase}) |"
         )
     if g := _growth(pipe):
         lines += ["", f"Pipeline peak grows {g[0]:.0f} bytes per pair from N={g[1]:,} to {g[2]:,}."]
+        for r in pipe:
+            r["anon_top_mib"] = max(r["anon_peak_mib"].values())
+        if ga := _growth(pipe, "anon_top_mib"):
+            lines[-1] += f" Its anonymous memory grows {ga[0]:.0f} bytes per pair."
     lines += [
         "", f"Rescore: {RESCORE_SEEDS} new seeds against a synthetic store (its pages dropped "
         f"from the page cache first: a cold read). D from the defaults: {how}.", "",
