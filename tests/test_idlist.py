@@ -40,3 +40,11 @@ def test_is_compact():
     ids = IdList.of(f"pair-{i:07d}" for i in range(n))
     held = len(ids._blob) + np.asarray(ids._ends).nbytes
     assert held / n <= 8 + len("pair-0000000")  # text + one int64 offset per id
+
+
+def test_round_trips_through_two_arrays():
+    blob, ends = IdList.of(IDS).to_arrays()
+    assert blob.dtype == np.uint8 and ends.dtype == np.int64
+    assert IdList.from_arrays(blob, ends) == IDS
+    with pytest.raises(ValueError, match="offsets"):
+        IdList.from_arrays(blob, ends[:-1] if len(ends) > 1 else ends + 1)

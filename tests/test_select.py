@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -291,6 +292,15 @@ def test_selection_save_load_roundtrip(tmp_path) -> None:
     assert back.ids == sel.ids and back.config == sel.config and back.need == sel.need
     for name in Selection._ARRAYS:
         np.testing.assert_array_equal(getattr(back, name), getattr(sel, name))
+    # The ids are kept as text + offsets, not one Python string each; files written before
+    # (ids in the JSON) still load.
+    with np.load(path) as z:
+        assert "id_blob" in z.files and "ids" not in json.loads(str(z["meta"]))
+        old = {k: z[k] for k in z.files if k not in ("id_blob", "id_ends")}
+    meta = json.loads(str(old["meta"]))
+    old["meta"] = np.array(json.dumps({**meta, "ids": list(sel.ids)}))
+    np.savez(tmp_path / "old.npz", **old)
+    assert list(Selection.load(tmp_path / "old.npz").ids) == list(sel.ids)
 
 
 def test_small_pools_lower_k_and_budget_one() -> None:

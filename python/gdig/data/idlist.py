@@ -40,6 +40,22 @@ class IdList(Sequence[str]):
             self._ends = np.asarray(self._ends, dtype=np.int64)
         return self
 
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(blob uint8, ends int64)``: the ids as two arrays (an ``.npz`` keeps them)."""
+        self.freeze()
+        return np.frombuffer(bytes(self._blob), dtype=np.uint8), np.asarray(self._ends)
+
+    @classmethod
+    def from_arrays(cls, blob: np.ndarray, ends: np.ndarray) -> IdList:
+        """The inverse of :meth:`to_arrays`; raises ValueError on inconsistent arrays."""
+        ends = np.asarray(ends, dtype=np.int64)
+        if ends.ndim != 1 or np.any(np.diff(ends) < 0) or (len(ends) and ends[-1] != blob.size):
+            raise ValueError("IdList: the offsets do not match the text they index")
+        out = cls()
+        out._blob = bytearray(np.asarray(blob, dtype=np.uint8).tobytes())
+        out._ends = ends
+        return out
+
     def __len__(self) -> int:
         return len(self._ends)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gdig.data.idlist import IdList
 from gdig.io.atomic import atomic_open
 from gdig.io.errors import GdigError
 
@@ -100,9 +101,11 @@ class Selection:
         }
 
     def save(self, path: Path) -> None:
-        """Write to one ``.npz`` (arrays + JSON of ids, config, timings, notes)."""
+        """Write to one ``.npz``: arrays, the ids as text + offsets (no Python string per
+        candidate), and JSON of config, timings and notes."""
+        ids = self.ids if isinstance(self.ids, IdList) else IdList.of(self.ids)
+        id_blob, id_ends = ids.to_arrays()
         meta = {
-            "ids": list(self.ids),
             "n_seeds": self.n_seeds,
             "need": self.need,
             "config": dataclasses.asdict(self.config),
@@ -112,15 +115,21 @@ class Selection:
         arrays = {name: getattr(self, name) for name in self._ARRAYS}
         # A file object keeps numpy from renaming the path; atomic: whole file or none.
         with atomic_open(path) as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+            np.savez(f, meta=np.array(json.dumps(meta)), id_blob=id_blob, id_ends=id_ends, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> Selection:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             arrays = {name: z[name] for name in cls._ARRAYS}
+            # Files of earlier versions keep the ids in the JSON.
+            ids = (
+                IdList.from_arrays(z["id_blob"], z["id_ends"])
+                if "id_blob" in z.files
+                else meta["ids"]
+            )
         return cls(
-            ids=meta["ids"],
+            ids=ids,
             n_seeds=meta["n_seeds"],
             need=meta["need"],
             config=SelectConfig(**{k: v for k, v in meta["config"].items() if k in _FIELDS}),
