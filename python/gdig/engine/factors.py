@@ -49,6 +49,17 @@ class LayerFactors:
     q_s: torch.Tensor  # [d_out, d_out]
     eig_s: torch.Tensor  # [d_out]
     lam: torch.Tensor  # [d_out, d_in]
+    # (Q_S, Q_A) cast for a device and dtype, made once: seeds cast them every batch.
+    _bases: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def bases(self, device: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Q_S, Q_A)`` on ``device`` in ``dtype`` (cast once, then kept)."""
+        key = (str(device), dtype)
+        if key not in self._bases:
+            self._bases[key] = (self.q_s.to(device, dtype), self.q_a.to(device, dtype))
+        return self._bases[key]
 
     def damping(self, scoring: ScoreConfig) -> float:
         """λ: the absolute ``scoring.damping`` or ``scoring.damping_factor * mean(Λ)``."""
@@ -68,7 +79,7 @@ class LayerFactors:
     def precondition(self, grads: torch.Tensor, scoring: ScoreConfig) -> torch.Tensor:
         """``H⁻¹ G`` for ``grads [B, d_out, d_in]``, in ``grads``' dtype (float32 or float64)."""
         g = grads
-        q_a, q_s = self.q_a.to(g.device, g.dtype), self.q_s.to(g.device, g.dtype)
+        q_s, q_a = self.bases(g.device, g.dtype)
         denom = self.denominator(scoring, g.device, g.dtype)
         return q_s @ ((q_s.T @ g @ q_a) / denom) @ q_a.T
 
@@ -85,7 +96,7 @@ class LayerFactors:
         down_proj at T = 80, 13x fewer than :meth:`precondition`. Callers compress and
         project in the eigenbasis, so ``H⁻¹G`` itself is never formed.
         """
-        q_a, q_s = self.q_a.to(a.device, a.dtype), self.q_s.to(a.device, a.dtype)
+        q_s, q_a = self.bases(a.device, a.dtype)
         t, d_in, d_out = a.shape[1], q_a.shape[0], q_s.shape[0]
         if t * (d_in**2 + d_out**2) <= d_in * d_out * (d_in + d_out):  # rotate the tokens
             rotated = (g @ q_s).transpose(1, 2) @ (a @ q_a)

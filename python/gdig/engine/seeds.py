@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+import gdig_ext
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import GradientCapture
 from gdig.engine.config import EngineConfig
@@ -184,21 +185,21 @@ def prepare_seeds(
             sq_norm[rows] = 0.0  # a retry after running out of memory must not add twice
             got = cap.run(collate(encoded, rows, pad_id, device))
             check_finite_seeds(got, [seeds[r] for r in rows])
-            mask = got.mask.to(compute).unsqueeze(-1)
+            keep = got.mask.to(compute)  # [B, T] 0/1: padding out
             for i, (a, g) in enumerate(got.layers):
                 # float64 (exact mode or a float64 model) or float32: seeds are few, but a
                 # float64 preconditioning of large layers costs more than their model pass.
                 lf, proj = factors[names[i]], projections[i].to(device, compute)
-                a, g = a.to(compute), g.to(compute) * mask
+                a, g = a.to(compute), g.to(compute) * keep.unsqueeze(-1)
                 # H⁻¹G in the eigenbasis, straight from the tokens (METHOD.md §3): the dense
                 # gradient is never rotated, and its norm is the eigenbasis norm.
                 x = lf.precondition_tokens(a, g, cfg.scoring)
                 sq_norm[rows] += x.square().sum(dim=(1, 2)).cpu().numpy()
-                q_a, q_s = lf.q_a.to(device, compute), lf.q_s.to(device, compute)
+                q_s, q_a = lf.bases(device, compute)
                 if proj_factors is not None:
                     # Projected mode: precondition in the projected space, where the factors
                     # match the features' geometry (far less noisy than projecting H⁻¹G).
-                    raw = (g @ proj.p_out).transpose(1, 2) @ (a @ proj.p_in)
+                    raw = gdig_ext.project_grads(a, g, keep, proj.p_in, proj.p_out)
                     seed_feat = proj_factors[i].precondition(raw, cfg.scoring)
                 else:  # P_outᵀ H⁻¹G P_in with H⁻¹G = Q_S x Q_Aᵀ
                     seed_feat = (q_s.T @ proj.p_out).T @ x @ (q_a.T @ proj.p_in)
