@@ -14,6 +14,11 @@ from typing import overload
 import numpy as np
 
 
+def as_idlist(ids: Sequence[str]) -> IdList:
+    """``ids`` as an IdList: itself when it is one, else a compact copy."""
+    return ids if isinstance(ids, IdList) else IdList.of(ids)
+
+
 class IdList(Sequence[str]):
     """Immutable sequence of ids; build it with :meth:`of` or :meth:`extend` while filling."""
 

@@ -337,6 +337,11 @@ def read_pairs(
     )
 
 
+def jsonl_line(record: dict[str, Any]) -> bytes:
+    """One record as a UTF-8 JSONL line (non-ASCII kept as is)."""
+    return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any] | Pair]) -> int:
     """Write records (dicts or Pairs) as UTF-8 JSONL, atomically; return how many.
 
@@ -347,6 +352,6 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any] |
         for rec in records:
             if isinstance(rec, Pair):
                 rec = rec.to_record()
-            fh.write(json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n")
+            fh.write(jsonl_line(rec))
             n += 1
     return n

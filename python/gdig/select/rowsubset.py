@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from gdig.data.idlist import IdList
+from gdig.data.idlist import as_idlist
 from gdig.select.source import ScoreSource
 
 
@@ -25,8 +25,7 @@ class RowSubset:
         self.n = len(keep)
         self.n_seeds = source.n_seeds
         self.dim = source.dim
-        ids = source.ids
-        self.ids = ids.take(keep) if isinstance(ids, IdList) else [ids[r] for r in keep]
+        self.ids = as_idlist(source.ids).take(keep)
         self.cand_norm = np.asarray(source.cand_norm)[keep]
         self.seed_norm = source.seed_norm
 

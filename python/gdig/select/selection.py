@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gdig.data.idlist import IdList
+from gdig.data.idlist import IdList, as_idlist
 from gdig.io.atomic import atomic_open
 from gdig.io.errors import GdigError
 
@@ -103,8 +103,7 @@ class Selection:
     def save(self, path: Path) -> None:
         """Write to one ``.npz``: arrays, the ids as text + offsets (no Python string per
         candidate), and JSON of config, timings and notes."""
-        ids = self.ids if isinstance(self.ids, IdList) else IdList.of(self.ids)
-        id_blob, id_ends = ids.to_arrays()
+        id_blob, id_ends = as_idlist(self.ids).to_arrays()
         meta = {
             "n_seeds": self.n_seeds,
             "need": self.need,

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from gdig.data.idlist import IdList
+from gdig.data.idlist import as_idlist
 
 from .config import SelectConfig
 from .diversity import cluster_rows, default_clusters, resample
@@ -196,7 +196,7 @@ def _selection(
     in_cluster = cluster[selected]
     sizes_after = np.bincount(in_cluster[in_cluster >= 0], minlength=len(sizes_before))
     return Selection(
-        ids=source.ids if isinstance(source.ids, IdList) else list(source.ids),
+        ids=as_idlist(source.ids),
         n_pos=stats.n_pos,
         n_seeds=stats.n_groups,
         need=stats.need,

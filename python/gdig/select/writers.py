@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from gdig.data.pairs import jsonl_line
 from gdig.io.atomic import atomic_open
 
 from .selection import Selection
@@ -135,4 +135,4 @@ def _selected_line(
         rec["top_seeds"] = list(top_seeds[row])
     if bool(sel.filled[row]):
         rec["filled"] = True
-    return json.dumps(rec, ensure_ascii=False).encode("utf-8") + b"\n"
+    return jsonl_line(rec)
