@@ -211,7 +211,10 @@ def ekfac_accumulate_whole(
     a = (acts @ q_a).to(tokens)  # rotate tokens first: cheaper than rotating G
     g = (out_grads @ q_s).to(tokens) * mask.to(tokens).unsqueeze(-1)
     rotated = _rotated_gradients(g.transpose(1, 2), a, tile).to(lam.dtype)  # [B,d_out,d_in]
-    lam.add_(rotated.square_().sum(dim=0))
+    if rotated.shape[0] == 1:  # one example: square and add without a temporary
+        lam.addcmul_(rotated[0], rotated[0])
+    else:
+        lam.add_(rotated.square_().sum(dim=0))
 
 
 def project_grads_frugal(
@@ -286,19 +289,12 @@ def ekfac_accumulate_frugal(
     ``budget``, and never below one example.
     """
     budget = budget or frugal_budget("ekfac_accumulate", acts.device.type)
-    tokens, tile = ekfac_dtypes(acts, lam)
     B, T, d_in = acts.shape
     d_out = out_grads.shape[2]
-    m = mask.to(tokens).unsqueeze(-1)
     step = _chunk(d_out * d_in + T * (d_in + d_out), budget, B)
     for b0 in range(0, B, step):
-        a = (acts[b0 : b0 + step] @ q_a).to(tokens)
-        g = (out_grads[b0 : b0 + step] @ q_s).to(tokens).mul_(m[b0 : b0 + step])
-        rotated = _rotated_gradients(g.transpose(1, 2), a, tile).to(lam.dtype)
-        if rotated.shape[0] == 1:  # one example: square and add without a temporary
-            lam.addcmul_(rotated[0], rotated[0])
-        else:
-            lam.add_(rotated.square_().sum(dim=0))
+        chunk = slice(b0, b0 + step)
+        ekfac_accumulate_whole(acts[chunk], out_grads[chunk], mask[chunk], q_a, q_s, lam)
 
 
 def score_stats_frugal(
@@ -376,7 +372,8 @@ def _make_inputs(op: str, sizes: dict[str, int], dtype, device: str) -> tuple:
     raise SystemExit(f"bench_ops: unknown op {op!r}; choose from {', '.join(OPS)}")
 
 
-def _proc_status_kib(key: str) -> int:
+def proc_status_kib(key: str) -> int:
+    """A ``/proc/self/status`` figure in KiB (VmRSS, VmHWM, RssAnon, ...)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
@@ -400,7 +397,7 @@ class _PeakMeter:
             # Writing 5 resets VmHWM to the current RSS (Linux >= 4.0).
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-            self.base = _proc_status_kib("VmRSS") * 1024
+            self.base = proc_status_kib("VmRSS") * 1024
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -408,7 +405,7 @@ class _PeakMeter:
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() - self.base
         else:
-            self.peak = _proc_status_kib("VmHWM") * 1024 - self.base
+            self.peak = proc_status_kib("VmHWM") * 1024 - self.base
 
 
 def _checksum(result) -> list[float]:

@@ -46,7 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / ".peers"
-DATA = Path(os.environ.get("GDIG_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATA_FILE = "tatoeba.zh-en.jsonl"  # in ../shared/data
 METHODS = (
     "gdig-fp32",
     "gdig-bf16",
@@ -70,61 +70,49 @@ def _paths() -> None:
             sys.path.insert(0, str(p))
 
 
-def read_pairs(n: int, start: int = 0) -> list:
-    from gdig.data.pairs import Pair
-
-    out = []
-    with open(DATA / "tatoeba.zh-en.jsonl", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= start + n:
-                break
-            if i >= start:
-                r = json.loads(line)
-                out.append(Pair(r["id"], r["src"], r["tgt"], r["src_lang"], r["tgt_lang"]))
-    return out
-
-
-def vm_hwm_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def setup(spec: dict):
     import torch
 
     _paths()
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    from helpers_models import engine_config
+    from helpers_models import engine_config, real_pairs
 
     from gdig.engine.layers import select_layers
     from gdig.model import ensure_smollm2, load_model
 
     model, tok = load_model(ensure_smollm2(), progress=False)
-    seeds = read_pairs(spec["seeds"])
-    cands = read_pairs(spec["candidates"], start=spec["seeds"])
+    seeds = real_pairs(DATA_FILE, n=spec["seeds"])
+    cands = real_pairs(DATA_FILE, start=spec["seeds"], n=spec["candidates"])
     cfg = engine_config(factor_samples=0, batch_size=spec["batch_size"], rank=RANK)
     names = select_layers(model, cfg.factors.layers, cfg.factors.layer_stride)
     return model, tok, seeds, cands, cfg, names
 
 
-def encoded_batches(tok, pairs, cfg, batch_size: int):
-    """gdig's own encoding and length-sorted batches, as HF batches with labels."""
+def hf_batch(encoded, rows, pad_id: int) -> dict:
+    """gdig's padded batch of ``encoded[rows]`` as a Hugging Face batch with labels."""
     import torch
 
-    from gdig.engine import collate, encode_pair, plan_batches
+    from gdig.engine import collate
 
-    enc = [encode_pair(p, tok, cfg.factors.template, cfg.factors.max_length) for p in pairs]
+    b = collate(encoded, rows, pad_id, "cpu")
+    labels = torch.where(b.target_mask, b.input_ids, torch.full_like(b.input_ids, -100))
+    return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": labels}
+
+
+def encode(tok, pairs, cfg) -> list:
+    from gdig.engine import encode_pair
+
+    return [encode_pair(p, tok, cfg.factors.template, cfg.factors.max_length) for p in pairs]
+
+
+def encoded_batches(tok, pairs, cfg, batch_size: int) -> list[dict]:
+    """gdig's own encoding and length-sorted batches, as Hugging Face batches."""
+    from gdig.engine import plan_batches
+
+    enc = encode(tok, pairs, cfg)
     plan = plan_batches([len(e) for e in enc], batch_size, 1 << 30)
-    out = []
-    for rows in plan:
-        b = collate(enc, rows, tok.pad_token_id, "cpu")
-        labels = torch.where(b.target_mask, b.input_ids, torch.full_like(b.input_ids, -100))
-        out.append((rows, b.input_ids, b.attention_mask, labels))
-    return enc, out
+    return [hf_batch(enc, rows, tok.pad_token_id) for rows in plan]
 
 
 def mean_target_loss(logits, labels):
@@ -194,38 +182,6 @@ def _kron_task(names: list[str]):
     return TranslationTask()
 
 
-class _Examples:
-    """A map-style dataset of gdig-encoded examples (dicts of lists), padded by `pad`."""
-
-    def __init__(self, enc) -> None:
-        self.enc = enc
-
-    def __len__(self) -> int:
-        return len(self.enc)
-
-    def __getitem__(self, i: int) -> dict:
-        e = self.enc[i]
-        return {"input_ids": e.input_ids, "n_prompt": e.n_prompt}
-
-
-def _pad(pad_id: int):
-    import torch
-
-    def collate(items: list[dict]) -> dict:
-        width = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-        att = torch.zeros((len(items), width), dtype=torch.long)
-        labels = torch.full((len(items), width), -100, dtype=torch.long)
-        for i, it in enumerate(items):
-            n = len(it["input_ids"])
-            ids[i, :n] = torch.tensor(it["input_ids"])
-            att[i, :n] = 1
-            labels[i, it["n_prompt"] : n] = ids[i, it["n_prompt"] : n]
-        return {"input_ids": ids, "attention_mask": att, "labels": labels}
-
-    return collate
-
-
 def run_kronfluence(spec: dict, out: Path) -> dict:
     sys.path.insert(0, str(PEERS))
     import logging
@@ -235,24 +191,22 @@ def run_kronfluence(spec: dict, out: Path) -> dict:
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.utils.dataset import DataLoaderKwargs
 
-    from gdig.engine import encode_pair
-
     logging.disable(logging.WARNING)
     model, tok, seeds, cands, cfg, names = setup(spec)
     exact = spec["method"] == "kronfluence-exact"
     if exact:
         seeds = seeds[: spec["exact_seeds"]]
-    enc = lambda ps: [  # noqa: E731
-        encode_pair(p, tok, cfg.factors.template, cfg.factors.max_length) for p in ps
-    ]
-    seed_ds, cand_ds = _Examples(enc(seeds)), _Examples(enc(cands))
+    # The datasets are lists of gdig-encoded examples, batched by gdig's collate.
+    seed_ds, cand_ds = encode(tok, seeds, cfg), encode(tok, cands, cfg)
     model = prepare_model(model, _kron_task(names))
     workdir = Path(tempfile.mkdtemp(prefix="peers-kron-"))
     analyzer = Analyzer(
         analysis_name="peers", model=model, task=_kron_task(names), cpu=True,
         disable_tqdm=True, output_dir=str(workdir),
     )  # fmt: skip
-    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=_pad(tok.pad_token_id)))
+    pad = tok.pad_token_id
+    collate_fn = lambda items: hf_batch(items, range(len(items)), pad)  # noqa: E731
+    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate_fn))
     bs = spec["batch_size"]
     t = {}
     t0 = time.perf_counter()
@@ -315,10 +269,10 @@ def run_paper(spec: dict, out: Path) -> dict:
     t["fit"] = time.perf_counter() - t0
 
     def grads_of(pair_batches):
-        for rows, ids, att, labels in pair_batches:
-            loss = mean_target_loss(model(input_ids=ids, attention_mask=att).logits, labels)
-            g = torch.autograd.grad(loss.sum(), list(weights.values()))
-            yield rows, g
+        for b in pair_batches:
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            loss = mean_target_loss(logits, b["labels"])
+            yield torch.autograd.grad(loss.sum(), list(weights.values()))
 
     full_svd = spec["method"] == "paper-recipe-full-svd"
 
@@ -329,10 +283,10 @@ def run_paper(spec: dict, out: Path) -> dict:
         u, s, v = torch.svd_lowrank(g, q=RANK, niter=2)
         return u * s, v  # [d_out, r], [d_in, r]
 
-    _, seed_b = encoded_batches(tok, seeds[:n], cfg, 1)
+    seed_b = encoded_batches(tok, seeds[:n], cfg, 1)
     t0 = time.perf_counter()
     seed_lr = []
-    for _, gs in grads_of(seed_b):
+    for gs in grads_of(seed_b):
         per_layer = []
         for name, g in zip(names, gs, strict=True):
             pre = factors[name].precondition(g[None], cfg.scoring)[0]
@@ -340,15 +294,11 @@ def run_paper(spec: dict, out: Path) -> dict:
         seed_lr.append(per_layer)
     t["seeds_per_ex"] = (time.perf_counter() - t0) / n
     # Score against S seeds: reuse the prepared subset cyclically (only the time matters).
-    us = [
-        torch.stack([seed_lr[i % n][li][0] for i in range(len(seeds))]) for li in range(len(names))
-    ]
-    vs = [
-        torch.stack([seed_lr[i % n][li][1] for i in range(len(seeds))]) for li in range(len(names))
-    ]
-    _, cand_b = encoded_batches(tok, cands[:n], cfg, 1)
+    cyc = [seed_lr[i % n] for i in range(len(seeds))]
+    us, vs = ([torch.stack([s[li][j] for s in cyc]) for li in range(len(names))] for j in (0, 1))
+    cand_b = encoded_batches(tok, cands[:n], cfg, 1)
     t0 = time.perf_counter()
-    for _, gs in grads_of(cand_b):
+    for gs in grads_of(cand_b):
         total = torch.zeros(len(seeds))
         for li, g in enumerate(gs):
             cu, cv = lowrank(g)  # <cu cvᵀ, su svᵀ> = Σ (cuᵀ su) ⊙ (cvᵀ sv)
@@ -379,12 +329,12 @@ def run_less(spec: dict, out: Path) -> dict:
         return mean_target_loss(logits, labels[None])[0]
 
     per_example = vmap(grad(loss_one), in_dims=(None, 0, 0))
-    _, batches = encoded_batches(tok, cands[:n], cfg, spec["batch_size"])
+    batches = encoded_batches(tok, cands[:n], cfg, spec["batch_size"])
     t = {}
     t0 = time.perf_counter()
     feats = []
-    for _, ids, _att, labels in batches:
-        g = per_example(weights, ids, labels)
+    for b in batches:
+        g = per_example(weights, b["input_ids"], b["labels"])
         feats.append(torch.cat([g[k].flatten(1) @ proj[k] for k in weights], dim=1))
     t["score_per_ex"] = (time.perf_counter() - t0) / n
     return t
@@ -405,7 +355,9 @@ RUNNERS = {
 def child(spec: dict) -> dict:
     _paths()
     t = RUNNERS[spec["method"]](spec, Path(spec["out"]))
-    return {"method": spec["method"], "times": t, "peak_mib": vm_hwm_mib()}
+    from bench_ops import proc_status_kib
+
+    return {"method": spec["method"], "times": t, "peak_mib": proc_status_kib("VmHWM") / 1024}
 
 
 # ---------------------------------------------------------------- the parent: run, compare
