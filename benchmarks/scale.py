@@ -196,7 +196,7 @@ def _pipeline(spec: dict[str, Any], anon: AnonPeak) -> dict[str, Any]:
     from gdig.run.lengths import token_lengths
     from gdig.run.poolrows import PairTexts, TopSeeds, label_values, pool_rows
     from gdig.run.stages import noise_kinds
-    from gdig.select import SelectConfig, select
+    from gdig.select import SelectConfig, Selection, select
     from gdig.select.metrics import noise_summary
     from gdig.select.selectors import finite_source
     from gdig.select.writers import write_scores, write_selected
@@ -240,6 +240,10 @@ def _pipeline(spec: dict[str, Any], anon: AnonPeak) -> dict[str, Any]:
     write_selected(out / "selected.jsonl", sel, lambda r: pool.records(prow[r]), top)
     sel.save(out / "selection.npz")
     done("writers")
+    # stage_report runs on its own: nothing of the select stage is kept, the selection is
+    # read back from its file.
+    del top, prow, sel
+    sel = Selection.load(out / "selection.npz")
     source, rows = finite_source(store), sample_map_rows(sel)
     prow = pool_rows(pool, sel.ids, where)  # stage_report maps the ids again
     texts, values = PairTexts(pool, prow), label_values(pool, prow, "noise")

@@ -64,3 +64,18 @@ def test_noise_detection_flags_pairs_that_hurt_every_seed() -> None:
     assert got["auc_neg_benefit_mean"] == 1.0
     assert got["failed_quality_precision"] == 1.0 and got["failed_quality_recall"] == 1.0
     assert got["noise_in_selection"] == 0.0
+
+
+def test_ranks_best_mean_first_ties_by_pool_order() -> None:
+    from gdig.select.writers import ranks
+
+    def ranked(mean: np.ndarray) -> list[int]:
+        source = ArraySource(np.ones((len(mean), 2)), benefits=np.tile(mean[:, None], (1, 3)))
+        return ranks(select(source, SelectConfig(budget=2, selector="quality"))).tolist()
+
+    assert ranked(np.array([0.5, 1.0, 0.5, 2.0, -1.0, 0.5])) == [3, 2, 4, 1, 6, 5]
+    # Many ties in a longer pool (where an unstable sort would reorder them).
+    mean = np.random.default_rng(0).integers(0, 4, 500).astype(np.float64)
+    want = np.empty(500, np.int64)
+    want[sorted(range(500), key=lambda i: (-mean[i], i))] = np.arange(1, 501)
+    assert ranked(mean) == want.tolist()

@@ -390,6 +390,12 @@ class GradStore:
             out *= self._array(name, "feature_scale")[:, None]
             yield out
 
+    def stat_shards(self, *keys: str) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """``(first row, [the shard's memory-mapped array of each key])`` per shard, in pool
+        order: per-candidate statistics without reading them all at once."""
+        for start, _, name in self._shards:
+            yield start, [self._array(name, key) for key in keys]
+
     def stats(self) -> dict[str, np.ndarray]:
         """Per-candidate n_pos, mean, min, topk_val, topk_idx (seed indices) in pool order."""
         return {k: self._concat(k) for k in STAT_FILES}

@@ -42,27 +42,46 @@ class PairTexts(Sequence[tuple[str, str, str]]):
 
 class TopSeeds(Sequence[list[str]]):
     """For candidate ``i`` (a row of ``ids``), the seeds it helps most (positive raw
-    benefit, best first), from the top-k the scoring pass kept; computed per row."""
+    benefit, best first), from the top-k the scoring pass kept; computed per row.
+
+    Held as one small integer per kept seed (-1 where the benefit is not positive), read a
+    shard at a time: about 10 bytes a candidate, not the 60 of the stored values and
+    indices.
+    """
 
     def __init__(self, store, ids: Sequence[str]) -> None:
-        stats = store.stats()
-        self.idx, self.val = stats["topk_idx"], stats["topk_val"]
         self.seed_ids = store.seed_ids
         self.n = len(ids)
-        if len(ids) == store.n and ids == store.ids:
-            self.row = None  # the common case: the selection covers the store's rows
-        else:
-            by_id = {cid: r for r, cid in enumerate(store.ids)}
-            self.row = np.array([by_id[c] for c in ids], dtype=np.int64)
+        small = np.int16 if len(self.seed_ids) <= np.iinfo(np.int16).max else np.int32
+        self.top = np.full((store.n, 0), -1, dtype=small)
+        for start, (idx, val) in store.stat_shards("topk_idx", "topk_val"):
+            if self.top.shape[1] != idx.shape[1]:  # first shard: the store's top-k width
+                self.top = np.full((store.n, idx.shape[1]), -1, dtype=small)
+            self.top[start : start + len(idx)] = np.where(np.asarray(val) > 0, idx, -1)
+        self.row = None if ids == store.ids else _rows_in(store.ids, ids)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i):  # type: ignore[override]
         r = i if self.row is None else int(self.row[i])
-        return [
-            self.seed_ids[int(j)] for j, v in zip(self.idx[r], self.val[r], strict=True) if v > 0
-        ]
+        return [self.seed_ids[int(j)] for j in self.top[r] if j >= 0]
+
+
+def _rows_in(all_ids: Sequence[str], ids: Sequence[str]) -> np.ndarray:
+    """The row in ``all_ids`` of each of ``ids``. A selection leaves rows out (NaN scores)
+    but keeps the order, so one walk finds them without a dictionary of every id."""
+    rows = np.empty(len(ids), dtype=np.int64)
+    walk = iter(enumerate(all_ids))
+    for k, cid in enumerate(ids):
+        for r, other in walk:
+            if other == cid:
+                rows[k] = r
+                break
+        else:  # not in order: look each one up
+            by_id = {c: r for r, c in enumerate(all_ids)}
+            return np.array([by_id[c] for c in ids], dtype=np.int64)
+    return rows
 
 
 def label_values(pool: PoolIndex, rows: np.ndarray, field: str) -> list[Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from .selection import Selection
 
@@ -27,8 +26,18 @@ def noise_auc(scores: np.ndarray, is_noise: np.ndarray) -> float:
         raise ValueError(
             f"AUC needs both classes: got {n_noise} noisy and {n_clean} clean examples"
         )
-    ranks = rankdata(scores)  # average ranks: ties count half
-    u = ranks[is_noise].sum() - n_noise * (n_noise + 1) / 2
+    # The noisy pairs' rank sum, ties given their group's average rank (so ties count half),
+    # from one sort: about 40 bytes a pair at the peak where scipy's rankdata takes 57.
+    order = np.argsort(scores, kind="stable")
+    noisy = is_noise[order].view(np.uint8)
+    ordered = scores[order]
+    del order
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    del ordered
+    per_group = np.add.reduceat(noisy, starts, dtype=np.int64)  # noisy pairs per tie group
+    twice_mean_rank = np.append(starts[1:], noisy.size)  # group end (exclusive), then
+    twice_mean_rank += starts + 1  # first + last 1-based rank of the group
+    u = int(per_group @ twice_mean_rank) / 2 - n_noise * (n_noise + 1) / 2
     return float(u / (n_noise * n_clean))
 
 

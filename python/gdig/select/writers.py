@@ -33,7 +33,7 @@ SCORE_COLUMNS = (
 
 def ranks(sel: Selection) -> np.ndarray:
     """1-based rank of each candidate by mean benefit (1 = best; ties by pool order)."""
-    order = np.lexsort((np.arange(sel.n), -np.asarray(sel.benefit_mean)))
+    order = np.argsort(-np.asarray(sel.benefit_mean), kind="stable")  # stable: ties by row
     out = np.empty(sel.n, dtype=np.int64)
     out[order] = np.arange(1, sel.n + 1)
     return out
