@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     # A run of some methods updates the results of an earlier run in the same --work folder.
     previous = work / "results.json"
     results = json.loads(previous.read_text()) if previous.is_file() else {}
-    if results.get("_args", {}).get("model", "smollm2") != args.model:
+    if results and results.get("_args", {}).get("model", "smollm2") != args.model:
         raise SystemExit(f"peers: {work} holds results of another model; use another --work")
     methods = [m for m in args.methods.split(",") if m]  # none: redraw from results.json
     for method in methods:

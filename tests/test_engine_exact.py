@@ -122,8 +122,10 @@ def test_exact_mode_matches_dense_float64(arch, method, tmp_path):
     assert np.allclose(store.cand_norm, want_g.norm(dim=1).numpy(), rtol=1e-5)
 
 
-def test_exact_float64_benefit_before_float32_store(tmp_path):
-    """The float64 benefits (before the float32 store) match the dense reference to 1e-9."""
+@pytest.mark.parametrize("dense_mb", [0, 64])
+def test_exact_float64_benefit_before_float32_store(tmp_path, dense_mb):
+    """The float64 benefits (before the float32 store) match the dense reference to 1e-9,
+    by the token-wise low-rank contraction (dense_mb 0) and by dense seed gradients."""
     from gdig.engine.batching import collate
     from gdig.engine.capture import GradientCapture
     from gdig.engine.projection import make_projections
@@ -135,10 +137,11 @@ def test_exact_float64_benefit_before_float32_store(tmp_path):
     factors = fit_factors(model, tok, pool, cfg, progress=False)
     seeds = prepare_seeds(model, tok, pool[:4], factors, cfg, progress=False)
     proj = make_projections(seeds.layers, 1, 1, 0, exact=True)
-    scorer = CandidateScorer(seeds, proj, "cpu", torch.float64)
+    scorer = CandidateScorer(seeds, proj, "cpu", torch.float64, dense_mb=dense_mb)
     enc = [encode_pair(p, tok, "paper", 512) for p in pool[4:]]
     with GradientCapture(model, seeds.layer_names) as cap:
         got = scorer(cap.run(collate(enc, list(range(len(enc))), 0, "cpu")))[0]
+    assert all((d is not None) == (dense_mb > 0) for d in scorer.dense)  # the path taken
     names = select_layers(model, PATTERN)
     ref = reference_grads(model, tok, pool, names)
     want = dense_benefit(ref, ref[:4], ref[4:], 2, "ekfac")

@@ -171,6 +171,14 @@ class ExecutionConfig:
             "second pass needs no new model pass (0 = always recompute)"
         },
     )
+    dense_seeds_mb: int = field(
+        default=512,
+        metadata={
+            "help": "memory for the seeds' dense preconditioned gradients of small layers, "
+            "which score a batch in one matmul where that is faster than the low-rank form "
+            "(0 = always low-rank; the scores agree to rounding)"
+        },
+    )
     shard_size: int = field(
         default=4096, metadata={"help": "candidates per gradient-store shard (flushed to disk)"}
     )
@@ -181,7 +189,7 @@ class ExecutionConfig:
 
     def __post_init__(self) -> None:
         at_least(self, 1, "batch_size", "max_batch_tokens", "shard_size")
-        at_least(self, 0, "factor_cache_mb")
+        at_least(self, 0, "factor_cache_mb", "dense_seeds_mb")
 
 
 @dataclass

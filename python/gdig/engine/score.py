@@ -52,21 +52,66 @@ def batch_stats(benefit: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     }
 
 
-class CandidateScorer:
-    """Turns one batch's captured ``a``/``g`` into benefits, features and norms."""
+# Reading one float of a dense seed matrix costs about as much time as this many FLOPs
+# (2-core Xeon: 333 GFLOP/s against ~2.5 G floats/s; an H100's ratio is of the same order).
+_READ_FLOPS = 100
 
-    def __init__(self, seeds: SeedGradients, projections: list[Projection], device, dtype):
+
+def dense_wins(b: int, t: int, s: int, r: int, d_out: int, d_in: int) -> bool:
+    """Whether a batch of ``b`` candidates of ``t`` tokens is scored faster against dense
+    seed gradients ``[S, d_out·d_in]`` (form each candidate's gradient, one matmul) than by
+    the token-wise low-rank contraction (``lowrank_benefit``, cost ``∝ T·S·r·(d_in+d_out)``).
+    The dense side is bound by reading the seed matrix unless the batch is large."""
+    lowrank = 2 * b * t * (d_in + d_out) * s * r
+    dense = 2 * b * t * d_out * d_in + s * d_out * d_in * max(2 * b, _READ_FLOPS)
+    return dense < lowrank
+
+
+class CandidateScorer:
+    """Turns one batch's captured ``a``/``g`` into benefits, features and norms.
+
+    Benefits are ``Σ_t Σ_k (g_t·u_sk)(a_t·v_sk)``. On small layers the same sum is cheaper
+    in another order, ``<Σ_t g_t a_tᵀ, Σ_k u_sk v_skᵀ>``: the seeds' dense ``Ĝ_s`` are then
+    formed once (within ``dense_mb`` of memory, all layers together) and each batch takes
+    whichever order costs fewer operations (:func:`dense_wins`); the two agree to rounding.
+    """
+
+    def __init__(
+        self, seeds: SeedGradients, projections: list[Projection], device, dtype, dense_mb: int = 0
+    ):
         self.dtype = dtype
         self.u = [u.to(device, dtype) for u in seeds.u]
         self.v = [v.to(device, dtype) for v in seeds.v]
         self.proj = [p.to(device, dtype) for p in projections]
+        self.dense: list[torch.Tensor | None] = [None] * len(self.u)
+        self._budget = dense_mb << 20  # bytes left for dense seed gradients
+
+    def _dense_seeds(self, i: int, b: int, t: int) -> torch.Tensor | None:
+        """Layer ``i``'s dense ``[S, d_out·d_in]`` seeds when they score this batch faster
+        and fit the memory left (formed on first use)."""
+        u, v = self.u[i], self.v[i]
+        (s, r, d_out), d_in = u.shape, v.shape[2]
+        if not dense_wins(b, t, s, r, d_out, d_in):
+            return None
+        if self.dense[i] is None:
+            size = s * d_out * d_in * u.element_size()
+            if size > self._budget:
+                return None
+            self._budget -= size
+            self.dense[i] = torch.bmm(u.transpose(1, 2), v).reshape(s, d_out * d_in)
+        return self.dense[i]
 
     def __call__(self, got: Captured) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask = got.mask.to(self.dtype)
         benefit, feats, norm_sq = None, [], None
         for i, (a, g) in enumerate(got.layers):
             a, g = a.to(self.dtype), g.to(self.dtype)
-            b = gdig_ext.lowrank_benefit(a, g, mask, self.u[i], self.v[i])
+            dense = self._dense_seeds(i, a.shape[0], a.shape[1])
+            if dense is not None:
+                grads = torch.bmm((g * mask.unsqueeze(-1)).transpose(1, 2), a)  # [B,d_out,d_in]
+                b = grads.reshape(a.shape[0], -1) @ dense.T
+            else:
+                b = gdig_ext.lowrank_benefit(a, g, mask, self.u[i], self.v[i])
             benefit = b if benefit is None else benefit + b
             p = gdig_ext.project_grads(a, g, mask, self.proj[i].p_in, self.proj[i].p_out)
             feats.append(p.reshape(p.shape[0], -1))
@@ -123,7 +168,7 @@ def score_candidates(
     )
     device = next(model.parameters()).device
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
-    scorer = CandidateScorer(seed_grads, projections, device, dtype)
+    scorer = CandidateScorer(seed_grads, projections, device, dtype, cfg.execution.dense_seeds_mb)
     ids = pair_ids(pool)
     if not isinstance(pool, PoolIndex) and len(set(ids)) != len(ids):  # a pool checked them
         raise ValueError("score_candidates: pool ids are not unique; give every pair its own id")
