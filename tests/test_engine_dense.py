@@ -40,10 +40,21 @@ def fitted():
     return model, tok, pool, cfg, seeds
 
 
-def test_store_is_the_same_either_way(fitted, tmp_path):
+def test_store_is_the_same_either_way(fitted, tmp_path, monkeypatch):
+    import gdig_ext
+
     model, tok, pool, cfg, seeds = fitted
-    stores = {
-        mb: score_candidates(
+    calls = {0: 0, 512: 0}
+    lowrank = gdig_ext.lowrank_benefit
+    stores = {}
+    for mb in (0, 512):
+
+        def counted(*args, mb=mb):
+            calls[mb] += 1
+            return lowrank(*args)
+
+        monkeypatch.setattr(gdig_ext, "lowrank_benefit", counted)
+        stores[mb] = score_candidates(
             model,
             tok,
             pool,
@@ -51,9 +62,8 @@ def test_store_is_the_same_either_way(fitted, tmp_path):
             with_options(cfg, dense_seeds_mb=mb),
             tmp_path / str(mb),
             progress=False,
-        )  # fmt: skip
-        for mb in (0, 512)
-    }
+        )
+    assert calls[512] < calls[0]  # the dense path did score some batches
     low, dense = (np.concatenate([b for _, b in stores[mb].benefit_blocks()]) for mb in (0, 512))
     scale = np.abs(low).max()
     assert scale > 0 and np.allclose(dense, low, rtol=1e-5, atol=1e-6 * scale)
