@@ -67,6 +67,8 @@ $(PEERS_STAMP): $(BUILD_STAMP)
 
 peers: $(PEERS_STAMP)
 	$(BIN)/python benchmarks/peers.py --out benchmarks/RESULTS.md $(PEERS_ARGS)
+	$(BIN)/python benchmarks/peers.py --model tiny --candidates 1024 --subset 64 \
+		--out benchmarks/RESULTS.md
 
 # The quality experiment (benchmarks/quality): fine-tune on subsets chosen by each
 # selector, translate held-out tests, write benchmarks/quality/RESULTS.md. Long: see there.
