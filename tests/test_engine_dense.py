@@ -86,3 +86,17 @@ def test_dense_seeds_stay_within_their_memory(fitted):
     assert all(d is not None for d in _scorer_after_one_batch(fitted, 1).dense)  # 1 MB: all
     assert all(d is None for d in _scorer_after_one_batch(fitted, 0).dense)
     assert one_layer < 1 << 20
+
+
+def test_no_memory_for_dense_seeds_falls_back_to_low_rank(fitted, monkeypatch):
+    bmm, calls = torch.bmm, []
+
+    def full_device(*args, **kwargs):  # the first bmm forms the first layer's dense seeds
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return bmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", full_device)
+    scorer = _scorer_after_one_batch(fitted, 512)
+    assert all(d is None for d in scorer.dense) and scorer._budget == 0

@@ -23,7 +23,7 @@ from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import Captured, GradientCapture
 from gdig.engine.config import EngineConfig, as_dict
 from gdig.engine.distributed import SINGLE, Dist
-from gdig.engine.faults import fault_point, finite_rows, run_with_backoff
+from gdig.engine.faults import fault_point, finite_rows, is_out_of_memory, run_with_backoff
 from gdig.engine.fingerprint import model_fingerprint
 from gdig.engine.projection import Projection, make_projections, projection_key
 from gdig.engine.seeds import SeedGradients
@@ -97,8 +97,15 @@ class CandidateScorer:
             size = s * d_out * d_in * u.element_size()
             if size > self._budget:
                 return None
+            try:
+                self.dense[i] = torch.bmm(u.transpose(1, 2), v).reshape(s, d_out * d_in)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._budget = 0  # the device is full: every layer stays low-rank
+                log.warning("no memory for dense seed gradients: scoring stays low-rank")
+                return None
             self._budget -= size
-            self.dense[i] = torch.bmm(u.transpose(1, 2), v).reshape(s, d_out * d_in)
         return self.dense[i]
 
     def __call__(self, got: Captured) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -54,8 +54,8 @@ class TopSeeds(Sequence[list[str]]):
         self.n = len(ids)
         small = np.int16 if len(self.seed_ids) <= np.iinfo(np.int16).max else np.int32
         self.top = np.full((store.n, 0), -1, dtype=small)
-        for start, (idx, val) in store.stat_shards("topk_idx", "topk_val"):
-            if self.top.shape[1] != idx.shape[1]:  # first shard: the store's top-k width
+        for k, (start, (idx, val)) in enumerate(store.stat_shards("topk_idx", "topk_val")):
+            if k == 0:  # the store's top-k width, the same in every shard
                 self.top = np.full((store.n, idx.shape[1]), -1, dtype=small)
             self.top[start : start + len(idx)] = np.where(np.asarray(val) > 0, idx, -1)
         self.row = None if ids == store.ids else _rows_in(store.ids, ids)
