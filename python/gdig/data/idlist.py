@@ -72,7 +72,7 @@ class IdList(Sequence[str]):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return self.take(np.arange(len(self))[i])
+            return self.take(range(len(self))[i])  # a range slice: no index array of N
         n = len(self)
         i = int(i)
         if i < 0:
