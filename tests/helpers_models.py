@@ -119,27 +119,12 @@ def toy_pairs(n: int, seed: int = 0):
 
 
 def engine_config(**flat):
-    """An EngineConfig from flat option names (``k_in=8, rank=4, batch_size=3``), each
-    routed to the config of its stage (factors, scoring or execution)."""
-    import dataclasses
-
+    """An EngineConfig from flat option names (``k_in=8, rank=4, batch_size=3``)."""
     from gdig.engine.config import EngineConfig
 
-    parts = {}
-    for section in ("factors", "scoring", "execution"):
-        cls = type(getattr(EngineConfig(), section))
-        names = {f.name for f in dataclasses.fields(cls)}
-        parts[section] = cls(**{k: flat.pop(k) for k in list(flat) if k in names})
-    if flat:
-        raise TypeError(f"unknown engine options {sorted(flat)}")
-    return EngineConfig(**parts)
+    return EngineConfig.from_flat(**flat)
 
 
 def with_options(cfg, **changes):
     """``cfg`` with some flat options changed."""
-    import dataclasses
-
-    flat = {}
-    for section in ("factors", "scoring", "execution"):
-        flat.update(dataclasses.asdict(getattr(cfg, section)))
-    return engine_config(**{**flat, **changes})
+    return cfg.with_options(**changes)

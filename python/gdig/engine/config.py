@@ -205,3 +205,26 @@ class EngineConfig:
     def effective_rank(self) -> int:
         """Seed rank actually used: 0 (exact) in exact mode."""
         return 0 if self.factors.exact else self.scoring.rank
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> EngineConfig:
+        """An EngineConfig from flat option names (``k_in=8, rank=4, batch_size=3``), each
+        routed to the config of its stage; an unknown name raises TypeError."""
+        parts: dict[str, Any] = {}
+        for part in (FactorConfig, ScoreConfig, ExecutionConfig):
+            names = {f.name for f in dataclasses.fields(part)}
+            parts[_PART_NAMES[part]] = part(**{k: options.pop(k) for k in names & set(options)})
+        if options:
+            raise TypeError(f"unknown engine options {sorted(options)}")
+        return cls(**parts)
+
+    def flat(self) -> dict[str, Any]:
+        """Every option under its flat name (what :meth:`from_flat` takes)."""
+        return {**as_dict(self.factors), **as_dict(self.scoring), **as_dict(self.execution)}
+
+    def with_options(self, **changes: Any) -> EngineConfig:
+        """A copy with some flat options changed."""
+        return EngineConfig.from_flat(**{**self.flat(), **changes})
+
+
+_PART_NAMES = {FactorConfig: "factors", ScoreConfig: "scoring", ExecutionConfig: "execution"}
