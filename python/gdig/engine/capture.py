@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdig.engine.batching import Batch
+from gdig.engine.precision import AUTOCAST_TORCH_DTYPES
 
 # Config attributes that make logits more than `lm_head(hidden)`; such models go the slow way.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -46,7 +46,7 @@ class GradientCapture:
         if missing:
             raise ValueError(f"tracked layers {missing} are not modules of {type(model).__name__}")
         self._modules = [modules[n] for n in self.layer_names]
-        self._autocast = _AUTOCAST[autocast] if autocast else None
+        self._autocast = AUTOCAST_TORCH_DTYPES[autocast] if autocast else None
         self._handles: list = []
         self._saved_flags: list[tuple[nn.Parameter, bool]] = []
         self._was_training = model.training
@@ -87,7 +87,12 @@ class GradientCapture:
                     f"tracked layer {self.layer_names[i]!r} ran twice in one forward pass; "
                     "shared layers cannot be tracked"
                 )
-            self._a[i] = inputs[0].detach()
+            a = inputs[0].detach()
+            if self._autocast is not None and a.dtype == torch.float32:
+                # The layer's GEMM multiplies this input in the autocast dtype (autocast
+                # casts it there): capture what it used, at half the memory.
+                a = a.to(self._autocast)
+            self._a[i] = a
             if self._leaf is None:
                 # First tracked layer to run: cut the graph here so the backward stops.
                 output = output.detach().requires_grad_(True)

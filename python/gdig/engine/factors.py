@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import gdig_ext
-from gdig.data.pool import take
+from gdig.data.examples import Example, Examples, as_examples
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import GradientCapture
 from gdig.engine.config import EngineConfig, FactorConfig, ScoreConfig, as_dict
@@ -32,6 +32,7 @@ from gdig.engine.fingerprint import (
     model_fingerprint,
 )
 from gdig.engine.layers import select_layers, tracked_layers
+from gdig.engine.precision import acc_dtype, matmul_acc, op_dtype
 from gdig.engine.projection import make_projections, projection_key
 from gdig.engine.template import encode_pair
 
@@ -231,7 +232,7 @@ def _sample(n: int, k: int, seed: int) -> list[int]:
 
 
 def _acc_dtype(model: nn.Module) -> torch.dtype:
-    return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    return acc_dtype(next(model.parameters()).dtype)
 
 
 class _SpaceFit:
@@ -245,10 +246,11 @@ class _SpaceFit:
         self.result: LayerFactors | None = None
 
     def add_cov(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> None:
-        m = mask.unsqueeze(-1)
+        m = mask.to(a.dtype).unsqueeze(-1)  # 0/1: exact in any dtype
         a2, g2 = (a * m).flatten(0, 1), (g * m).flatten(0, 1)
-        self.cov_a += (a2.T @ a2).to(torch.float64)
-        self.cov_s += (g2.T @ g2).to(torch.float64)
+        acc = acc_dtype(a.dtype)  # bf16/fp16 tokens: fp32 sums of their exact products
+        self.cov_a += matmul_acc(a2.T, a2, acc).to(torch.float64)
+        self.cov_s += matmul_acc(g2.T, g2, acc).to(torch.float64)
 
     def eigen(self, n_tokens: int) -> None:
         eig_a, q_a = torch.linalg.eigh(self.cov_a / max(n_tokens, 1))
@@ -266,8 +268,8 @@ class _SpaceFit:
 
     def add_lam(self, a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> None:
         assert self.result is not None
-        if self.lam is None:
-            self.lam = torch.zeros_like(self.result.lam, dtype=a.dtype, device=a.device)
+        if self.lam is None:  # the op accumulates bf16/fp16 tokens into a float32 lam
+            self.lam = torch.zeros_like(self.result.lam, dtype=acc_dtype(a.dtype), device=a.device)
             self._q = (self.result.q_a.to(a.device, a.dtype), self.result.q_s.to(a.device, a.dtype))
         gdig_ext.ekfac_accumulate(a, g, mask, self._q[0], self._q[1], self.lam)
 
@@ -286,7 +288,7 @@ class _SpaceFit:
 def fit_factors(
     model: nn.Module,
     tokenizer: Any,
-    pairs: Sequence[Any],
+    pairs: Examples | Sequence[Example],
     cfg: EngineConfig,
     progress: bool = True,
     dist: Dist = SINGLE,
@@ -305,16 +307,20 @@ def fit_factors(
     (unless exact): those factors precondition the seeds' projected gradients so that
     re-scoring from stored features is consistent (METHOD.md §4, projected mode).
     """
+    pairs = as_examples(pairs)
     if len(pairs) == 0:
         raise ValueError("fit_factors: no pairs to fit the factors on")
     names = select_layers(model, cfg.factors.layers, cfg.factors.layer_stride)
     layers = tracked_layers(model, names)
     device = next(model.parameters()).device
     acc = _acc_dtype(model)
+    # Captured tokens stay in the autocast dtype (precision.py): the ops take them as they
+    # are and accumulate in fp32, so the bf16 GEMMs run on tensor cores.
+    work = op_dtype(cfg.factors.autocast, acc)
     rows = dist.mine(_sample(len(pairs), cfg.factors.factor_samples, cfg.factors.factor_seed))
     encoded = [
         encode_pair(p, tokenizer, cfg.factors.template, cfg.factors.max_length)
-        for p in take(pairs, rows)
+        for p in pairs.take(rows)
     ]
     max_tokens = cfg.execution.max_batch_tokens or auto_max_tokens(model, device)
     batches = plan_batches([len(e) for e in encoded], cfg.execution.batch_size, max_tokens)
@@ -325,7 +331,7 @@ def fit_factors(
     projections = None
     if not cfg.factors.exact:
         projections = [
-            p.to(device, acc)
+            p.to(device, work)
             for p in make_projections(
                 layers, cfg.factors.k_in, cfg.factors.k_out, cfg.factors.proj_seed
             )
@@ -344,8 +350,8 @@ def fit_factors(
     def capture(cap: GradientCapture, b: int, sub: list[int]):
         batch = collate(encoded, sub, pad_id, device)
         got = cap.run(batch, cfg.factors.fisher_labels, generator(b))
-        captured = [(a.to(acc), g.to(acc)) for a, g in got.layers]
-        mask = got.mask.to(acc)
+        captured = [(a.to(work), g.to(work)) for a, g in got.layers]
+        mask = got.mask.to(acc)  # float32 even for bf16 tokens: it is also counted
         ok = torch.isfinite(got.losses)
         for a, g in captured:
             ok &= finite_rows(a, g)
@@ -353,7 +359,7 @@ def fit_factors(
             # NaN/Inf: zero and mask the example so it enters no sum, and list it.
             bad = ~ok
             for j in bad.nonzero().flatten().tolist():
-                nonfinite.add(str(getattr(pairs[rows[sub[j]]], "id", rows[sub[j]])))
+                nonfinite.add(pairs.take([rows[sub[j]]])[0].id)
             captured = [
                 (a.masked_fill(bad[:, None, None], 0), g.masked_fill(bad[:, None, None], 0))
                 for a, g in captured

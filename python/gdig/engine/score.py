@@ -25,19 +25,24 @@ from gdig.engine.config import EngineConfig, as_dict
 from gdig.engine.distributed import SINGLE, Dist
 from gdig.engine.faults import fault_point, finite_rows, is_out_of_memory, run_with_backoff
 from gdig.engine.fingerprint import model_fingerprint
+from gdig.engine.precision import acc_dtype, matmul_acc, op_dtype
 from gdig.engine.projection import Projection, make_projections, projection_key
 from gdig.engine.seeds import SeedGradients
 from gdig.engine.store import GradStore, StoreWriter
 from gdig.engine.template import encode_pair
+from gdig.io.errors import UsageError
 from gdig.io.integrity import sha256_json
 
 log = logging.getLogger("gdig")
 
 
 def gram_norm_sq(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B] ``||Σ_t g_t a_tᵀ||²_F = Σ_{t,t'} (g_t·g_t')(a_t·a_t')`` without forming G."""
+    """[B] ``||Σ_t g_t a_tᵀ||²_F = Σ_{t,t'} (g_t·g_t')(a_t·a_t')`` without forming G, summed
+    in float32 (float64 for float64) whatever ``a``/``g``'s dtype."""
+    acc = acc_dtype(a.dtype)
     gm = g * mask.to(g.dtype).unsqueeze(-1)
-    return (torch.bmm(gm, gm.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum(dim=(1, 2))
+    gg = matmul_acc(gm, gm.transpose(1, 2), acc)
+    return (gg * matmul_acc(a, a.transpose(1, 2), acc)).sum(dim=(1, 2))
 
 
 def batch_stats(benefit: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -74,16 +79,24 @@ class CandidateScorer:
     in another order, ``<Σ_t g_t a_tᵀ, Σ_k u_sk v_skᵀ>``: the seeds' dense ``Ĝ_s`` are then
     formed once (within ``dense_mb`` of memory, all layers together) and each batch takes
     whichever order costs fewer operations (:func:`dense_wins`); the two agree to rounding.
+
+    ``dtype`` is what the compiled ops receive (:func:`~gdig.engine.precision.op_dtype`: the
+    autocast dtype, or the accumulation dtype); benefits, features and norms come out in the
+    accumulation dtype (float32, float64 for float64) either way, and the dense path forms
+    its products from the same captured values with an fp32 result.
     """
 
     def __init__(
         self, seeds: SeedGradients, projections: list[Projection], device, dtype, dense_mb: int = 0
     ):
         self.dtype = dtype
-        self.u = [u.to(device, dtype) for u in seeds.u]
-        self.v = [v.to(device, dtype) for v in seeds.v]
+        self.acc = acc_dtype(dtype)
+        factors = [_factors_in(u, v, dtype) for u, v in zip(seeds.u, seeds.v, strict=True)]
+        self.u = [u.to(device) for u, _ in factors]
+        self.v = [v.to(device) for _, v in factors]
         self.proj = [p.to(device, dtype) for p in projections]
         self.dense: list[torch.Tensor | None] = [None] * len(self.u)
+        self._seeds, self._device = seeds, device  # dense seeds are formed from these
         self._budget = dense_mb << 20  # bytes left for dense seed gradients
 
     def _dense_seeds(self, i: int, b: int, t: int) -> torch.Tensor | None:
@@ -94,10 +107,11 @@ class CandidateScorer:
         if not dense_wins(b, t, s, r, d_out, d_in):
             return None
         if self.dense[i] is None:
-            size = s * d_out * d_in * u.element_size()
+            size = s * d_out * d_in * torch.finfo(self.acc).bits // 8
             if size > self._budget:
                 return None
             try:
+                u, v = (x.to(self._device, self.acc) for x in (self._seeds.u[i], self._seeds.v[i]))
                 self.dense[i] = torch.bmm(u.transpose(1, 2), v).reshape(s, d_out * d_in)
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
@@ -115,7 +129,8 @@ class CandidateScorer:
             a, g = a.to(self.dtype), g.to(self.dtype)
             dense = self._dense_seeds(i, a.shape[0], a.shape[1])
             if dense is not None:
-                grads = torch.bmm((g * mask.unsqueeze(-1)).transpose(1, 2), a)  # [B,d_out,d_in]
+                gm = (g * mask.unsqueeze(-1)).transpose(1, 2)
+                grads = matmul_acc(gm, a, self.acc)  # [B,d_out,d_in]
                 b = grads.reshape(a.shape[0], -1) @ dense.T
             else:
                 b = gdig_ext.lowrank_benefit(a, g, mask, self.u[i], self.v[i])
@@ -125,6 +140,27 @@ class CandidateScorer:
             n = gram_norm_sq(a, g, mask)
             norm_sq = n if norm_sq is None else norm_sq + n
         return benefit, torch.cat(feats, dim=1), norm_sq.clamp_min(0).sqrt()
+
+
+def _factors_in(u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype):
+    """Seed factors ``u [S,r,d_out]``, ``v [S,r,d_in]`` in the ops' ``dtype``.
+
+    float16 holds only up to 65504, and preconditioned seed gradients can be large: each
+    pair ``u_sk``, ``v_sk`` is first rescaled to equal norms (``u_sk v_skᵀ`` is unchanged),
+    and a factor that still does not fit is a usage error rather than silent infinities.
+    """
+    if dtype != torch.float16:
+        return u.to(dtype), v.to(dtype)
+    nu = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    nv = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    scale = torch.where((nu > 0) & (nv > 0), (nv / nu).sqrt(), torch.ones_like(nu))
+    u16, v16 = (u * scale).to(dtype), (v / scale).to(dtype)
+    if not (torch.isfinite(u16).all() and torch.isfinite(v16).all()):
+        raise UsageError(
+            "the seeds' preconditioned gradients exceed float16's range; "
+            "use --autocast bf16 (or no autocast)"
+        )
+    return u16, v16
 
 
 def run_key(model: nn.Module, seeds: SeedGradients, cfg: EngineConfig) -> dict[str, Any]:
@@ -174,7 +210,7 @@ def score_candidates(
         layers, cfg.factors.k_in, cfg.factors.k_out, cfg.factors.proj_seed, cfg.factors.exact
     )
     device = next(model.parameters()).device
-    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    dtype = op_dtype(cfg.factors.autocast, acc_dtype(next(model.parameters()).dtype))
     scorer = CandidateScorer(seed_grads, projections, device, dtype, cfg.execution.dense_seeds_mb)
     ids = pair_ids(pool)
     if not isinstance(pool, PoolIndex) and len(set(ids)) != len(ids):  # a pool checked them
