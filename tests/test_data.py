@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers_models import data_dir
 
 import gdig.data.demo
 from gdig.data import Pair, PairsError, demo_paths, iter_pairs, read_pairs, write_jsonl
@@ -17,7 +18,7 @@ from gdig.data.checks import check_label_field, compare_seeds_pool, is_noise
 from gdig.data.pairs import FILE_FIELD, LINE_FIELD
 from gdig.io.errors import GdigError, UsageError
 
-TATOEBA = Path("/work/shared/data/tatoeba.zh-en.jsonl")
+TATOEBA = data_dir() / "tatoeba.zh-en.jsonl"
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -671,7 +672,7 @@ def test_shipped_demo_parses_and_has_declared_noise():
     assert total < 300_000
 
 
-@pytest.mark.skipif(not TATOEBA.is_file(), reason="needs the dev data in /work/shared/data")
+@pytest.mark.skipif(not TATOEBA.is_file(), reason=f"needs {TATOEBA} (set GDIG_DATA_DIR)")
 def test_shipped_demo_is_reproducible(tmp_path):
     build_demo(TATOEBA, tmp_path, DemoConfig())
     seed_path, pool_path = demo_paths()

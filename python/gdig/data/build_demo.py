@@ -1,6 +1,6 @@
 """Build the shipped zh→en demo set (seed + noisy pool) from a Tatoeba JSONL file.
 
-    python -m gdig.data.build_demo --source /work/shared/data/tatoeba.zh-en.jsonl \\
+    python -m gdig.data.build_demo --source ../shared/data/tatoeba.zh-en.jsonl \\
         --out python/gdig/data/demo
 
 Everything comes from Tatoeba (CC BY 2.0 FR), so the output may be shipped with
@@ -236,7 +236,7 @@ described above. The `id`s are those of the source file.
 ## How these files were made
 
 ```
-python -m gdig.data.build_demo --source /work/shared/data/{summary["source"]} \\
+python -m gdig.data.build_demo --source ../shared/data/{summary["source"]} \\
     --out python/gdig/data/demo{(" " + opts) if opts else ""}
 ```
 

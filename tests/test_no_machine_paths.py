@@ -1,0 +1,66 @@
+"""No tracked file names a folder of the machine it was written on.
+
+A clone elsewhere has no /work, no /root and its own temporary folder: data is found as
+``../shared/data`` beside the repository (or ``$GDIG_DATA_DIR``), work folders come from
+``tempfile`` or the command line, and a results file shows an absolute path given on the
+command line as ``DIR``. The one rule that is not a path: ``.gitignore`` files, whose
+leading ``/`` anchors a pattern at the repository's root.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# An absolute path into a machine's own folders (not a relative one such as runs/tmp/x).
+MACHINE_PATH = re.compile(
+    r"(?<![\w.~-])(?:/(?:work|tmp|root|home|Users|mnt|scratch|var/folders)/|[A-Z]:\\Users\\)"
+)
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        pytest.skip("not a git checkout: no list of tracked files")
+    return [f for f in out.stdout.split("\0") if f]
+
+
+def offending_lines(text: str) -> list[tuple[int, str]]:
+    return [
+        (i, line.strip()[:160])
+        for i, line in enumerate(text.splitlines(), 1)
+        if MACHINE_PATH.search(line)
+    ]
+
+
+def test_pattern_tells_machine_paths_from_relative_ones():
+    hits = [
+        "data in /work/shared/data",
+        "--out /tmp/gdig-scale",
+        "cache /root/.cache/gdig",
+        "see /home/ann/x",
+        r"C:\Users\ann",
+    ]
+    misses = ["../shared/data", "runs/tmp/x", "benchmarks/work/y", "~/.cache/gdig", "DIR"]
+    assert all(offending_lines(t) for t in hits)
+    assert not any(offending_lines(t) for t in misses)
+
+
+def test_no_tracked_file_holds_an_absolute_machine_path():
+    found = []
+    for name in tracked_files():
+        path = ROOT / name
+        if path.name == ".gitignore" or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # a binary file (a PNG, a model): no paths to read
+            continue
+        found += [f"{name}:{i}: {line}" for i, line in offending_lines(text)]
+    assert not found, "absolute machine paths in tracked files:\n" + "\n".join(found)
