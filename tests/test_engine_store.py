@@ -21,6 +21,7 @@ from gdig.engine import (
 )
 from gdig.engine.score import run_key
 from gdig.engine.store import (
+    OPTIONAL_SHARD_FILES,
     SHARD_FILES,
     StoreWriter,
     bytes_per_candidate,
@@ -155,7 +156,8 @@ def test_manifest_records_bytes_per_candidate_and_file_stats(scored):
     assert manifest["bytes_per_candidate"] == bpc and manifest["feature_dtype"] == "float32"
     data = sum(_npy_data_bytes(p) for p in root.glob("shard-*/*.npy"))
     assert data == store.n * bpc  # the formula is the arrays' bytes, exactly
-    assert len(list(root.glob("shard-*/*.npy"))) == len(SHARD_FILES) * len(manifest["shards"])
+    per_shard = len(SHARD_FILES) + len(OPTIONAL_SHARD_FILES)  # scoring writes the loss too
+    assert len(list(root.glob("shard-*/*.npy"))) == per_shard * len(manifest["shards"])
     for name, shard in manifest["shards"].items():
         for fname, rec in shard["files"].items():
             st = (root / name / fname).stat()

@@ -12,6 +12,13 @@ Layout::
     STORE/shard-00000/feature_scale.npy  [n_i] float32, float16 stores only: each row's
                                    power-of-two scale (features = stored x scale)
     STORE/shard-00000/cand_norm.npy, n_pos.npy, mean.npy, min.npy, topk_val.npy, topk_idx.npy
+    STORE/shard-00000/loss.npy     [n_i] float32, each candidate's mean target-token loss
+                                   under the scoring model (``--selector loss``)
+    STORE/seed_raw_features.npy    [S, D] the seeds' projected gradients, not preconditioned
+                                   (``--selector less``)
+
+``loss.npy`` and ``seed_raw_features.npy`` are absent from stores written before gdig
+recorded them; the selectors that need them say so (:class:`GradStore`).
 
 Every file is written under a temporary name and renamed into place; the manifest is
 rewritten after each shard, so an interrupted run resumes: shards whose files exist and
@@ -43,17 +50,18 @@ VERSION = 1
 MANIFEST = "manifest.json"
 STAT_FILES = ("n_pos", "mean", "min", "topk_val", "topk_idx")
 SHARD_FILES = ("benefit", "features", "cand_norm") + STAT_FILES
+OPTIONAL_SHARD_FILES = ("loss",)  # written when given (stores of older versions lack them)
 
 
 def bytes_per_candidate(n_seeds: int, dim: int, top_k: int, feature_dtype: str = "float32") -> int:
     """Bytes one candidate adds to a store's shard files (npy headers and ids.json aside):
     benefit ``4 S``, features ``D x itemsize`` (float16: plus a float32 row scale),
-    cand_norm/mean/min ``3 x 4``, n_pos ``8`` and top-k (float32 values, int64 seed
+    cand_norm/mean/min/loss ``4 x 4``, n_pos ``8`` and top-k (float32 values, int64 seed
     indices) ``12 min(k, S)``. The writer records it in the manifest; the disk-space
     check uses it before any model pass."""
     k = min(top_k, n_seeds)
     features = 4 * dim if feature_dtype == "float32" else 2 * dim + 4
-    return 4 * n_seeds + features + 3 * 4 + 8 + 12 * k
+    return 4 * n_seeds + features + 4 * 4 + 8 + 12 * k
 
 
 def to_float16(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +116,7 @@ class StoreWriter:
         seed_features: np.ndarray,
         seed_norm: np.ndarray,
         layers: list[dict[str, Any]],
+        seed_raw_features: np.ndarray | None = None,
         top_k: int = 5,
         feature_dtype: str = "float32",
         verify: str = "quick",
@@ -167,6 +176,10 @@ class StoreWriter:
             files["seed_norm.npy"] = _atomic_npy(
                 self.root / "seed_norm.npy", seed_norm.astype(np.float32)
             )
+            if seed_raw_features is not None:
+                files["seed_raw_features.npy"] = _atomic_npy(
+                    self.root / "seed_raw_features.npy", seed_raw_features.astype(np.float32)
+                )
             if parts > 1:
                 self._save(MANIFEST)
         self._save()
@@ -201,7 +214,7 @@ class StoreWriter:
             raise ValueError(f"shard {index}: arrays {missing} missing")
         folder = self.root / shard_name(index)
         folder.mkdir(exist_ok=True)
-        keys = list(SHARD_FILES)
+        keys = list(SHARD_FILES) + [k for k in OPTIONAL_SHARD_FILES if k in arrays]
         if self.feature_dtype == "float16":
             features, scale = to_float16(arrays["features"])
             arrays = {**arrays, "features": features, "feature_scale": scale}
@@ -351,6 +364,28 @@ class GradStore:
     @property
     def seed_features(self) -> np.ndarray:
         return np.load(self.root / "seed_features.npy")
+
+    @property
+    def seed_raw_features(self) -> np.ndarray:
+        """``[S, D]`` the seeds' projected gradients without the Hessian (``less``)."""
+        path = self.root / "seed_raw_features.npy"
+        if not path.is_file():
+            raise StoreError(self._older("the seeds' un-preconditioned gradients"))
+        return np.load(path)
+
+    @property
+    def loss(self) -> np.ndarray:
+        """``[N]`` float32: each candidate's mean target-token loss under the scoring model."""
+        missing = [n for _, _, n in self._shards if not (self.root / n / "loss.npy").is_file()]
+        if missing:
+            raise StoreError(self._older("per-candidate losses"))
+        return self._concat("loss")
+
+    def _older(self, what: str) -> str:
+        return (
+            f"{self.root}: this gradient store holds no {what} (written by an older gdig); "
+            "score again with --force-restart to record them"
+        )
 
     def benefit_blocks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         if chunk_rows < 1:

@@ -76,10 +76,11 @@ def noise_summary(source, selection: Selection, is_noise: np.ndarray) -> dict:
     import dataclasses
 
     from .quality import quality_stats
+    from .scorings import SCORINGS
 
     cfg = selection.config
     out: dict = {"noise_fraction": float(np.mean(is_noise))}
-    for scoring in ("raw", "zscore", "cosine"):
+    for scoring in SCORINGS:
         q = quality_stats(source, scoring=scoring, seed_group=cfg.seed_group, tau=cfg.tau)
         scored = dataclasses.replace(selection, benefit_mean=q.mean, passed_quality=q.passed)
         out[scoring] = noise_detection(scored, is_noise)

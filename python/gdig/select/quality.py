@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .scorings import SCORINGS, BlockContext
 from .source import ScoreSource
 
 log = logging.getLogger(__name__)
@@ -100,17 +101,12 @@ def scored_block(
     col_mean: np.ndarray | None = None,
     col_std: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Apply the scoring variant to one ``[n_i, S]`` block of raw benefits (float32)."""
-    if scoring == "raw":
-        return block
-    if scoring == "zscore":
-        return ((block - col_mean) / col_std).astype(np.float32)
-    if scoring == "cosine":
-        rows = slice(row_start, row_start + block.shape[0])
-        denom = np.outer(source.cand_norm[rows], source.seed_norm).astype(np.float32)
-        # A zero gradient has no direction: its cosine is defined as 0, not NaN.
-        return np.divide(block, denom, out=np.zeros_like(block), where=denom > 0)
-    raise ValueError(f"unknown scoring {scoring!r}; expected raw, zscore or cosine")
+    """Apply the scoring variant (:data:`~gdig.select.scorings.SCORINGS`) to one ``[n_i, S]``
+    block of raw benefits (float32)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; expected one of {list(SCORINGS)}")
+    rows = slice(row_start, row_start + block.shape[0])
+    return SCORINGS[scoring].transform(block, BlockContext(rows, source, col_mean, col_std))
 
 
 def quality_stats(
@@ -129,7 +125,9 @@ def quality_stats(
     n_groups = len(starts)
 
     col_mean = col_std = None
-    if scoring == "zscore":
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; expected one of {list(SCORINGS)}")
+    if SCORINGS[scoring].needs_moments:
         col_mean, col_std = seed_moments(source, chunk_rows)
         flat = col_std <= 0
         if flat.any():

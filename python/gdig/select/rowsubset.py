@@ -39,3 +39,11 @@ class RowSubset:
 
     def feature_rows(self, rows: np.ndarray) -> np.ndarray:
         return self.source.feature_rows(self.rows[np.asarray(rows, dtype=np.int64)])
+
+    @property
+    def loss(self) -> np.ndarray:
+        return np.asarray(self.source.loss)[self.rows]
+
+    @property
+    def seed_raw_features(self) -> np.ndarray:
+        return self.source.seed_raw_features

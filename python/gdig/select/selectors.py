@@ -1,10 +1,5 @@
-"""One entry point for G-DIG selection and its baselines.
-
-- ``gdig``: quality filter (n_pos / G >= tau), then k-means on the survivors'
-  gradient directions and even resampling across clusters (METHOD.md 5).
-- ``quality``: the same filter, then the top ``budget`` by mean benefit.
-- ``diversity``: k-means and resampling on the whole pool, no filter.
-- ``random``: uniform over the whole pool.
+"""One entry point for G-DIG selection and its baselines: :func:`select` runs the selector
+named in the config from the table in :mod:`gdig.select.choosers` (``SELECTORS``).
 
 Quality statistics are computed for every selector, so that reports and noise
 metrics can compare them on the same footing.
@@ -12,6 +7,7 @@ metrics can compare them on the same footing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -19,8 +15,8 @@ import numpy as np
 
 from gdig.data.idlist import as_idlist
 
+from .choosers import SELECTORS, Context, require_rules, top_by
 from .config import SelectConfig
-from .diversity import cluster_rows, default_clusters, resample
 from .quality import quality_stats
 from .rowsubset import RowSubset
 from .selection import Selection, ShortfallError
@@ -28,22 +24,22 @@ from .source import ScoreSource
 
 log = logging.getLogger(__name__)
 
-FILTERED = ("gdig", "quality")  # selectors that only draw from candidates passing quality
-
-
-def _top_by_mean(rows: np.ndarray, mean: np.ndarray, k: int) -> np.ndarray:
-    order = np.lexsort((rows, -mean[rows]))  # highest mean first, ties by row: deterministic
-    return rows[order[:k]]
-
 
 def _shortfall_message(cfg: SelectConfig, available: int, n: int, g: int, need: int) -> str:
-    if cfg.selector in FILTERED:
+    eligible = SELECTORS[cfg.selector].eligible
+    if eligible == "quality":
         return (
             f"only {available} of {n} candidates pass the quality filter (benefit > 0 for "
             f">= {need} of {g} seed groups, --tau {cfg.tau}, --scoring {cfg.scoring}) but "
             f"--budget is {cfg.budget}; lower --tau, raise --seed-group, lower --budget, or "
             "pass --on-short fill to top up by mean benefit (scores.csv shows each "
             "candidate's n_pos)"
+        )
+    if eligible == "rules":
+        return (
+            f"only {available} of {n} candidates pass the cleaning rules but --budget is "
+            f"{cfg.budget}; lower --budget, loosen the --rule-* thresholds, or pass "
+            "--on-short fill to top up by mean benefit"
         )
     return (
         f"the pool has {n} candidates but --budget is {cfg.budget}; lower --budget or pass "
@@ -69,18 +65,34 @@ def finite_source(source: ScoreSource) -> ScoreSource:
 
 
 def select(
-    source: ScoreSource, cfg: SelectConfig, *, device: str = "cpu", chunk_rows: int = 65536
+    source: ScoreSource,
+    cfg: SelectConfig,
+    *,
+    device: str = "cpu",
+    chunk_rows: int = 65536,
+    rule_ok: np.ndarray | None = None,
 ) -> Selection:
     """Choose ``cfg.budget`` pool rows with ``cfg.selector``; deterministic for a fixed seed.
 
     Rows whose scores were not finite (a store lists them) are left out first: the
     selection's rows and ids are those of :func:`finite_source`. ``device`` ('cpu',
-    'cuda', 'cuda:N') is where k-means runs.
+    'cuda', 'cuda:N') is where k-means runs. ``rule_ok`` (bool per source row) says which
+    candidates pass the cleaning rules; the ``rules`` selector needs it.
 
     Benefits are streamed in blocks of ``chunk_rows`` rows, so memory is O(N) per
     statistic whatever the number of seeds.
     """
-    source = finite_source(source)
+    # A fractional budget is a share of the pool as scored (after any prefilter).
+    cfg = dataclasses.replace(cfg, budget=cfg.budget_of(source.n))
+    spec = SELECTORS[cfg.selector]
+    if spec.eligible == "rules":
+        rule_ok = np.asarray(require_rules(rule_ok, cfg.selector), dtype=bool)
+        if len(rule_ok) != source.n:
+            raise ValueError(f"rule_ok has {len(rule_ok)} entries for {source.n} candidates")
+    finite = finite_source(source)
+    if rule_ok is not None and isinstance(finite, RowSubset):
+        rule_ok = rule_ok[finite.rows]
+    source = finite
     n = source.n
     if len(source.ids) != n:
         raise ValueError(f"{type(source).__name__}.ids has {len(source.ids)} entries, n is {n}")
@@ -97,8 +109,12 @@ def select(
         chunk_rows=chunk_rows,
     )
     timings["quality_s"] = time.perf_counter() - t
-    passed = stats.passed
-    eligible = np.flatnonzero(passed) if cfg.selector in FILTERED else np.arange(n)
+    if spec.eligible == "quality":
+        eligible = np.flatnonzero(stats.passed)
+    elif spec.eligible == "rules":
+        eligible = np.flatnonzero(rule_ok)
+    else:
+        eligible = np.arange(n)
 
     shortfall = None
     if len(eligible) < cfg.budget:
@@ -116,56 +132,35 @@ def select(
         shortfall = msg
 
     cluster = np.full(n, -1, dtype=np.int32)
-    sizes_before = np.empty(0, dtype=np.int64)
-    take = min(cfg.budget, len(eligible))
     t = time.perf_counter()
-    if cfg.selector == "random":
-        chosen = rng.choice(eligible, take, replace=False)
-    elif cfg.selector == "quality":
-        chosen = _top_by_mean(eligible, stats.mean, take)
-    else:
-        k = (
-            cfg.clusters
-            if cfg.clusters is not None
-            else default_clusters(cfg.budget, len(eligible))
-        )
-        k = min(k, len(eligible))
-        if k < 1:
-            chosen = np.empty(0, dtype=np.int64)
-        else:
-            if cfg.clusters is not None and k < cfg.clusters:
-                notes.append(f"clusters lowered from {cfg.clusters} to {k}: only {k} candidates")
-            labels = cluster_rows(
-                source,
-                eligible,
-                k,
-                pca_dim=cfg.pca_dim,
-                iters=cfg.kmeans_iters,
-                seed=cfg.seed,
-                device=device,
-                chunk_rows=chunk_rows,
-            )
-            timings["cluster_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            cluster[eligible] = labels
-            sizes_before = np.bincount(labels, minlength=k).astype(np.int64)
-            chosen = resample(
-                eligible,
-                labels,
-                take,
-                n_clusters=k,
-                within=cfg.within_cluster,
-                scores=stats.mean,
-                rng=rng,
-            )
+    ctx = Context(
+        source=source,
+        cfg=cfg,
+        stats=stats,
+        eligible=eligible,
+        take=min(cfg.budget, len(eligible)),
+        rng=rng,
+        device=device,
+        chunk_rows=chunk_rows,
+        notes=notes,
+        timings=timings,
+    )
+    pick = spec.choose(ctx)
+    sizes_before = np.empty(0, dtype=np.int64)
+    if pick.cluster_of_eligible is not None:
+        cluster[eligible] = pick.cluster_of_eligible
+        sizes_before = pick.sizes_before
+        timings["cluster_s"] = time.perf_counter() - t
+        t = time.perf_counter()
     selected = np.zeros(n, dtype=bool)
-    selected[chosen] = True
+    selected[pick.rows] = True
 
-    # Top up a quality shortfall from the candidates that failed, best mean benefit first.
+    # Top up a shortfall of a filtering selector from the candidates it left out, best
+    # mean benefit first.
     filled = np.zeros(n, dtype=bool)
     missing = cfg.budget - int(selected.sum())
-    if missing > 0 and cfg.selector in FILTERED:
-        extra = _top_by_mean(np.flatnonzero(~selected), stats.mean, missing)
+    if missing > 0 and spec.eligible != "all":
+        extra = top_by(np.flatnonzero(~selected), stats.mean, missing)
         filled[extra] = True
         selected[extra] = True
     if shortfall is not None:  # counted after the fact: the note gives the true numbers

@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from gdig.io.errors import UsageError
+
 
 @runtime_checkable
 class ScoreSource(Protocol):
@@ -51,6 +53,8 @@ class ArraySource:
         ids: Sequence[str] | None = None,
         cand_norm: np.ndarray | None = None,
         seed_norm: np.ndarray | None = None,
+        loss: np.ndarray | None = None,
+        seed_raw_features: np.ndarray | None = None,
     ) -> None:
         self._features = np.ascontiguousarray(features, dtype=np.float32)
         if self._features.ndim != 2:
@@ -85,6 +89,17 @@ class ArraySource:
             )
         self.cand_norm = np.asarray(cand_norm, dtype=np.float32)
         self.seed_norm = np.asarray(seed_norm, dtype=np.float32)
+        self._loss = None if loss is None else np.asarray(loss, dtype=np.float32)
+        if self._loss is not None and self._loss.shape != (self.n,):
+            raise ValueError(f"loss must be [{self.n}], got shape {self._loss.shape}")
+        self._seed_raw = (
+            None if seed_raw_features is None else np.asarray(seed_raw_features, np.float32)
+        )
+        if self._seed_raw is not None and self._seed_raw.shape != (self.n_seeds, self.dim):
+            raise ValueError(
+                f"seed_raw_features must be [{self.n_seeds}, {self.dim}], got shape "
+                f"{self._seed_raw.shape}"
+            )
         if self.cand_norm.shape != (self.n,):
             raise ValueError(f"cand_norm must be [{self.n}], got shape {self.cand_norm.shape}")
         if self.seed_norm.shape != (self.n_seeds,):
@@ -104,3 +119,19 @@ class ArraySource:
 
     def feature_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._features[np.asarray(rows, dtype=np.int64)]
+
+    @property
+    def loss(self) -> np.ndarray:
+        """``[N]`` per-candidate target loss (``--selector loss``), when given."""
+        if self._loss is None:
+            raise UsageError("this ArraySource was made without loss=: --selector loss needs it")
+        return self._loss
+
+    @property
+    def seed_raw_features(self) -> np.ndarray:
+        """``[S, D]`` seed gradients without the Hessian (``--selector less``), when given."""
+        if self._seed_raw is None:
+            raise UsageError(
+                "this ArraySource was made without seed_raw_features=: --selector less needs it"
+            )
+        return self._seed_raw

@@ -15,6 +15,7 @@ import numpy as np
 from gdig.data.pairs import jsonl_line
 from gdig.io.atomic import atomic_open
 
+from .choosers import SELECTORS
 from .selection import Selection
 
 SCORE_COLUMNS = (
@@ -68,9 +69,9 @@ def write_scores(path: Path, sel: Selection, top_seeds: Sequence[list[str]] | No
 
 def selected_order(sel: Selection) -> np.ndarray:
     """The selected rows in the order ``selected.jsonl`` lists them: pool order, except
-    for ``--selector quality``, whose selection is a ranking: best first."""
+    for a ranking selector (``--selector quality``): best mean benefit first."""
     rows = np.asarray(sel.selected_rows, dtype=np.int64)
-    if sel.config.selector == "quality":
+    if SELECTORS[sel.config.selector].ranked:
         rows = rows[np.lexsort((rows, -np.asarray(sel.benefit_mean)[rows]))]
     return rows
 
