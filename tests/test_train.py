@@ -44,7 +44,7 @@ SHORT = FinetuneConfig(
     train_batch_size=4,
     grad_accum=2,
     checkpoint_every=2,
-    bf16=False,
+    precision="fp32",
 )
 
 
@@ -129,7 +129,11 @@ def test_finetune_lowers_the_loss_and_loads(base, tmp_path):
     cfg = FinetuneConfig(max_steps=20, learning_rate=1e-2, train_batch_size=4, checkpoint_every=0)
     out = finetune(base, data, tmp_path / "ft", cfg, progress=False)
     meta = json.loads((out / "gdig_finetune.json").read_text())
-    assert len(meta["losses"]) == 20 and meta["config"]["bf16"] is True
+    assert len(meta["losses"]) == 20 and meta["config"]["precision"] == "auto"
+    # auto measured both precisions on this CPU and kept one, saying why
+    chosen = meta["precision"]
+    assert chosen["requested"] == "auto" and chosen["name"] in ("fp32", "bf16")
+    assert chosen["fp32_s"] > 0 and chosen["bf16_s"] > 0 and "ms" in chosen["reason"]
     assert sum(meta["losses"][-5:]) / 5 < 0.8 * meta["losses"][0]
     before, after = _mean_loss(base, data), _mean_loss(out, data)
     assert after < before - 1.0, (before, after)
@@ -189,7 +193,7 @@ def test_kill_and_resume_gives_the_uninterrupted_weights(
 
 
 def test_foreign_checkpoint_refused_unless_restart(base, pairs, tmp_path, monkeypatch):
-    cfg = FinetuneConfig(max_steps=3, train_batch_size=4, checkpoint_every=1, bf16=False)
+    cfg = FinetuneConfig(max_steps=3, train_batch_size=4, checkpoint_every=1, precision="fp32")
     out = tmp_path / "ft"
     with monkeypatch.context() as m:
         _kill_at_forward(m, 2)
@@ -258,19 +262,38 @@ def test_evaluate_counts_garbage_and_writes_files(base, tmp_path):
         evaluate(base, data, cfg, out_file=tmp_path / "x.json", progress=False)
 
 
-class _ScriptedHead(torch.nn.Module):
-    """An LM head that makes row b of the batch emit script[b][k] at decoding step k."""
+class _RowCache:
+    """Stands in for the key-value cache: it remembers which prompts' rows are left."""
 
-    def __init__(self, script, vocab):
+    def __init__(self, rows):
+        self.rows = rows
+
+    def batch_select_indices(self, idx):
+        self.rows = [self.rows[i] for i in idx.tolist()]
+
+
+class _ScriptedLM(torch.nn.Module):
+    """A causal LM that makes prompt b emit script[b][k] at decoding step k, following the
+    rows the decoder keeps through the cache it is handed back; records the batch sizes."""
+
+    def __init__(self, script, vocab, config):
         super().__init__()
-        self.script, self.out_features, self.k = script, vocab, 0
+        self.script, self.vocab, self.config = script, vocab, config
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.k, self.widths = 0, []
 
-    def forward(self, hidden):
-        logits = torch.zeros(*hidden.shape[:-1], self.out_features)
-        for b, seq in enumerate(self.script):
-            logits[b, ..., seq[min(self.k, len(seq) - 1)]] = 10.0
+    def forward(self, input_ids, attention_mask, use_cache, cache=None, position_ids=None):
+        from types import SimpleNamespace
+
+        cache = cache if isinstance(cache, _RowCache) else _RowCache(list(range(len(input_ids))))
+        assert len(input_ids) == len(cache.rows) == len(attention_mask)
+        logits = torch.zeros(len(cache.rows), input_ids.shape[1], self.vocab)
+        for b, row in enumerate(cache.rows):
+            seq = self.script[row]
+            logits[b, -1, seq[min(self.k, len(seq) - 1)]] = 10.0
         self.k += 1
-        return logits
+        self.widths.append(len(cache.rows))
+        return SimpleNamespace(logits=logits, cache=cache)
 
 
 def test_decoding_stops_at_eos_or_newline_after_text():
@@ -285,9 +308,9 @@ def test_decoding_stops_at_eos_or_newline_after_text():
         [nl, nl, eos],  # only newlines, then EOS: empty
         [a, eos],
     ]
-    model.lm_head = _ScriptedHead(script, len(tok))
+    model = _ScriptedLM(script, len(tok), model.config)
     same = [Pair(f"p{i}", "haus", "house", "de", "en") for i in range(len(script))]
-    cfg = EvalConfig(max_new_tokens=5, eval_batch_size=8, bf16=False)
+    cfg = EvalConfig(max_new_tokens=5, eval_batch_size=8, precision="fp32")
     hyps = translate_loaded(model, tok, same, cfg, progress=False)
     got = [(h.text, h.stop, h.n_tokens, h.empty, h.runaway) for h in hyps]
     assert got == [
@@ -297,6 +320,8 @@ def test_decoding_stops_at_eos_or_newline_after_text():
         ("", "eos", 3, True, False),
         ("a", "eos", 2, False, False),
     ]
+    # a row leaves the batch once it stopped: 5 rows, then 4, 3, 2, and the runaway alone
+    assert model.widths == [5, 4, 3, 2, 1]
     res = metrics_mod.summarize(same, hyps)
     assert (res["n_empty"], res["n_runaway"], res["n_stop_newline"]) == (2, 1, 1)
 

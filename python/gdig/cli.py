@@ -141,8 +141,11 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run_tool(args: argparse.Namespace) -> int:
-    """`gdig finetune` and `gdig eval`: model tools outside any run folder."""
-    from gdig.data.pairs import read_pairs
+    """`gdig finetune` and `gdig eval`: model tools outside any run folder.
+
+    Every input is checked before the model is loaded: a missing file, a folder where a
+    file belongs (or the reverse) is one line naming the flag (exit 2).
+    """
     from gdig.model.load import resolve_model
     from gdig.run.options import known_keys, resolve
 
@@ -157,30 +160,112 @@ def run_tool(args: argparse.Namespace) -> int:
     what = "data" if args.command == "finetune" else "test"
     if job.model is None or getattr(job, what) is None or job.out is None:
         raise UsageError(f"gdig {args.command} needs --model, --{what} and --out")
-    pairs = read_pairs(getattr(job, what))
+    pairs = _tool_pairs(f"--{what}", getattr(job, what))
+    dev_pairs = _tool_pairs("--dev", job.dev) if args.command == "finetune" and job.dev else None
+    out = Path(job.out)
+    if args.command == "finetune" and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a folder for the fine-tuned model")
+    if args.command == "eval" and out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give the hypotheses file (.jsonl)")
+    if args.command == "eval" and not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     model = resolve_model(job.model, bool(job.progress))
     common = {"template": job.template, "max_length": job.max_length, "device": job.device}
+
+    def echo(line: str) -> None:  # above the progress bar when there is one
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stdout)
+
     if args.command == "finetune":
         from gdig.train.finetune import finetune
 
-        out = finetune(
-            model, pairs, Path(job.out), built["finetune"], **common,
-            progress=bool(job.progress), restart=job.restart,
+        finetune(
+            model, pairs, out, built["finetune"], **common, progress=bool(job.progress),
+            restart=job.restart, dev_pairs=dev_pairs, echo=echo,
         )  # fmt: skip
         print(f"gdig finetune: done: {out} (load it with --model {out})")
         return 0
     from gdig.train.evaluate import evaluate
 
     scores = evaluate(
-        model, pairs, built["eval"], out_file=Path(job.out), **common,
-        progress=bool(job.progress),
+        model, pairs, built["eval"], out_file=out, **common, progress=bool(job.progress),
     )  # fmt: skip
-    print(f"gdig eval: {scores['n']} test pairs; hypotheses in {job.out}")
+    print_eval(scores, out)
+    return 0
+
+
+def _tool_pairs(flag: str, path: str) -> list:
+    """The pairs of a file given by ``flag``; a missing file or a folder is a UsageError."""
+    from gdig.data.pairs import read_pairs
+
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file of pairs (JSONL or TSV)")
+    if not p.exists():
+        raise UsageError(f"{flag} {path}: file not found")
+    return read_pairs(p)
+
+
+def print_eval(scores: dict[str, Any], out: Path) -> None:
+    """What `gdig eval` prints: precision, scores, then format failures apart."""
+    from gdig.train.precision import Precision
+
+    n = scores["n"]
+    print(f"gdig eval: {n} test pairs; hypotheses in {out}, scores in {out.with_suffix('.json')}")
+    print(f"  {Precision(**scores['precision']).describe()}")
+    print(f"  {scores['seconds_per_sentence']:.3f} s per sentence decoded")
     print(f"  BLEU {scores['bleu']:.2f}  ({scores['bleu_signature']})")
     print(f"  chrF {scores['chrf']:.2f}  ({scores['chrf_signature']})")
-    print(f"  empty outputs {scores['n_empty']}, runaway (hit --max-new-tokens) "
-          f"{scores['n_runaway']}")  # fmt: skip
-    return 0
+    kinds = ", ".join(f"{k} {v}" for k, v in scores["format_failures"].items() if v) or "none"
+    print(f"  format failures {scores['n_format_failures']} of {n} ({kinds})")
+    well = scores["well_formed"]
+    if well["n"] and well["n"] < n:
+        print(f"  the {well['n']} well-formed outputs alone: BLEU {well['bleu']:.2f}  "
+              f"chrF {well['chrf']:.2f}")  # fmt: skip
+
+
+def selection_flags(cfg: Any) -> str:
+    """Every selection option in effect, as the flags that give it (``--tau 0.9 ...``)."""
+    import dataclasses
+
+    from gdig.run.options import flag, public_name
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return "auto"
+        if isinstance(value, float) and type(cfg).__name__ == "SelectConfig":
+            return f"{value:g}"
+        return str(value)
+
+    return " ".join(
+        f"{flag(public_name(type(cfg), f.name))} {shown(getattr(cfg, f.name))}"
+        for f in dataclasses.fields(cfg)
+    )
+
+
+def _selection_rows(sel: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The select stage's counts, said in words: how many passed, what was filled."""
+    if not sel:
+        return []
+    passed, pool = sel.get("passed_quality", "-"), sel.get("pool_size", "-")
+    rule = (
+        f"benefit > 0 for >= {sel.get('need_positive', '-')} of {sel.get('seed_groups', '-')} "
+        f"seed groups: --tau {sel.get('tau', '-')}, --scoring {sel.get('scoring', '-')}"
+    )
+    chosen = f"{sel.get('selected', '-')} (budget {sel.get('budget', '-')})"
+    filled = sel.get("filled") or 0
+    if filled:
+        chosen += (
+            f", of which {filled} filled by mean benefit: only {passed} passed the quality "
+            "filter (--on-short fill; --on-short stop makes this an error)"
+        )
+    return [
+        ("pool", pool),
+        ("passed quality", f"{passed} of {pool} ({rule})"),
+        ("clusters", sel.get("clusters", "-")),
+        ("selected", chosen),
+    ]
 
 
 def print_summary(state) -> None:

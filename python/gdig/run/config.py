@@ -222,6 +222,14 @@ class TrainJob:
     test: str | None = field(
         default=None, metadata={"metavar": "FILE", "help": "test pairs (JSONL or TSV)"}
     )
+    dev: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FILE",
+            "help": "dev pairs (JSONL or TSV) whose loss is printed while training (no weight "
+            "changes with it)",
+        },
+    )
     out: str | None = field(
         default=None,
         metadata={
@@ -231,7 +239,12 @@ class TrainJob:
         },
     )
     template: str = field(
-        default="paper", metadata={"help": "prompt template (the same rendering as scoring)"}
+        default="paper",
+        metadata={
+            "help": "prompt template, the same rendering as scoring: paper, chat (the model's "
+            "own chat template, for an instruct model evaluated as it was tuned) or a format "
+            "string with {src}"
+        },
     )
     max_length: int = field(default=512, metadata={"help": "longest example in tokens"})
     device: str = field(
@@ -256,4 +269,4 @@ TOOL_SECTIONS: dict[str, dict[str, type]] = {
     "finetune": {"job": TrainJob, "finetune": FinetuneConfig},
     "eval": {"job": TrainJob, "eval": EvalConfig},
 }
-TOOL_SKIPS = {"finetune": {"test"}, "eval": {"data", "restart"}}
+TOOL_SKIPS = {"finetune": {"test"}, "eval": {"data", "dev", "restart"}}

@@ -13,10 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from gdig.io.validate import OptionError, at_least
+from gdig.io.validate import OptionError, at_least, one_of
 
-# Fields that change no weight: left out of the checkpoint fingerprint.
-NOT_FINGERPRINTED = ("checkpoint_every",)
+# See gdig.train.precision (kept here so that reading options imports no torch).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# Fields that change no weight: left out of the checkpoint fingerprint. (The precision is
+# in it as asked; what ``auto`` chose is kept in the checkpoint and reused on resume.)
+NOT_FINGERPRINTED = ("checkpoint_every", "log_every", "dev_every")
 
 
 @dataclass
@@ -58,13 +62,36 @@ class FinetuneConfig:
     train_seed: int = field(
         default=0, metadata={"help": "seed of the training data order and of dropout"}
     )
-    bf16: bool = field(
-        default=True,
-        metadata={"help": "bf16 autocast of the model passes (CPU or CUDA); weights stay fp32"},
+    precision: str = field(
+        default="auto",
+        metadata={
+            "choices": PRECISIONS,
+            "help": "fp32, bf16 (autocast; weights stay fp32), or auto: bf16 on a CUDA device "
+            "that supports it; on a CPU whichever a short measurement at the start finds "
+            "faster (bf16 only when clearly so)",
+        },
+    )
+    length_grouping: int = field(
+        default=16,
+        metadata={
+            "help": "batches are cut from runs of this many batches' worth of randomly ordered "
+            "examples sorted by length (less padding), then shuffled; 1 = plain random batches"
+        },
     )
     checkpoint_every: int = field(
         default=50,
         metadata={"help": "optimizer steps between resumable checkpoints (0 = only the final one)"},
+    )
+    log_every: int = field(
+        default=10,
+        metadata={"help": "optimizer steps between printed loss lines (0 = none)"},
+    )
+    dev_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "optimizer steps between dev losses when a dev file is given (default: "
+            "at the end of each epoch and of the run)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -76,8 +103,10 @@ class FinetuneConfig:
             raise OptionError("learning_rate", f"must be > 0; got {self.learning_rate}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise OptionError("warmup_ratio", f"must be in [0, 1); got {self.warmup_ratio}")
-        at_least(self, 1, "max_steps", "train_batch_size", "grad_accum")
-        at_least(self, 0, "weight_decay", "max_grad_norm", "checkpoint_every")
+        one_of("precision", self.precision, PRECISIONS)
+        at_least(self, 1, "max_steps", "train_batch_size", "grad_accum", "length_grouping")
+        at_least(self, 1, "dev_every")
+        at_least(self, 0, "weight_decay", "max_grad_norm", "checkpoint_every", "log_every")
 
 
 @dataclass
@@ -94,9 +123,15 @@ class EvalConfig:
     eval_batch_size: int = field(
         default=16, metadata={"help": "test pairs translated together (left-padded)"}
     )
-    bf16: bool = field(
-        default=True, metadata={"help": "bf16 autocast while decoding (CPU or CUDA)"}
+    precision: str = field(
+        default="auto",
+        metadata={
+            "choices": PRECISIONS,
+            "help": "fp32, bf16 (autocast), or auto: bf16 on a CUDA device that supports it; "
+            "on a CPU whichever a short measurement at the start finds faster",
+        },
     )
 
     def __post_init__(self) -> None:
+        one_of("precision", self.precision, PRECISIONS)
         at_least(self, 1, "max_new_tokens", "eval_batch_size")

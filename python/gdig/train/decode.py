@@ -5,7 +5,6 @@ counted (see :mod:`gdig.train.evaluate`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ import torch
 from gdig.engine.template import encode_pair
 from gdig.io.errors import UsageError
 from gdig.train.config import EvalConfig
+from gdig.train.precision import Precision
+from gdig.train.precision import choose as choose_precision
 
 
 @dataclass
@@ -111,6 +112,83 @@ def _finish(tokens: list[int], tokenizer: Any, eos: int, table: TokenTable, cap:
     )
 
 
+class StopRule:
+    """Which rows of a batch stop at the token just generated: at EOS, or at a newline once
+    some non-space text has been generated (the rule :func:`_finish` applies to the text)."""
+
+    def __init__(self, table: TokenTable, eos: int, rows: int, device: torch.device) -> None:
+        self.newline, self.text_before_newline, self.text = table.tensors(device)
+        self.eos = eos
+        self.seen_text = torch.zeros(rows, dtype=torch.bool, device=device)
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        t = token.clamp(0, len(self.newline) - 1)
+        stop = (token == self.eos) | (
+            self.newline[t] & (self.seen_text | self.text_before_newline[t])
+        )
+        self.seen_text |= self.text[t]
+        return stop
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.seen_text = self.seen_text[idx]
+
+
+def _forward_kwargs(model: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def greedy(
+    model: Any, prompts: Sequence[list[int]], pad: int, max_new: int, stop: StopRule
+) -> list[list[int]]:
+    """Greedy continuations of ``prompts`` (one batch, left-padded), key-value cache reused.
+
+    The prompts are read once; every later step feeds one token a row and the cache of the
+    ones before. A row leaves the batch (and its cache rows are dropped) once ``stop``
+    says it stopped, so the batch shrinks as translations end instead of running every row
+    until the longest one stops. Returns each row's tokens up to and including its stop
+    (or ``max_new`` of them).
+    """
+    dev = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    att = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        att[b, width - len(p) :] = 1
+    ids, att = ids.to(dev), att.to(dev)
+    # Left padding: positions count real tokens only (as generate() computes them).
+    pos = (att.cumsum(-1) - 1).clamp_min(0)
+    accepts = _forward_kwargs(model)
+    # transformers 5 names the cache argument `cache`; 4.x `past_key_values`.
+    cache_arg = "cache" if "cache" in accepts else "past_key_values"
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+    cache = None  # the model makes one on the first call (use_cache=True)
+    active = torch.arange(len(prompts), device=dev)  # batch row -> prompt index
+    out: list[list[int]] = [[] for _ in prompts]
+    step_ids, step_pos = ids, pos
+    for _ in range(max_new):
+        kw = {"position_ids": step_pos} if "position_ids" in accepts else {}
+        kw[cache_arg] = cache
+        res = model(input_ids=step_ids, attention_mask=att, use_cache=True, **kw, **extra)
+        cache = getattr(res, cache_arg)
+        token = res.logits[:, -1].argmax(-1)
+        for row, t in zip(active.tolist(), token.tolist(), strict=True):
+            out[row].append(t)
+        going = ~stop(token)
+        if not bool(going.any()):
+            break
+        if not bool(going.all()):
+            idx = going.nonzero().squeeze(1)
+            cache.batch_select_indices(idx)
+            active, att, token, step_pos = active[idx], att[idx], token[idx], step_pos[idx]
+            stop.keep(idx)
+        att = torch.cat([att, att.new_ones((len(active), 1))], dim=1)
+        step_ids, step_pos = token[:, None], step_pos[:, -1:] + 1
+    return out
+
+
 def translate_loaded(
     model: Any,
     tokenizer: Any,
@@ -120,10 +198,16 @@ def translate_loaded(
     template: str = "paper",
     max_length: int = 512,
     progress: bool = True,
+    precision: Precision | None = None,
 ) -> list[Hypothesis]:
-    """:func:`translate` with a model and tokenizer already in memory (order of ``pairs``)."""
+    """:func:`translate` with a model and tokenizer already in memory (order of ``pairs``).
+
+    Pairs are decoded in batches of similar prompt length (longest first: less padding,
+    and the slowest batch comes first); the hypotheses come back in the order of
+    ``pairs``. ``precision`` overrides ``cfg.precision`` with a choice already made
+    (:func:`gdig.train.precision.choose`).
+    """
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
     if not pairs:
         return []
@@ -137,63 +221,26 @@ def translate_loaded(
         raise UsageError(f"translate: {e}") from None
     dev = next(model.parameters()).device
     table = TokenTable.build(tokenizer, _vocab_size(model))
-    has_newline, text_before_newline, has_text = table.tensors(dev)
-
-    class _StopAtNewline(StoppingCriteria):
-        """Stops a row at a newline that follows some non-space generated text."""
-
-        def __init__(self, rows: int) -> None:
-            self.seen_text = torch.zeros(rows, dtype=torch.bool, device=dev)
-
-        def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> torch.Tensor:
-            last = input_ids[:, -1].clamp(0, len(has_newline) - 1)
-            stop = has_newline[last] & (self.seen_text | text_before_newline[last])
-            self.seen_text |= has_text[last]
-            return stop
-
-    gen_cfg = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    if precision is None:
+        precision = choose_precision(
+            cfg.precision, model, tokens=min(len(pairs), cfg.eval_batch_size), train=False
+        )
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     batches = [
         order[s : s + cfg.eval_batch_size] for s in range(0, len(order), cfg.eval_batch_size)
     ]
-    autocast = (
-        torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
-    )
     out: list[Hypothesis | None] = [None] * len(pairs)
-    was_training, saved_gen_cfg = model.training, model.generation_config
+    was_training = model.training
     model.eval()
-    # The model's own generation defaults (sampling, repetition penalty, ...) must not leak in:
-    # decoding is plain greedy.
-    model.generation_config = gen_cfg
     try:
         for rows in tqdm(batches, desc="translate", unit="batch", disable=not progress):
-            width = max(len(prompts[r]) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            att = torch.zeros((len(rows), width), dtype=torch.long)
-            for b, r in enumerate(rows):
-                p = prompts[r]
-                ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                att[b, width - len(p) :] = 1
-            with torch.inference_mode(), autocast:
-                gen = model.generate(
-                    input_ids=ids.to(dev),
-                    attention_mask=att.to(dev),
-                    generation_config=gen_cfg,
-                    stopping_criteria=StoppingCriteriaList([_StopAtNewline(len(rows))]),
-                )
-            new = gen[:, width:].tolist()
+            stop = StopRule(table, eos, len(rows), dev)
+            with torch.inference_mode(), precision.autocast(dev.type):
+                new = greedy(model, [prompts[r] for r in rows], pad, cfg.max_new_tokens, stop)
             for b, r in enumerate(rows):
                 pid = getattr(pairs[r], "id", None)
                 out[r] = _finish(new[b], tokenizer, eos, table, cfg.max_new_tokens, pid)
     finally:
-        model.generation_config = saved_gen_cfg
         model.train(was_training)
     return [h for h in out if h is not None]
 

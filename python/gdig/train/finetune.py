@@ -31,17 +31,18 @@ import json
 import os
 import random
 import shutil
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gdig.data.pairs import Pair
-from gdig.engine.batching import collate
+from gdig.engine.batching import collate, plan_batches
 from gdig.engine.capture import example_losses
-from gdig.engine.template import encode_pair
+from gdig.engine.template import Encoded, encode_pair
 from gdig.io.atomic import atomic_write_text
 from gdig.io.errors import UsageError
 from gdig.train.checkpoint import (
@@ -56,6 +57,8 @@ from gdig.train.checkpoint import (
     siblings,
 )
 from gdig.train.config import FinetuneConfig
+from gdig.train.precision import Precision
+from gdig.train.precision import choose as choose_precision
 from gdig.train.schedule import DataOrder, lr_factor, total_steps, warmup_steps
 
 
@@ -70,15 +73,22 @@ def finetune(
     device: str = "cpu",
     progress: bool = True,
     restart: bool = False,
+    dev_pairs: Sequence[Pair] | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> Path:
     """Fine-tune the causal LM in ``model_path`` on ``pairs``; return ``out``.
 
     ``out`` ends up a Hugging Face folder (loadable by ``AutoModelForCausalLM`` and
-    :func:`gdig.model.load_model`) with ``gdig_finetune.json`` (config, fingerprint, loss of
-    every optimizer step, wall time). While training it holds ``checkpoint/``; a call with
-    the same inputs resumes from it, one with other inputs raises :class:`UsageError`
-    naming what differs unless ``restart=True``. When ``out`` already holds the finished
-    model of the same inputs, nothing is done.
+    :func:`gdig.model.load_model`) with ``gdig_finetune.json`` (config, fingerprint, the
+    precision used and why, loss of every optimizer step, dev losses, wall time). While
+    training it holds ``checkpoint/``; a call with the same inputs resumes from it, one with
+    other inputs raises :class:`UsageError` naming what differs unless ``restart=True``.
+    When ``out`` already holds the finished model of the same inputs, nothing is done.
+
+    ``echo`` receives the lines to print: the precision, then every ``cfg.log_every``
+    steps the mean training loss since the last line, and the dev loss (mean per-example
+    loss on ``dev_pairs``, at step 0, then every ``cfg.dev_every`` steps or at each epoch's
+    end, and at the end). The dev passes change no weight.
     """
     from tqdm.auto import tqdm
 
@@ -95,11 +105,13 @@ def finetune(
         resume = prepare_out(out, fingerprint, restart)
     except AlreadyDone:
         return out
+    say = echo or (lambda line: None)
 
     model, tokenizer = load_model(model_path, device=device, dtype="float32", progress=progress)
     dev = next(model.parameters()).device
     try:
         encoded = [encode_pair(p, tokenizer, template, max_length) for p in pairs]
+        dev_encoded = [encode_pair(p, tokenizer, template, max_length) for p in dev_pairs or ()]
     except ValueError as e:
         raise UsageError(f"finetune: {e}") from None
     pad_id = tokenizer.pad_token_id
@@ -107,7 +119,14 @@ def finetune(
     n, bsz, accum = len(pairs), cfg.train_batch_size, cfg.grad_accum
     total = total_steps(cfg, n)
     warmup = warmup_steps(cfg, total)
-    order = DataOrder(n, bsz, cfg.train_seed)
+    lengths = [len(e) for e in encoded]
+    order = DataOrder(n, bsz, cfg.train_seed, lengths, cfg.length_grouping)
+    if resume is not None:  # what auto chose when the run started, not a new measurement
+        precision = Precision(**resume["precision"])
+    else:
+        tokens = min(n, bsz) * int(statistics.median(lengths))
+        precision = choose_precision(cfg.precision, model, tokens=tokens, train=True)
+    say(f"finetune: {precision.describe()}")
 
     # Weight decay on matrices only (not on biases and norm scales), as is usual.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,16 +136,34 @@ def finetune(
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
-    autocast = (
-        torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
-    )
+
+    def dev_point(step: int) -> bool:
+        if not dev_encoded:
+            return False
+        if step in (0, total):
+            return True
+        if cfg.dev_every:
+            return step % cfg.dev_every == 0
+        # the end of an epoch: the micro-batch count crossed a multiple of per_epoch
+        return (step * accum) // order.per_epoch > ((step - 1) * accum) // order.per_epoch
+
+    def log_dev(step: int) -> None:
+        t = time.perf_counter()
+        loss = mean_loss(model, dev_encoded, pad_id, bsz, precision, dev)
+        dev_losses.append([step, loss])
+        counts["dev_s"] += time.perf_counter() - t
+        say(f"finetune: step {step}/{total}  dev loss {loss:.4f} ({len(dev_encoded)} pairs)")
 
     # The caller's RNG states (CPU, and the CUDA device trained on) are restored afterwards.
     fork_devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         saved_python_rng = random.getstate()
         try:
-            step, losses, wall_before, resumed_at = 0, [], 0.0, []
+            t0 = time.perf_counter()
+            step, losses, dev_losses, wall_before, resumed_at = 0, [], [], 0.0, []
+            # examples trained on, and tokens of the batches, padding included and alone
+            # and the seconds spent on dev losses
+            counts = {"examples": 0, "tokens": 0, "padded": 0, "dev_s": 0.0}
             if resume is not None:
                 model.load_state_dict(resume["model"])
                 optimizer.load_state_dict(resume["optimizer"])
@@ -134,14 +171,18 @@ def finetune(
                 set_rng_state(resume["rng"], dev)
                 step = int(resume["step"])
                 losses = [float(x) for x in resume["losses"]]
+                dev_losses = [[int(s), float(x)] for s, x in resume["dev_losses"]]
+                counts = dict(resume["counts"])
                 wall_before = float(resume["wall_s"])
                 resumed_at = [int(s) for s in resume["resumed_at"]] + [step]
                 del resume
             else:
                 torch.manual_seed(cfg.train_seed)
                 random.seed(cfg.train_seed)
+                if dev_point(0):
+                    log_dev(0)
             model.train()
-            t0 = time.perf_counter()
+            logged = step
             bar = tqdm(
                 total=total,
                 initial=step,
@@ -158,7 +199,10 @@ def finetune(
                     loss_sum = 0.0
                     for rows in micro:
                         batch = collate(encoded, rows, pad_id, dev)
-                        with autocast:
+                        counts["examples"] += len(rows)
+                        counts["tokens"] += batch.input_ids.numel()
+                        counts["padded"] += batch.input_ids.numel() - sum(lengths[r] for r in rows)
+                        with precision.autocast(dev.type):
                             # [b] mean CE over each example's target+EOS tokens (capture.py's)
                             per_example = example_losses(model, batch)
                         # every example of the optimizer step weighs 1 / n_step
@@ -178,6 +222,18 @@ def finetune(
                         refresh=False,
                     )
                     bar.update(1)
+                    if cfg.log_every and (step % cfg.log_every == 0 or step == total):
+                        since = losses[logged:]
+                        say(
+                            f"finetune: step {step}/{total}  epoch "
+                            f"{step * accum / order.per_epoch:.2f}  loss "
+                            f"{sum(since) / len(since):.4f}  lr {lr:.2e}  "
+                            f"{wall_before + time.perf_counter() - t0:.0f} s"
+                        )
+                        logged = step
+                    if dev_point(step):
+                        log_dev(step)
+                        model.train()
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                         state = {
                             "format": FORMAT,
@@ -188,7 +244,10 @@ def finetune(
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(),
                             "rng": rng_state(dev),
+                            "precision": precision.as_dict(),
                             "losses": losses,
+                            "dev_losses": dev_losses,
+                            "counts": counts,
                             "wall_s": wall_before + time.perf_counter() - t0,
                             "resumed_at": resumed_at,
                         }
@@ -206,6 +265,7 @@ def finetune(
         "max_length": max_length,
         "config": dataclasses.asdict(cfg),
         "fingerprint": fingerprint,
+        "precision": precision.as_dict(),
         "n_pairs": n,
         "steps": total,
         "warmup_steps": warmup,
@@ -213,13 +273,37 @@ def finetune(
         "epochs_done": total * accum / order.per_epoch,
         "loss_weighting": "mean over target+EOS tokens per example, examples weighed equally",
         "losses": losses,
+        "dev_losses": dev_losses,
+        "n_dev_pairs": len(dev_encoded),
+        "examples_seen": counts["examples"],
+        "padding_share": counts["padded"] / max(1, counts["tokens"]),
         "wall_s": wall,
+        "dev_s": counts["dev_s"],
+        "seconds_per_example": (wall - counts["dev_s"]) / max(1, counts["examples"]),
         "resumed_at_steps": resumed_at,
         "device": str(dev),
         "torch_version": torch.__version__,
     }
     _write_final(out, model, tokenizer, meta, progress)
     return out
+
+
+def mean_loss(
+    model: Any,
+    encoded: Sequence[Encoded],
+    pad_id: int,
+    batch_size: int,
+    precision: Precision,
+    device: torch.device,
+) -> float:
+    """Mean per-example loss (:func:`example_losses`) of ``encoded``, batched by length,
+    in eval mode and without gradients (no RNG is drawn: dropout is off)."""
+    model.eval()
+    total = 0.0
+    with torch.no_grad(), precision.autocast(device.type):
+        for rows in plan_batches([len(e) for e in encoded], batch_size):
+            total += float(example_losses(model, collate(encoded, rows, pad_id, device)).sum())
+    return total / len(encoded)
 
 
 def _write_final(

@@ -11,6 +11,7 @@ import numpy as np
 
 from gdig.io.errors import UsageError
 from gdig.train.decode import Hypothesis
+from gdig.train.failures import FAILURES
 
 METRICS = ("chrf", "bleu")
 
@@ -70,12 +71,20 @@ def score_hypotheses(
     }
 
 
-def summarize(pairs: Sequence[Any], hyps: Sequence[Hypothesis]) -> dict[str, Any]:
-    """Scores and counts of ``hyps`` (from :func:`translate`) against the pairs' targets."""
+def summarize(
+    pairs: Sequence[Any],
+    hyps: Sequence[Hypothesis],
+    failures: Sequence[str | None] | None = None,
+) -> dict[str, Any]:
+    """Scores and counts of ``hyps`` (from :func:`translate`) against the pairs' targets.
+
+    With ``failures`` (:func:`gdig.train.failures.format_failures`) also the count of each
+    format failure and, apart from them, BLEU and chrF of the well-formed outputs alone
+    (``well_formed``: ``n``, ``bleu``, ``chrf``; ``None`` scores when there are none).
+    """
     check_lengths([p.tgt for p in pairs], hyps)
-    scores = score_hypotheses(
-        [p.tgt for p in pairs], [h.text for h in hyps], tgt_lang=common_lang(pairs)
-    )
+    tgt_lang = common_lang(pairs)
+    scores = score_hypotheses([p.tgt for p in pairs], [h.text for h in hyps], tgt_lang=tgt_lang)
     rows = [
         {
             "id": getattr(p, "id", None),
@@ -89,15 +98,30 @@ def summarize(pairs: Sequence[Any], hyps: Sequence[Hypothesis]) -> dict[str, Any
         for p, h in zip(pairs, hyps, strict=True)
     ]
     n = len(hyps)
-    return {
+    result = {
         **scores,
         "n_empty": sum(h.empty for h in hyps),
         "n_runaway": sum(h.runaway for h in hyps),
         "n_stop_eos": sum(h.stop == "eos" for h in hyps),
         "n_stop_newline": sum(h.stop == "newline" for h in hyps),
         "mean_tokens": sum(h.n_tokens for h in hyps) / n if n else 0.0,
-        "rows": rows,
     }
+    if failures is not None:
+        check_lengths([p.tgt for p in pairs], failures)
+        for row, kind in zip(rows, failures, strict=True):
+            row["format_failure"] = kind
+        ok = [i for i, kind in enumerate(failures) if kind is None]
+        result["format_failures"] = {k: sum(f == k for f in failures) for k in FAILURES}
+        result["n_format_failures"] = n - len(ok)
+        well = {"n": len(ok), "bleu": None, "chrf": None}
+        if ok:
+            part = score_hypotheses(
+                [pairs[i].tgt for i in ok], [hyps[i].text for i in ok], tgt_lang=tgt_lang
+            )
+            well.update(bleu=part["bleu"], chrf=part["chrf"])
+        result["well_formed"] = well
+    result["rows"] = rows
+    return result
 
 
 def paired_bootstrap(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -41,18 +42,51 @@ def epoch_seed(train_seed: int, epoch: int) -> int:
 
 
 class DataOrder:
-    """Micro-batch ``k`` of the run: a pure function of (seed, k), so a resume needs only k."""
+    """Micro-batch ``k`` of the run: a pure function of (seed, k), so a resume needs only k.
 
-    def __init__(self, n: int, batch_size: int, train_seed: int) -> None:
+    Each epoch draws a permutation of the examples from its own seed (:func:`epoch_seed`).
+    With ``grouping`` g > 1 the permutation is cut into runs of g batches' worth of
+    examples, each run is sorted by length (stable, so ties keep the random order) and cut
+    into batches, and the epoch's batches are then shuffled with the same generator:
+    batches hold examples of similar length (less padding) and are still a seeded random
+    draw. ``grouping=1`` gives the plain random batches of the permutation. Every batch
+    but the last of each run is full, so an epoch has ``ceil(n / batch_size)`` batches
+    whatever the grouping.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        train_seed: int,
+        lengths: Sequence[int] | None = None,
+        grouping: int = 1,
+    ) -> None:
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} examples")
         self.n, self.batch_size, self.train_seed = n, batch_size, train_seed
+        self.lengths, self.grouping = lengths, grouping
         self.per_epoch = math.ceil(n / batch_size)
         self._epoch = -1
-        self._perm: list[int] = []
+        self._batches: list[list[int]] = []
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(epoch_seed(self.train_seed, epoch))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        bsz = self.batch_size
+        if self.grouping <= 1 or self.lengths is None:
+            return [perm[s : s + bsz] for s in range(0, self.n, bsz)]
+        run = bsz * self.grouping
+        batches = []
+        for start in range(0, self.n, run):
+            chunk = sorted(perm[start : start + run], key=self.lengths.__getitem__)
+            batches += [chunk[s : s + bsz] for s in range(0, len(chunk), bsz)]
+        shuffle = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i] for i in shuffle]
 
     def rows(self, k: int) -> list[int]:
         epoch, j = divmod(k, self.per_epoch)
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(epoch_seed(self.train_seed, epoch))
-            self._perm = torch.randperm(self.n, generator=g).tolist()
+            self._batches = self.epoch_batches(epoch)
             self._epoch = epoch
-        return self._perm[j * self.batch_size : (j + 1) * self.batch_size]
+        return self._batches[j]

@@ -1,0 +1,160 @@
+"""The precision of fine-tuning's and decoding's model passes: fp32, bf16 autocast, or
+``auto``, which measures both on the machine at hand and keeps the faster.
+
+Why measure: bf16 autocast pays only where the hardware multiplies bf16 fast (CUDA GPUs
+with bf16 support; CPUs with AMX or avx512_bf16). On an AVX2 CPU PyTorch converts and
+multiplies bf16 slower than fp32: the project measured 1.6-1.8x fp32's time for SmolLM2
+on a Xeon, and a bf16 matmul at 0.5x fp32's rate on a Zen3. So on a CPU ``auto`` times a
+few repeats of the model's MLP block (its hidden and intermediate sizes, at the number of
+tokens one pass holds; forward and backward when training) in fp32 and under bf16
+autocast, fp32 weights in both as in the real passes, and keeps bf16 only when it takes
+under :data:`FASTER` of fp32's time. On CUDA it keeps bf16 where the GPU supports it. The
+decision (:func:`decide`) is a pure function of the timings, so it is tested without timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gdig.train.config import PRECISIONS
+
+# bf16 must take under this share of fp32's time to be kept: a difference within the
+# run-to-run spread of a shared machine is not worth bf16's rounding.
+FASTER = 0.9
+# The measurement stops after this many seconds (at least MIN_REPEATS of each precision).
+MEASURE_BUDGET_S = 0.8
+MIN_REPEATS, MAX_REPEATS = 3, 15
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision chosen (``name``: fp32 or bf16), what was asked, and why: with ``auto``
+    on a CPU the median seconds of one measured block in each precision."""
+
+    name: str
+    requested: str
+    reason: str
+    fp32_s: float | None = None
+    bf16_s: float | None = None
+
+    def autocast(self, device_type: str) -> contextlib.AbstractContextManager:
+        if self.name == "bf16":
+            return torch.autocast(device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for a printout: ``precision fp32 (auto: ...)``."""
+        return f"precision {self.name} ({self.requested}: {self.reason})"
+
+
+def decide(
+    requested: str,
+    device_type: str,
+    *,
+    cuda_bf16: bool = False,
+    timings: tuple[float, float] | None = None,
+) -> Precision:
+    """The precision for ``requested`` on ``device_type``.
+
+    ``timings`` (seconds of fp32, seconds of bf16 autocast) are needed for ``auto`` on a
+    CPU; ``cuda_bf16`` says whether the CUDA device supports bf16.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return Precision(requested, requested, "as asked")
+    if device_type == "cuda":
+        if cuda_bf16:
+            return Precision("bf16", "auto", "CUDA device with bf16 support")
+        return Precision("fp32", "auto", "CUDA device without bf16 support")
+    if device_type != "cpu":
+        return Precision("fp32", "auto", f"no bf16 measurement on {device_type}")
+    if timings is None:
+        raise ValueError("precision auto on a CPU needs the fp32 and bf16 timings")
+    fp32_s, bf16_s = timings
+    ratio = bf16_s / fp32_s if fp32_s > 0 else float("inf")
+    measured = f"bf16 autocast {_ms(bf16_s)} vs fp32 {_ms(fp32_s)} ({ratio:.2f}x)"
+    if ratio < FASTER:
+        return Precision("bf16", "auto", f"{measured}: bf16 faster", fp32_s, bf16_s)
+    return Precision("fp32", "auto", f"{measured}: bf16 not faster", fp32_s, bf16_s)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def mlp_shape(model: Any) -> tuple[int, int]:
+    """(hidden, intermediate) sizes of the model's MLP, from its config."""
+    cfg = model.config
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 512)
+    inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
+    return hidden, int(inter or 4 * hidden)
+
+
+def measure(
+    hidden: int,
+    inter: int,
+    tokens: int,
+    *,
+    train: bool,
+    budget_s: float = MEASURE_BUDGET_S,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float]:
+    """Median seconds (fp32, bf16 autocast) of one MLP block on ``tokens`` tokens on the CPU.
+
+    The block is up projection, SiLU, down projection with fp32 weights, as the model's
+    linear layers are (autocast casts them to bf16 at every call, a cost the real passes
+    pay too); with ``train`` the backward pass is timed as well. Repeats alternate between
+    the precisions so that a change of load on a shared machine hits both alike.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, hidden, generator=g)
+    w_up = (torch.randn(inter, hidden, generator=g) / hidden**0.5).requires_grad_(train)
+    w_down = (torch.randn(hidden, inter, generator=g) / inter**0.5).requires_grad_(train)
+    x.requires_grad_(train)
+
+    def block(precision: str) -> float:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else None
+        t0 = clock()
+        with ctx or contextlib.nullcontext(), torch.set_grad_enabled(train):
+            y = F.linear(F.silu(F.linear(x, w_up)), w_down)
+        if train:
+            y.float().sum().backward()
+            x.grad = w_up.grad = w_down.grad = None
+        return clock() - t0
+
+    block("fp32"), block("bf16")  # warm-up: first calls allocate and pick kernels
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    start = clock()
+    while len(times["fp32"]) < MAX_REPEATS:
+        for precision in ("fp32", "bf16"):
+            times[precision].append(block(precision))
+        if len(times["fp32"]) >= MIN_REPEATS and clock() - start > budget_s:
+            break
+    return statistics.median(times["fp32"]), statistics.median(times["bf16"])
+
+
+def choose(requested: str, model: Any, *, tokens: int, train: bool) -> Precision:
+    """:func:`decide` for ``model`` (on its device), measuring where ``auto`` needs it.
+
+    ``tokens``: how many tokens one model pass holds (batch size x typical length when
+    training; the batch size when decoding, one new token a row).
+    """
+    device = next(model.parameters()).device
+    if requested != "auto" or device.type not in ("cpu", "cuda"):
+        return decide(requested, device.type)
+    if device.type == "cuda":
+        return decide(requested, "cuda", cuda_bf16=torch.cuda.is_bf16_supported())
+    hidden, inter = mlp_shape(model)
+    return decide("auto", "cpu", timings=measure(hidden, inter, max(1, tokens), train=train))
