@@ -13,9 +13,10 @@ import pytest
 from helpers_models import toy_pairs
 
 from gdig.cli import main
-from gdig.data.pair import PairsError
+from gdig.data.examples import ExampleList, as_examples
+from gdig.data.pair import Pair, PairsError
 from gdig.data.pairs import read_pairs, write_jsonl
-from gdig.data.pool import open_pool, take
+from gdig.data.pool import open_pool
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -70,10 +71,11 @@ def test_pool_matches_read_pairs(tmp_path, name):
     assert skips_pool == skips_list  # same records, in line order
     assert any("duplicate id 'p3'" in s["reason"] for s in skips_pool)
     rows = [N - 1, 5, 5, 0, 1500, 1024]
-    assert pool.records(rows) == [want[r] for r in rows]
-    assert take(pool, rows) == [want[r] for r in rows]
+    assert pool.take(rows) == [want[r] for r in rows]
+    assert as_examples(pool) is pool  # a pool is already what the engine reads
+    assert ExampleList(want).take(rows) == pool.take(rows)
     assert pool[-1] == want[-1] and pool[1023:1026] == want[1023:1026]
-    assert pool.id(10) == want[10].id and list(pool.iter_ids()) == [p.id for p in want]
+    assert pool.id(10) == want[10].id and list(pool.ids()) == [p.id for p in want]
     got = pool.rows_of(["p8", "nope", "p3"])
     assert got.tolist() == [[p.id for p in want].index("p8"), -1, 3]
     half = pool.subset(np.arange(N) % 2 == 0)
@@ -94,7 +96,7 @@ def test_changed_file_is_named_not_misread(tmp_path):
     text = path.read_text(encoding="utf-8").replace('"p20"', '"q20"')
     path.write_text(text, encoding="utf-8")
     with pytest.raises(PairsError, match="changed while gdig was using it"):
-        pool.records([20])
+        pool.take([20])
 
 
 def test_parquet_without_extension_is_sniffed(tmp_path):
@@ -146,3 +148,11 @@ def test_the_index_holds_a_few_numbers_a_pair(tmp_path):
     # id (12 B) + id start, line and offset (8 B each) = 36 B; the pairs themselves ~900 B
     assert held / n < 60, held / n
     assert peak / n < 120, peak / n  # + the 64-bit hashes of the duplicate check
+
+
+def test_example_list_ids_are_distinct():
+    pairs = [Pair(i, "src", "tgt") for i in ("a", "b", "a")]
+    with pytest.raises(ValueError, match="not unique: 'a' occurs twice"):
+        ExampleList(pairs)
+    ids = ExampleList(pairs[:2]).ids()
+    assert list(ids) == ["a", "b"]

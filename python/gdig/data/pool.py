@@ -1,11 +1,12 @@
 """A pool of pairs that is never held whole: read once, kept as a few numbers a pair.
 
-:func:`open_pool` streams a pairs file (JSONL, TSV, plain or gzip, or Parquet) under the
+:func:`open_pool` streams a pairs file (any format of :mod:`gdig.data.formats`) under the
 same rules as :func:`gdig.data.pairs.iter_pairs` and keeps, for every good pair, its id
-(as UTF-8 bytes in one buffer), its line (or Parquet row) number and where it starts in
-the file (byte offset in the decompressed stream; the row for Parquet). The result is a
-``Sequence[Pair]``: ``pool[i]`` and ``pool.records(rows)`` read the pairs back from the
-file by seeking, so a caller holds only the pairs it is working on.
+(as UTF-8 bytes in one buffer), its line (or row) number and where it starts in the file
+(byte offset in the decompressed stream; the row for tables). The result is a
+``Sequence[Pair]`` and an :class:`~gdig.data.examples.Examples`: ``pool[i]`` and
+``pool.take(rows)`` read the pairs back from the file by seeking, so a caller holds only
+the pairs it is working on.
 
 Memory: about ``len(id) + 32`` bytes a pair (id buffer, id start, line, offset, and a
 64-bit hash of the id, for the duplicate check and :meth:`PoolIndex.rows_of`). The pairs
@@ -23,6 +24,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from gdig.data.idlist import IdList
 from gdig.data.lineparser import _LineParser
 from gdig.data.pair import Pair, PairsError
 from gdig.data.pairs import (
@@ -35,7 +37,7 @@ from gdig.data.pairs import (
     scan_pairs,
 )
 
-__all__ = ["PoolIndex", "open_pool", "pair_ids", "take"]
+__all__ = ["PoolIndex", "open_pool"]
 
 _BLOCK = 1024  # pairs read back at once when indexed one by one (sequential access)
 
@@ -72,9 +74,9 @@ class PoolIndex(Sequence[Pair]):
         a, b = self._id_start[i], self._id_start[i + 1]
         return self._id_blob[a:b].decode("utf-8")
 
-    def iter_ids(self) -> Iterator[str]:
-        for i in range(len(self)):
-            yield self.id(i)
+    def ids(self) -> IdList:
+        """Every id, in file order, without reading the pairs (shares no buffer)."""
+        return IdList.from_arrays(np.frombuffer(self._id_blob, np.uint8), self._id_start[1:])
 
     @overload
     def __getitem__(self, i: int) -> Pair: ...
@@ -82,21 +84,21 @@ class PoolIndex(Sequence[Pair]):
     def __getitem__(self, i: slice) -> list[Pair]: ...
     def __getitem__(self, i: int | slice) -> Pair | list[Pair]:
         if isinstance(i, slice):
-            return self.records(range(*i.indices(len(self))))
+            return self.take(range(*i.indices(len(self))))
         n = len(self)
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"pool index {i} out of range ({n} pairs)")
         if self._block is None or not (self._block[0] <= i < self._block[0] + len(self._block[1])):
-            self._block = (i, self.records(range(i, min(i + _BLOCK, n))))
+            self._block = (i, self.take(range(i, min(i + _BLOCK, n))))
         return self._block[1][i - self._block[0]]
 
     def __iter__(self) -> Iterator[Pair]:
         for start in range(0, len(self), _BLOCK):
-            yield from self.records(range(start, min(start + _BLOCK, len(self))))
+            yield from self.take(range(start, min(start + _BLOCK, len(self))))
 
-    def records(self, rows: Iterable[int]) -> list[Pair]:
+    def take(self, rows: Iterable[int]) -> list[Pair]:
         """The pairs at these positions, in this order (each distinct one read once, in
         file order: a gzip file is never rewound)."""
         rows = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, np.int64)
@@ -282,18 +284,3 @@ def _first_of_each_id(pool: PoolIndex, skips: list[dict[str, Any]]) -> np.ndarra
         )
         skips.append(err.as_skip_record())
     return keep
-
-
-def take(pairs: Sequence[Pair], rows: Iterable[int]) -> list[Pair]:
-    """``[pairs[r] for r in rows]``, read in one forward pass when ``pairs`` is a pool."""
-    if isinstance(pairs, PoolIndex):
-        return pairs.records(rows)
-    return [pairs[int(r)] for r in rows]
-
-
-def pair_ids(pairs: Sequence[Any]) -> list[str]:
-    """The ids, in order (a pool's from its index, without reading the texts; anything
-    without an ``id`` is numbered)."""
-    if isinstance(pairs, PoolIndex):
-        return list(pairs.iter_ids())
-    return [str(getattr(p, "id", i)) for i, p in enumerate(pairs)]

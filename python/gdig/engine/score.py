@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import gdig_ext
-from gdig.data.pool import PoolIndex, pair_ids
+from gdig.data.examples import Example, Examples, as_examples
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import Captured, GradientCapture
 from gdig.engine.config import EngineConfig, as_dict
@@ -178,7 +178,7 @@ def run_key(model: nn.Module, seeds: SeedGradients, cfg: EngineConfig) -> dict[s
 def score_candidates(
     model: nn.Module,
     tokenizer: Any,
-    pool: Sequence[Any],
+    pool: Examples | Sequence[Example],
     seed_grads: SeedGradients,
     cfg: EngineConfig,
     store_dir: str | Path,
@@ -212,9 +212,8 @@ def score_candidates(
     device = next(model.parameters()).device
     dtype = op_dtype(cfg.factors.autocast, acc_dtype(next(model.parameters()).dtype))
     scorer = CandidateScorer(seed_grads, projections, device, dtype, cfg.execution.dense_seeds_mb)
-    ids = pair_ids(pool)
-    if not isinstance(pool, PoolIndex) and len(set(ids)) != len(ids):  # a pool checked them
-        raise ValueError("score_candidates: pool ids are not unique; give every pair its own id")
+    pool = as_examples(pool)  # distinct ids: a pool file is checked as it is read
+    ids = pool.ids()
     writer = StoreWriter(
         store_dir,
         run_key=run_key(model, seed_grads, cfg),
@@ -247,8 +246,8 @@ def score_candidates(
                 bar.update(stop - start)
                 continue
             encoded = [
-                encode_pair(pool[r], tokenizer, cfg.factors.template, cfg.factors.max_length)
-                for r in range(start, stop)
+                encode_pair(p, tokenizer, cfg.factors.template, cfg.factors.max_length)
+                for p in pool.take(range(start, stop))
             ]
             arrays = _empty_shard(stop - start, seed_grads.n, projections, k)
             bad_rows: list[int] = []

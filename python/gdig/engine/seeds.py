@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import gdig_ext
+from gdig.data.examples import Example, Examples, as_examples
 from gdig.engine.batching import auto_max_tokens, collate, plan_batches
 from gdig.engine.capture import GradientCapture
 from gdig.engine.config import EngineConfig
@@ -119,14 +120,14 @@ def compress_rotated(
     return u @ q_s.T, v @ q_a.T
 
 
-def check_finite_seeds(got: Any, pairs: Sequence[Any]) -> None:
+def check_finite_seeds(got: Any, pairs: Sequence[Example]) -> None:
     """Raise ValueError naming the seeds whose loss or captured gradients are NaN/Inf: seeds are
     few and trusted, and dropping one would change what "helps every seed" means."""
     ok = torch.isfinite(got.losses)
     for a, g in got.layers:
         ok &= finite_rows(a, g)
     if not bool(ok.all()):
-        bad = [str(getattr(pairs[j], "id", j)) for j in (~ok).nonzero().flatten().tolist()]
+        bad = [pairs[j].id for j in (~ok).nonzero().flatten().tolist()]
         raise UsageError(
             f"seed pair(s) {', '.join(bad)} give a non-finite (NaN/Inf) loss or gradient; fix "
             "or remove them from the seed set"
@@ -136,13 +137,14 @@ def check_finite_seeds(got: Any, pairs: Sequence[Any]) -> None:
 def prepare_seeds(
     model: nn.Module,
     tokenizer: Any,
-    seeds: Sequence[Any],
+    seeds: Examples | Sequence[Example],
     factors: Factors,
     cfg: EngineConfig,
     progress: bool = True,
 ) -> SeedGradients:
     """Precondition and compress the seed set's gradients (rank ``cfg.scoring.rank``; exact:
     none)."""
+    seeds = as_examples(seeds)
     if len(seeds) == 0:
         raise ValueError("prepare_seeds: the seed set is empty")
     factors.check(model, cfg.factors)
@@ -165,7 +167,8 @@ def prepare_seeds(
         )
 
     encoded = [
-        encode_pair(p, tokenizer, cfg.factors.template, cfg.factors.max_length) for p in seeds
+        encode_pair(p, tokenizer, cfg.factors.template, cfg.factors.max_length)
+        for p in seeds.take(range(len(seeds)))
     ]
     max_tokens = cfg.execution.max_batch_tokens or auto_max_tokens(model, device)
     batches = plan_batches([len(e) for e in encoded], cfg.execution.batch_size, max_tokens)
@@ -184,7 +187,7 @@ def prepare_seeds(
         def seed_rows(rows: list[int]) -> None:
             sq_norm[rows] = 0.0  # a retry after running out of memory must not add twice
             got = cap.run(collate(encoded, rows, pad_id, device))
-            check_finite_seeds(got, [seeds[r] for r in rows])
+            check_finite_seeds(got, seeds.take(rows))
             keep = got.mask.to(compute)  # [B, T] 0/1: padding out
             for i, (a, g) in enumerate(got.layers):
                 # float64 (exact mode or a float64 model) or float32: seeds are few, but a
@@ -213,7 +216,7 @@ def prepare_seeds(
         for batch in batches:
             run_with_backoff(lambda sub: seed_rows(list(sub)), batch, "seed batch")
     return SeedGradients(
-        ids=[str(getattr(p, "id", i)) for i, p in enumerate(seeds)],
+        ids=list(seeds.ids()),
         layers=layers,
         u=[torch.stack(col) for col in us],
         v=[torch.stack(col) for col in vs],

@@ -91,7 +91,7 @@ def too_long_records(
     """``(mask of the pairs within limit, skip records of the others)``."""
     keep = np.asarray(lengths) <= limit
     long_rows = np.flatnonzero(~keep)
-    long_pairs = pairs.records(long_rows)
+    long_pairs = pairs.take(long_rows)
     skipped = [
         {
             "file": path,

@@ -14,7 +14,7 @@ from gdig.io.errors import UsageError
 
 def pool_rows(pool: PoolIndex, ids: Sequence[str], where: str) -> np.ndarray:
     """The pool row of each candidate id (``where`` names the store in the error)."""
-    if len(ids) == len(pool) and all(a == b for a, b in zip(ids, pool.iter_ids(), strict=True)):
+    if len(ids) == len(pool) and all(a == b for a, b in zip(ids, pool.ids(), strict=True)):
         return np.arange(len(pool), dtype=np.int64)  # the usual case: every pair was scored
     rows = pool.rows_of(ids)
     missing = np.flatnonzero(rows < 0)
@@ -36,7 +36,7 @@ class PairTexts(Sequence[tuple[str, str, str]]):
         return len(self.rows)
 
     def __getitem__(self, i):  # type: ignore[override]
-        pair = self.pool.records([int(self.rows[i])])[0]
+        pair = self.pool.take([int(self.rows[i])])[0]
         return pair.id, pair.src, pair.tgt
 
 
@@ -92,7 +92,7 @@ def label_values(pool: PoolIndex, rows: np.ndarray, field: str) -> list[Any]:
     shared: dict[Any, Any] = {}
     for start in range(0, len(order), 4096):
         part = order[start : start + 4096]
-        for k, pair in zip(part.tolist(), pool.records(rows[part]), strict=True):
+        for k, pair in zip(part.tolist(), pool.take(rows[part]), strict=True):
             value = pair.extra[field] if field in pair.extra else pair.to_record().get(field)
             try:
                 value = shared.setdefault(value, value)

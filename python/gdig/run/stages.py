@@ -231,7 +231,7 @@ def stage_select(state: RunState) -> None:
     fault_point("select:scores")
     pool, rows = _pool_rows(state, sel.ids)
     # Read by seeking, a chunk at a time: every field kept, the budget never held whole.
-    write_selected(state.out / "selected.jsonl", sel, lambda r: pool.records(rows[r]), top)
+    write_selected(state.out / "selected.jsonl", sel, lambda r: pool.take(rows[r]), top)
     sel.save(state.out / SELECTION_FILE)
     fault_point("select:saved")
     for note in sel.notes:
