@@ -157,6 +157,12 @@ class RuleFlags:
         out["removed"] = int((~self.ok).sum())
         return out
 
+    def take(self, rows: np.ndarray) -> RuleFlags:
+        """The flags of these pairs, in this order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        failed = {rule: f[rows] for rule, f in self.failed.items()}
+        return RuleFlags(failed=failed, n=len(rows), skipped=dict(self.skipped))
+
     def summary(self) -> str:
         c = self.counts()
         each = ", ".join(f"{rule} {c[rule]}" for rule in self.failed)
