@@ -172,7 +172,9 @@ def greedy(
         kw = {"position_ids": step_pos} if "position_ids" in accepts else {}
         kw[cache_arg] = cache
         res = model(input_ids=step_ids, attention_mask=att, use_cache=True, **kw, **extra)
-        cache = getattr(res, cache_arg)
+        cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+        if cache is None:
+            raise RuntimeError(f"{type(model).__name__} returned no key-value cache")
         token = res.logits[:, -1].argmax(-1)
         for row, t in zip(active.tolist(), token.tolist(), strict=True):
             out[row].append(t)
