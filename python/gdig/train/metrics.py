@@ -1,5 +1,6 @@
 """Scoring translations: sacrebleu's corpus BLEU and chrF with their signatures, a
-summary of the outputs, and the paired bootstrap that compares two systems.
+summary of the outputs, and the paired bootstrap that compares two systems (on one test
+set, or over training seeds and test sentences: the two-level bootstrap).
 """
 
 from __future__ import annotations
@@ -170,7 +171,6 @@ def paired_bootstrap(
     sums_a, sums_b = weights @ stats_a, weights @ stats_b
     diffs = np.array([score(a) - score(b) for a, b in zip(sums_a, sums_b, strict=True)])
     score_a, score_b = score(stats_a.sum(0)), score(stats_b.sum(0))
-    p_value = (np.sum(diffs < 0) + 0.5 * np.sum(diffs == 0)) / n
     return {
         "metric": metric,
         "signature": str(m.get_signature()),
@@ -180,8 +180,99 @@ def paired_bootstrap(
         "score_a": score_a,
         "score_b": score_b,
         "delta": score_a - score_b,
+        **_interval(diffs),
+    }
+
+
+def _interval(diffs: np.ndarray) -> dict[str, float]:
+    """Mean, 95% percentile interval and one-sided p-value ("a <= b") of resampled a - b."""
+    p_value = (np.sum(diffs < 0) + 0.5 * np.sum(diffs == 0)) / len(diffs)
+    return {
         "mean_delta": float(diffs.mean()),
         "ci_low": float(np.percentile(diffs, 2.5)),
         "ci_high": float(np.percentile(diffs, 97.5)),
         "p_value": float(p_value),
+    }
+
+
+def sentence_stats(
+    refs: Sequence[str], hyps: Sequence[str], metric: str = "chrf", *, tgt_lang: str | None = None
+) -> np.ndarray:
+    """``[len(refs), d]`` float64: sacrebleu's per-sentence sufficient statistics of
+    ``metric`` (what :func:`paired_bootstrap` sums), the input of :func:`two_level_bootstrap`.
+    Summed over any multiset of sentences they give that multiset's corpus score."""
+    refs, hyps = list(refs), list(hyps)
+    check_lengths(refs, hyps)
+    m = _metric(metric, tgt_lang)
+    return np.asarray(m._extract_corpus_statistics(hyps, [refs]), dtype=np.float64)
+
+
+def two_level_bootstrap(
+    stats_a: Sequence[np.ndarray],
+    stats_b: Sequence[np.ndarray],
+    metric: str = "chrf",
+    n: int = 1000,
+    seed: int = 0,
+    *,
+    tgt_lang: str | None = None,
+) -> dict[str, Any]:
+    """Paired two-level bootstrap of system a against system b over training seeds.
+
+    ``stats_a[k]``/``stats_b[k]`` are :func:`sentence_stats` of the two systems trained with
+    the k-th training seed, on the same references. A resample first draws ``K`` seeds with
+    replacement, then, within each drawn seed, ``N`` sentences with replacement; the *same*
+    draws serve both systems, whose corpus metric on the resample comes from the summed
+    statistics (sacrebleu's own formula, as in :func:`paired_bootstrap`). So the interval
+    holds the training-seed variance as well as the test-set variance, which pooling the
+    seeds' sentences into one paired bootstrap leaves out. With one seed it is exactly
+    :func:`paired_bootstrap` (the same random draws, the same numbers).
+
+    Returns ``score_a``/``score_b`` (corpus metric over all seeds' sentences together; the
+    metric's signature is :func:`score_hypotheses`'),
+    ``delta`` (a - b on them), ``seed_deltas`` (a - b on each seed's sentences alone), and
+    over the ``n`` resamples ``mean_delta``, the 95% percentile interval ``ci_low``/
+    ``ci_high`` and ``p_value`` (share of resamples where a does not beat b, ties 1/2).
+    """
+    if len(stats_a) != len(stats_b) or not stats_a:
+        raise UsageError(
+            f"two_level_bootstrap: {len(stats_a)} and {len(stats_b)} seeds; give the same "
+            "non-zero number of seeds for both systems"
+        )
+    shapes = {np.shape(s) for s in (*stats_a, *stats_b)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[0] == 0:
+        raise UsageError(
+            "two_level_bootstrap: every seed of both systems needs the statistics of the "
+            "same sentences ([n_sentences, d] each, n_sentences > 0)"
+        )
+    if n < 1:
+        raise ValueError(f"n={n}: must be >= 1")
+    a = np.stack([np.asarray(s, np.float64) for s in stats_a])
+    b = np.stack([np.asarray(s, np.float64) for s in stats_b])
+    m = _metric(metric, tgt_lang)
+
+    def score(summed: np.ndarray) -> float:
+        return float(m._compute_score_from_stats(np.rint(summed).astype(np.int64).tolist()).score)
+
+    k, size, d = a.shape
+    rng = np.random.default_rng(seed)
+    # Sentences first, seeds second: with one seed the draws are paired_bootstrap's.
+    sentence = rng.integers(0, size, size=(n, k * size))
+    drawn_seed = rng.integers(0, k, size=(n, k))
+    unit = np.repeat(drawn_seed, size, axis=1) * size + sentence  # row of a.reshape(k*size, d)
+    flat = (unit + np.arange(n)[:, None] * (k * size)).ravel()
+    weights = np.bincount(flat, minlength=n * k * size).reshape(n, k * size).astype(np.float64)
+    sums_a, sums_b = weights @ a.reshape(k * size, d), weights @ b.reshape(k * size, d)
+    diffs = np.array([score(x) - score(y) for x, y in zip(sums_a, sums_b, strict=True)])
+    score_a, score_b = score(a.sum((0, 1))), score(b.sum((0, 1)))
+    return {
+        "metric": metric,
+        "n_seeds": k,
+        "n_sentences": size,
+        "n_resamples": n,
+        "seed": seed,
+        "score_a": score_a,
+        "score_b": score_b,
+        "delta": score_a - score_b,
+        "seed_deltas": [score(a[i].sum(0)) - score(b[i].sum(0)) for i in range(k)],
+        **_interval(diffs),
     }
