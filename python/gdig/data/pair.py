@@ -12,7 +12,6 @@ FILE_FIELD = "<file>"  # field name for problems of the whole file (no pairs at 
 
 _META_FIELDS = ("id", "src_lang", "tgt_lang")  # the fields besides the two texts
 _BAD_LINE_POLICIES = ("error", "skip")
-_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".parquet": "parquet"}
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
-"""Translation pairs: read them from JSONL, TSV or Parquet, write them back as JSONL.
+"""Translation pairs: read them from any format of :mod:`gdig.data.formats`, write them
+back as JSONL.
 
 Input formats (chosen by extension, ``.gz`` allowed on top of JSONL and TSV; otherwise
-sniffed):
+sniffed from the first bytes):
 
 * JSONL (``.jsonl``, ``.json``): one object a line with string fields ``src`` and
   ``tgt``; optional ``id``, ``src_lang``, ``tgt_lang``; any other field is kept in
@@ -10,6 +11,8 @@ sniffed):
   ``src<TAB>tgt`` whose column names are then used as field names.
 * Parquet (``.parquet``, needs pyarrow): columns as JSONL's fields, read one row group
   at a time; row numbers (from 1) stand in for line numbers.
+* A Hugging Face dataset folder (``Dataset.save_to_disk``; needs pyarrow, not
+  ``datasets``): columns as Parquet's, memory-mapped.
 
 The text fields may have other names (``src_field=``/``tgt_field=``, e.g. ``source`` and
 ``target``): the Pair still has ``.src``/``.tgt`` and remembers the names, so
@@ -24,17 +27,17 @@ Problems that concern a whole line rather than one field use the field name
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from gdig.data.formats import FORMATS, InputFormat, Unit, format_from_name, formats_text, sniff
 from gdig.data.lineparser import _check_field_names, _check_lang, _LineParser
-from gdig.data.pair import _BAD_LINE_POLICIES, _FORMATS, FILE_FIELD, LINE_FIELD, Pair, PairsError
+from gdig.data.pair import _BAD_LINE_POLICIES, FILE_FIELD, LINE_FIELD, Pair, PairsError
 from gdig.io.atomic import atomic_open
 
 __all__ = [
@@ -47,91 +50,6 @@ __all__ = [
     "read_pairs",
     "write_jsonl",
 ]
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
-def _format_from_name(path: Path) -> str | None:
-    suffixes = path.suffixes
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    return _FORMATS.get(suffixes[-1].lower()) if suffixes else None
-
-
-def _raw_lines(fh: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, int, bytes | None]]:
-    """Yield (line_no, byte offset of the line, content without newline), with content
-    None for a too-long line.
-
-    Reads at most ``max_line_bytes + 2`` bytes at a time so a runaway line (e.g. a
-    binary file without newlines) never has to sit in memory whole. The offset is in the
-    (decompressed) stream, so ``fh.seek(offset)`` returns to the line.
-    """
-    limit = max_line_bytes + 2  # room for "\r\n"
-    line_no = 0
-    while True:
-        offset = fh.tell()
-        raw = fh.readline(limit)
-        if not raw:
-            return
-        line_no += 1
-        if raw.endswith(b"\n"):
-            content = raw[:-1]
-        elif len(raw) < limit:  # last line of the file, no newline
-            content = raw
-        else:  # cut off mid-line: drain the rest of it
-            while chunk := fh.readline(1 << 20):
-                if chunk.endswith(b"\n"):
-                    break
-            yield line_no, offset, None
-            continue
-        if content.endswith(b"\r"):
-            content = content[:-1]
-        yield line_no, offset, (content if len(content) <= max_line_bytes else None)
-
-
-def _sniff(path: Path, max_line_bytes: int) -> str:
-    with _open_binary(path) as fh:
-        if path.suffix != ".gz" and fh.read(4) == b"PAR1":
-            return "parquet"
-        fh.seek(0)
-        for _, _, content in _raw_lines(fh, max_line_bytes):
-            if content is None:
-                break
-            text = content.lstrip(b"\xef\xbb\xbf").strip()
-            if not text:
-                continue
-            if text.startswith((b"{", b"[")):
-                return "jsonl"
-            if b"\t" in text:
-                return "tsv"
-            break
-    raise PairsError(
-        str(path),
-        0,
-        FILE_FIELD,
-        "cannot tell the format from the extension or the first line",
-        "name the file .jsonl (one JSON object a line), .tsv (src<TAB>tgt[<TAB>id]) or .parquet",
-    )
-
-
-# One unit of input: (line or row number, where to find it again, the line's bytes, a
-# Parquet row's record, or None for a line over max_line_bytes).
-Unit = tuple[int, int, "bytes | dict[str, Any] | None"]
-
-
-def _units(path: Path, fmt: str, max_line_bytes: int) -> Iterator[Unit]:
-    if fmt == "parquet":
-        from gdig.data.parquet import iter_rows
-
-        for row, rec in iter_rows(path):
-            yield row, row, rec
-        return
-    with _open_binary(path) as fh:
-        yield from _raw_lines(fh, max_line_bytes)
 
 
 def _parse_unit(parser: _LineParser, unit: Unit, max_line_bytes: int) -> Pair | None:
@@ -181,8 +99,8 @@ class ReadOptions:
     def checked(self) -> ReadOptions:
         if self.bad_lines not in _BAD_LINE_POLICIES:
             raise ValueError(f"bad_lines={self.bad_lines!r}: use one of {_BAD_LINE_POLICIES}")
-        if self.fmt is not None and self.fmt not in ("jsonl", "tsv", "parquet"):
-            raise ValueError(f"fmt={self.fmt!r}: use 'jsonl', 'tsv', 'parquet' or None (detect)")
+        if self.fmt is not None and self.fmt not in FORMATS:
+            raise ValueError(f"fmt={self.fmt!r}: use one of {', '.join(FORMATS)} or None (detect)")
         if self.max_line_bytes < 1:
             raise ValueError(f"max_line_bytes={self.max_line_bytes}: must be positive")
         _check_field_names(self.src_field, self.tgt_field)
@@ -191,6 +109,10 @@ class ReadOptions:
             src_lang=_check_lang("src_lang", self.src_lang),
             tgt_lang=_check_lang("tgt_lang", self.tgt_lang),
         )
+
+    @property
+    def format(self) -> InputFormat:
+        return FORMATS[self.fmt or "jsonl"]
 
     def parser(self, path: Path) -> _LineParser:
         return _LineParser(
@@ -204,13 +126,26 @@ class ReadOptions:
 
 
 def open_input(path: str | os.PathLike[str], opts: ReadOptions) -> tuple[Path, ReadOptions]:
-    """The checked path and options with the format resolved (extension, else sniffed)."""
+    """The checked path and options with the format resolved (name, else first bytes)."""
     opts = opts.checked()
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such file; check the path")
-    fmt = opts.fmt or _format_from_name(path) or _sniff(path, opts.max_line_bytes)
-    return path, replace(opts, fmt=fmt)
+    fmt = FORMATS[opts.fmt] if opts.fmt else format_from_name(path) or sniff(path)
+    if fmt is None or fmt.folder != path.is_dir():
+        if path.is_dir():
+            raise PairsError(
+                str(path), 0, FILE_FIELD, "is a folder", f"give a file of pairs ({formats_text()})"
+            )
+        raise PairsError(
+            str(path),
+            0,
+            FILE_FIELD,
+            "cannot tell the format from the extension or the first line",
+            "name the file .jsonl (one JSON object a line), .tsv (src<TAB>tgt[<TAB>id]) or "
+            ".parquet",
+        )
+    return path, replace(opts, fmt=fmt.name)
 
 
 def scan_pairs(
@@ -218,7 +153,7 @@ def scan_pairs(
 ) -> Iterator[tuple[Pair, int]]:
     """``(pair, offset)`` of every good unit, in file order, duplicates of ids included;
     bad units raise (``bad_lines="error"``) or are appended to ``skips``."""
-    for unit in _units(path, opts.fmt or "jsonl", opts.max_line_bytes):
+    for unit in opts.format.scan(path, opts.max_line_bytes):
         try:
             pair = _parse_unit(parser, unit, opts.max_line_bytes)
         except PairsError as err:
@@ -272,15 +207,15 @@ def iter_pairs(
     src_lang: str | None = None,
     tgt_lang: str | None = None,
 ) -> Iterator[Pair]:
-    """Stream the pairs of a JSONL, TSV or Parquet file, one at a time.
+    """Stream the pairs of a file (JSONL, TSV, Parquet, a saved dataset), one at a time.
 
     ``bad_lines="error"`` raises PairsError at the first bad line. ``"skip"`` drops
     bad lines but appends ``{file, line, field, reason}`` to ``skipped`` (or, when
     ``skipped`` is None, warns with a count at the end); of lines that repeat an
     id, the first is kept. Blank lines are ignored. A file with no pairs at all is
-    an error under either policy. ``fmt`` ("jsonl", "tsv" or "parquet") overrides
+    an error under either policy. ``fmt`` (a name in ``gdig.data.formats.FORMATS``) overrides
     detection. Only the set of ids seen is held in memory (:func:`gdig.data.pool.open_pool`
-    keeps less: a few numbers a pair). Parquet rows count as lines, from 1.
+    keeps less: a few numbers a pair). Table rows count as lines, from 1.
 
     ``src_field``/``tgt_field`` name the fields (JSONL keys, TSV header columns, Parquet
     columns) that hold the texts; a headerless TSV's first two columns are given these

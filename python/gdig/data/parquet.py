@@ -40,9 +40,42 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _records(table) -> list[dict[str, Any]]:
+def table_records(table) -> list[dict[str, Any]]:
+    """The rows of an Arrow table (or record batch) as JSON-safe records."""
     rows = table.to_pylist()
     return [{k: _json_safe(v) for k, v in row.items()} for row in rows]
+
+
+def records_table(records: Iterable[dict[str, Any]], chunk: int = 4096):
+    """Records as one Arrow table, built a chunk at a time (a field missing from some
+    records, or null in a whole chunk, takes its type from the others)."""
+    import pyarrow as pa
+
+    def table(recs: list[dict[str, Any]]):
+        # every field of the chunk, in order of appearance (from_pylist keeps the first
+        # record's only)
+        names = list(dict.fromkeys(k for rec in recs for k in rec))
+        return pa.table({k: [rec.get(k) for rec in recs] for k in names})
+
+    parts, buf = [], []
+    for rec in records:
+        buf.append(rec)
+        if len(buf) == chunk:
+            parts.append(table(buf))
+            buf = []
+    if buf or not parts:
+        parts.append(table(buf))
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def write_parquet(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write records as a Parquet file, atomically; return how many."""
+    from gdig.io.atomic import atomic_open
+
+    table = records_table(records)
+    with atomic_open(path) as fh:
+        _pyarrow_parquet().write_table(table, fh)
+    return table.num_rows
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -50,7 +83,7 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     pf = _pyarrow_parquet().ParquetFile(path)
     row = 0
     for group in range(pf.num_row_groups):
-        for rec in _records(pf.read_row_group(group)):
+        for rec in table_records(pf.read_row_group(group)):
             row += 1
             yield row, rec
 
@@ -69,8 +102,8 @@ class RowReader:
             self._first.append(self._first[-1] + size)
         self._cached: tuple[int, list[dict[str, Any]]] = (-1, [])
 
-    def read(self, rows: Iterable[int]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """``(row, record)`` for the given row numbers."""
+    def read(self, rows: Iterable[int]) -> Iterator[dict[str, Any]]:
+        """The records of the given row numbers, in this order."""
         import bisect
 
         for row in rows:
@@ -78,5 +111,8 @@ class RowReader:
             if not 0 <= group < len(self._first) - 1:
                 raise IndexError(f"{self.path}: row {row} is past the end")
             if self._cached[0] != group:
-                self._cached = (group, _records(self._pf.read_row_group(group)))
-            yield row, self._cached[1][row - self._first[group]]
+                self._cached = (group, table_records(self._pf.read_row_group(group)))
+            yield self._cached[1][row - self._first[group]]
+
+    def close(self) -> None:
+        self._cached = (-1, [])

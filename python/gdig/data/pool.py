@@ -24,12 +24,12 @@ from typing import Any, overload
 
 import numpy as np
 
+from gdig.data.formats import UnitReader
 from gdig.data.idlist import IdList
 from gdig.data.lineparser import _LineParser
 from gdig.data.pair import Pair, PairsError
 from gdig.data.pairs import (
     ReadOptions,
-    _open_binary,
     _parse_unit,
     duplicate_id_error,
     finish_scan,
@@ -65,7 +65,7 @@ class PoolIndex(Sequence[Pair]):
         self.offsets = offsets  # [n] where each pair starts
         self.hashes = hashes  # [n] uint64 _hash of each id (duplicates, rows_of)
         self._block: tuple[int, list[Pair]] | None = None
-        self._reader: Any = None  # an open file handle (or Parquet row reader), kept
+        self._reader: UnitReader | None = None  # kept open across reads
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -113,25 +113,14 @@ class PoolIndex(Sequence[Pair]):
     def _read(self, rows: np.ndarray) -> Iterator[Pair]:
         # One reader stays open across calls: the engine reads a pool block by block, and
         # reopening would make a gzip file decompress from its start for every block.
-        if self.opts.fmt == "parquet":
-            from gdig.data.parquet import RowReader
-
-            if self._reader is None:
-                self._reader = RowReader(self.path)
-            units = ((row, row, rec) for row, rec in self._reader.read(self.offsets[rows].tolist()))
-            for r, unit in zip(rows.tolist(), units, strict=True):
-                yield self._parse(r, unit)
-            return
         if self._reader is None:
-            self._reader = _open_binary(self.path)
-        fh, limit = self._reader, self.opts.max_line_bytes + 2
-        for r in rows.tolist():
-            fh.seek(int(self.offsets[r]))  # gzip: forward seeks decompress only the gap
-            raw = fh.readline(limit).rstrip(b"\n").removesuffix(b"\r")
-            yield self._parse(r, (int(self.lines[r]), int(self.offsets[r]), raw))
+            self._reader = self.opts.format.reader(self.path, self.opts.max_line_bytes)
+        contents = self._reader.read(self.offsets[rows].tolist())
+        for r, content in zip(rows.tolist(), contents, strict=True):
+            yield self._parse(r, (int(self.lines[r]), int(self.offsets[r]), content))
 
     def close(self) -> None:
-        if self._reader is not None and hasattr(self._reader, "close"):
+        if self._reader is not None:
             self._reader.close()
         self._reader = None
 
@@ -217,6 +206,7 @@ def open_pool(
     from tqdm.auto import tqdm
 
     size = path.stat().st_size
+    by_bytes = opts.format.lines and path.suffix != ".gz"  # offsets in the file's bytes
     with tqdm(
         total=size, desc=f"read {path.name}", unit="B", unit_scale=True, disable=not progress
     ) as bar:
@@ -227,7 +217,7 @@ def open_pool(
             lines.append(pair.line or 0)
             offsets.append(offset)
             hashes.append(_hash(pair.id))
-            if progress and k % 4096 == 0 and opts.fmt != "parquet" and path.suffix != ".gz":
+            if progress and k % 4096 == 0 and by_bytes:
                 bar.update(offset - bar.n)
         bar.update(size - bar.n)
     pool = PoolIndex(

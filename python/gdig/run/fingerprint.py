@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from gdig.data.formats import formats_text, input_files
 from gdig.io.errors import UsageError
 from gdig.io.integrity import sha256_file, sha256_json
 from gdig.run.config import RunOptions
@@ -55,15 +56,20 @@ def sampled_sha256(path: Path, blocks: int = 64, block: int = 1 << 16) -> str:
 
 
 def file_identity(path: str | None, what: str) -> dict[str, Any]:
-    """``{path, sha256}`` of a pairs file given as ``--what``."""
+    """``{path, sha256}`` of a pairs file given as ``--what``; for a folder format (a saved
+    dataset), the sha256 of its files' names and sha256s."""
     if path is None:
-        raise UsageError(f"no {what} file given: pass --{what} FILE (JSONL or TSV)")
+        raise UsageError(f"no {what} file given: pass --{what} FILE ({formats_text()})")
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"--{what} {p}: is a folder; give a JSONL or TSV file")
-    if not p.is_file():
+    if not p.exists():
         raise UsageError(f"--{what} {p}: file not found")
-    return {"path": str(p.resolve()), "sha256": sha256_file(p)}
+    files = input_files(p)
+    if not files:
+        raise UsageError(f"--{what} {p}: is a folder; give a file of pairs ({formats_text()})")
+    if files == [p]:
+        return {"path": str(p.resolve()), "sha256": sha256_file(p)}
+    digests = {f.name: sha256_file(f) for f in files}
+    return {"path": str(p.resolve()), "sha256": sha256_json(digests)}
 
 
 def _content(identity: dict[str, Any] | None) -> Any:
