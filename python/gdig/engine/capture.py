@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdig.engine.batching import Batch
-from gdig.engine.precision import AUTOCAST_TORCH_DTYPES
+from gdig.io.dtypes import resolve_dtype
 
 # Config attributes that make logits more than `lm_head(hidden)`; such models go the slow way.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -46,7 +46,7 @@ class GradientCapture:
         if missing:
             raise ValueError(f"tracked layers {missing} are not modules of {type(model).__name__}")
         self._modules = [modules[n] for n in self.layer_names]
-        self._autocast = AUTOCAST_TORCH_DTYPES[autocast] if autocast else None
+        self._autocast = resolve_dtype(autocast)
         self._handles: list = []
         self._saved_flags: list[tuple[nn.Parameter, bool]] = []
         self._was_training = model.training

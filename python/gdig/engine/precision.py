@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-AUTOCAST_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from gdig.io.dtypes import resolve_dtype
 
 
 def acc_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -40,7 +40,7 @@ def op_dtype(autocast: str | None, acc: torch.dtype) -> torch.dtype:
     """
     if autocast is None or acc == torch.float64:
         return acc
-    return AUTOCAST_TORCH_DTYPES[autocast]
+    return resolve_dtype(autocast)
 
 
 def _has_out_dtype() -> bool:

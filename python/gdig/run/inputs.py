@@ -147,12 +147,9 @@ def pairs(state: RunState, which: str) -> PoolIndex:
 
 def model(state: RunState):
     if state.model is None:
-        import torch
-
         from gdig.model import check_device_available, load_model
 
         check_device_available(state.opts.run.device)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
         path = model_path(state.opts.inputs.model, bool(state.opts.run.progress))
         tuned = state.out / FINETUNED_DIR
         if state.opts.inputs.finetune_first and (tuned / "config.json").is_file():
@@ -160,7 +157,7 @@ def model(state: RunState):
         state.model, state.tokenizer = load_model(
             path,
             device=state.opts.run.device,
-            dtype=dtype[state.opts.read.dtype],
+            dtype=state.opts.read.dtype,
             progress=bool(state.opts.run.progress),
         )
     return state.model, state.tokenizer
