@@ -153,7 +153,7 @@ def _pipeline(spec: dict[str, Any], anon: AnonPeak) -> dict[str, Any]:
     from gdig.model import resolve_model
     from gdig.report import sample_map_rows, write_report
     from gdig.run.lengths import token_lengths
-    from gdig.run.poolrows import PairTexts, TopSeeds, label_values, pool_rows
+    from gdig.run.poolrows import PairTexts, label_values, pool_rows
     from gdig.run.stages import noise_kinds
     from gdig.select import SelectConfig, Selection, select
     from gdig.select.metrics import noise_summary
@@ -194,7 +194,7 @@ def _pipeline(spec: dict[str, Any], anon: AnonPeak) -> dict[str, Any]:
     done("select")
     # what stage_select does (run/stages.py), on the synthetic store
     where = str(out / "store")
-    prow, top = pool_rows(pool, sel.ids, where), TopSeeds(store, sel.ids)
+    prow, top = pool_rows(pool, sel.ids, where), store.top_seeds(sel.ids)
     write_scores(out / "scores.csv", sel, top)
     write_selected(out / "selected.jsonl", sel, lambda r: pool.take(prow[r]), top)
     sel.save(out / "selection.npz")

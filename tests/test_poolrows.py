@@ -1,4 +1,5 @@
-"""What select and report read per candidate from a store: the top seeds of each row."""
+"""What select and report read per candidate from a store: the top seeds of each row
+(GradStore.top_seeds)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import pytest
 
 from gdig.engine.score import batch_stats
 from gdig.engine.store import GradStore, StoreWriter
-from gdig.run.poolrows import TopSeeds
 
 N, S, TOP_K, SHARD = 23, 6, 3, 7
 
@@ -48,7 +48,7 @@ def expected(store: GradStore, row: int) -> list[str]:
 
 
 def test_top_seeds_match_the_stored_top_k(store):
-    top = TopSeeds(store, store.ids)
+    top = store.top_seeds()
     assert len(top) == N and top.top.dtype == np.int16 and top.top.shape == (N, TOP_K)
     got = [top[i] for i in range(N)]
     assert got == [expected(store, i) for i in range(N)]
@@ -60,6 +60,6 @@ def test_top_seeds_of_a_subset_of_rows(store, order):
     rows = [r for r in range(N) if r % 4 != 1]  # as finite_source leaves NaN rows out
     if order == "shuffled":
         rows = list(np.random.default_rng(0).permutation(rows))
-    top = TopSeeds(store, [store.ids[r] for r in rows])
+    top = store.top_seeds([store.ids[r] for r in rows])
     assert len(top) == len(rows)
     assert [top[k] for k in range(len(rows))] == [expected(store, r) for r in rows]

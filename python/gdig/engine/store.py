@@ -453,6 +453,13 @@ class GradStore:
     def _array(self, shard: str, key: str) -> np.ndarray:
         return np.load(self.root / shard / f"{key}.npy", mmap_mode="r")
 
+    def top_seeds(self, ids: Sequence[str] | None = None) -> Sequence[list[str]]:
+        """For each of ``ids`` (default: every candidate, in store order), the seeds it
+        helps most, best first (:class:`~gdig.engine.topseeds.TopSeeds`)."""
+        from gdig.engine.topseeds import TopSeeds
+
+        return TopSeeds(self, self.ids if ids is None else ids)
+
     def _concat(self, key: str) -> np.ndarray:
         parts = [np.asarray(self._array(name, key)) for _, _, name in self._shards]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

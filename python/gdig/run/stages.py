@@ -40,7 +40,7 @@ from gdig.run.folder import (
     stage_done,
     warn,
 )
-from gdig.run.poolrows import PairTexts, TopSeeds, label_values, pool_rows
+from gdig.run.poolrows import PairTexts, label_values, pool_rows
 
 
 def say(message: str) -> None:
@@ -217,7 +217,7 @@ def stage_select(state: RunState) -> None:
         sel = select(store, state.opts.select, device=state.opts.run.device)
     except ShortfallError as exc:
         if exc.selection is not None:  # the scores still help to choose --tau
-            top = TopSeeds(store, exc.selection.ids)
+            top = store.top_seeds(exc.selection.ids)
             write_scores(state.out / "scores.csv", exc.selection, top)
             raise ShortfallError(
                 f"{exc}; per-candidate scores are in {state.out / 'scores.csv'}",
@@ -226,7 +226,7 @@ def stage_select(state: RunState) -> None:
                 pool_size=exc.pool_size,
             ) from None
         raise
-    top = TopSeeds(store, sel.ids)
+    top = store.top_seeds(sel.ids)
     write_scores(state.out / "scores.csv", sel, top)
     fault_point("select:scores")
     pool, rows = _pool_rows(state, sel.ids)
