@@ -6,6 +6,7 @@ them (where the loss starts) is exact whatever the tokenizer merges across it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,18 +82,29 @@ def render_prompt(pair: Any, template: str, tokenizer: Any) -> str:
         ) from exc
 
 
+def encode_parts(
+    pairs: Sequence[Any], tokenizer: Any, template: str
+) -> list[tuple[list[int], list[int]]]:
+    """Untruncated ``(prompt ids, target ids + EOS)`` of each pair: the one rule by which an
+    example is tokenised. :func:`encode_pair` truncates it; the run's length check
+    (``gdig.run.lengths``) counts it, so "too long" means what the engine would cut."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token; set one (tokenizer.eos_token = ...)")
+    prompts = [render_prompt(p, template, tokenizer) for p in pairs]
+    # Chat templates already carry their special tokens (BOS included).
+    prompt_ids = tokenizer(prompts, add_special_tokens=template != "chat")["input_ids"]
+    target_ids = tokenizer([p.tgt for p in pairs], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id]
+    return [(list(a), list(b) + eos) for a, b in zip(prompt_ids, target_ids, strict=True)]
+
+
 def encode_pair(pair: Any, tokenizer: Any, template: str, max_length: int) -> Encoded:
     """Tokens of prompt + target + EOS; the loss covers target and EOS only.
 
     Too-long examples keep the head of the prompt (the instruction) and as much of the target
     as fits, always at least one target token.
     """
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; set one (tokenizer.eos_token = ...)")
-    prompt_text = render_prompt(pair, template, tokenizer)
-    # Chat templates already carry their special tokens (BOS included).
-    prompt = tokenizer(prompt_text, add_special_tokens=template != "chat")["input_ids"]
-    target = tokenizer(pair.tgt, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt, target = encode_parts([pair], tokenizer, template)[0]
     if len(prompt) + len(target) > max_length:
         room = max(max_length - len(prompt), max_length // 2, 1)
         keep_target = min(len(target), room)

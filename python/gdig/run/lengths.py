@@ -15,7 +15,7 @@ import numpy as np
 
 from gdig.data.pairs import Pair
 from gdig.data.pool import PoolIndex
-from gdig.engine.template import render_prompt
+from gdig.engine.template import encode_parts, render_prompt
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
 
@@ -67,20 +67,21 @@ def token_lengths(
     with tqdm(total=len(pairs), desc="measure lengths", unit="ex", disable=not progress) as bar:
         for start in range(0, len(pairs), _CHUNK):
             chunk = pairs[start : start + _CHUNK]
-            prompts = [render_prompt(p, template, tokenizer) for p in chunk]
             todo = range(len(chunk))
-            if bounded:
+            if bounded:  # encode_parts' tokens: at most the bytes, the specials and EOS
                 bound = [
-                    len(q.encode()) + len(p.tgt.encode()) + specials + 1
-                    for q, p in zip(prompts, chunk, strict=True)
+                    len(render_prompt(p, template, tokenizer).encode())
+                    + len(p.tgt.encode())
+                    + specials
+                    + 1
+                    for p in chunk
                 ]
                 out[start : start + len(chunk)] = bound
                 todo = [i for i, b in enumerate(bound) if b > limit]
             if todo:
-                n_prompt = tokenizer([prompts[i] for i in todo], add_special_tokens=not chat)
-                n_target = tokenizer([chunk[i].tgt for i in todo], add_special_tokens=False)
-                for i, a, b in zip(todo, n_prompt["input_ids"], n_target["input_ids"], strict=True):
-                    out[start + i] = len(a) + len(b) + 1
+                parts = encode_parts([chunk[i] for i in todo], tokenizer, template)
+                for i, (prompt, target) in zip(todo, parts, strict=True):
+                    out[start + i] = len(prompt) + len(target)
             bar.update(len(chunk))
     return out
 
