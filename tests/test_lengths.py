@@ -59,3 +59,18 @@ def test_a_normalizer_turns_the_shortcut_off():
     assert (
         token_lengths(pairs, tok, "paper", limit=20) == token_lengths(pairs, tok, "paper")
     ).all()
+
+
+@pytest.mark.parametrize("template", ["paper", "chat"])
+def test_lengths_count_what_the_engine_encodes(template):
+    """The check counts by the engine's own rule: an example encoded with room to spare
+    has exactly the counted length, and one over a limit is cut to it."""
+    from gdig.engine.template import encode_pair
+
+    tok = _smollm2_tokenizer() if smollm2_available() else byte_tokenizer()
+    if template == "chat" and getattr(tok, "chat_template", None) is None:
+        pytest.skip("this tokenizer has no chat template")
+    lengths = token_lengths(_pairs(), tok, template)
+    assert [len(encode_pair(p, tok, template, 10**6)) for p in _pairs()] == lengths.tolist()
+    cut = int(lengths.max()) - 1
+    assert len(encode_pair(_pairs()[int(lengths.argmax())], tok, template, cut)) == cut
