@@ -12,8 +12,35 @@ from __future__ import annotations
 
 import torch
 
-from gdig_ext import _C  # noqa: F401  (loads the library that registers torch.ops.gdig)
-from gdig_ext.ops import (
+
+def _load_compiled() -> None:
+    """Import ``gdig_ext._C``, the library that registers ``torch.ops.gdig``.
+
+    From the repository root (``python -m gdig``, ``torchrun -m gdig``) the checkout's
+    ``gdig_ext/`` comes first on ``sys.path`` and hides the installed package; after a
+    regular (non-editable) install it holds no compiled ``_C``. The package's search path
+    then also takes in every other ``gdig_ext`` folder on ``sys.path`` (the installed one),
+    so the compiled library is found there.
+    """
+    global __path__
+    try:
+        from gdig_ext import _C
+    except ImportError:
+        import pkgutil
+
+        __path__ = pkgutil.extend_path(__path__, __name__)
+        try:
+            from gdig_ext import _C  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(
+                "gdig_ext._C (the compiled ops) is not built: install gdig with "
+                "`pip install --no-build-isolation .` (or `-e .`; see README.md)"
+            ) from exc
+
+
+_load_compiled()
+
+from gdig_ext.ops import (  # noqa: E402  (after the compiled library is loaded)
     cuda_available,
     ekfac_accumulate,
     lowrank_benefit,

@@ -156,12 +156,8 @@ def test_every_imported_module_is_installed(fresh, tmp_path):
     _run([str(fresh / "python"), "-c", code, *mods], tmp_path)
 
 
-def test_help_and_tiny_run(fresh, tmp_path):
-    gdig = str(fresh / "gdig")
-    assert "run" in _run([gdig, "--help"], tmp_path)
-    run_help = _run([gdig, "run", "--help"], tmp_path)
-    seeds_flag = "--seeds" if re.search(r"--seeds\b", run_help) else "--seed"
-
+def _tiny_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A random tiny llama and a few de-en pairs: (model, seeds, pool)."""
     model = save_tiny("llama", tmp_path / "model")  # from the dev interpreter
     words = ["haus", "katze", "hund", "baum", "auto", "buch", "see", "berg", "rot", "blau"]
 
@@ -173,16 +169,50 @@ def test_help_and_tiny_run(fresh, tmp_path):
                          "src_lang": "de", "tgt_lang": "en"})  # fmt: skip
         return "".join(json.dumps(r) + "\n" for r in recs)
 
-    seeds, pool, out = tmp_path / "seeds.jsonl", tmp_path / "pool.jsonl", tmp_path / "out"
+    seeds, pool = tmp_path / "seeds.jsonl", tmp_path / "pool.jsonl"
     seeds.write_text(pairs("seed", 4, 0), encoding="utf-8")
     pool.write_text(pairs("pool", 12, 5), encoding="utf-8")
-    _run([gdig, "run", "--model", str(model), seeds_flag, str(seeds), "--pool", str(pool),
-          "--out", str(out), "--budget", "4", "--factor-samples", "8", "--on-short", "fill",
-          "--tau", "0", "--no-progress"], tmp_path, timeout=600,
+    return model, seeds, pool
+
+
+def _tiny_run_args(inputs: tuple[Path, Path, Path], out: Path, seeds_flag: str = "--seeds"):
+    model, seeds, pool = inputs
+    return ["run", "--model", str(model), seeds_flag, str(seeds), "--pool", str(pool),
+            "--out", str(out), "--budget", "4", "--factor-samples", "8", "--on-short", "fill",
+            "--tau", "0", "--no-progress"]  # fmt: skip
+
+
+def _selected_ids(out: Path) -> set[str]:
+    lines = (out / "selected.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4
+    return {json.loads(line)["id"] for line in lines}
+
+
+def test_help_and_tiny_run(fresh, tmp_path):
+    gdig = str(fresh / "gdig")
+    assert "run" in _run([gdig, "--help"], tmp_path)
+    run_help = _run([gdig, "run", "--help"], tmp_path)
+    seeds_flag = "--seeds" if re.search(r"--seeds\b", run_help) else "--seed"
+    out = tmp_path / "out"
+    _run([gdig, *_tiny_run_args(_tiny_inputs(tmp_path), out, seeds_flag)], tmp_path, timeout=600,
          GDIG_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")  # fmt: skip
-    selected = (out / "selected.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(selected) == 4
-    assert {json.loads(line)["id"] for line in selected} <= {f"pool-{i}" for i in range(12)}
+    assert _selected_ids(out) <= {f"pool-{i}" for i in range(12)}
+
+
+def test_module_runs_from_the_repository_root(fresh, tmp_path):
+    """`python -m gdig` and `torchrun -m gdig` typed in the checkout after a regular
+    install: the checkout's gdig_ext/ (no compiled _C) comes first on sys.path there."""
+    tree = fresh.parent.parent / "src"  # the copy the wheel was built from: nothing built
+    assert (tree / "gdig_ext" / "__init__.py").is_file()
+    assert not list((tree / "gdig_ext").glob("_C*"))
+    env = {"GDIG_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    inputs, out = _tiny_inputs(tmp_path), tmp_path / "by_python"
+    _run([str(fresh / "python"), "-m", "gdig", *_tiny_run_args(inputs, out)], tree,
+         timeout=600, **env)  # fmt: skip
+    torchrun = [str(fresh / "torchrun"), "--nproc_per_node", "1", "-m", "gdig"]
+    _run([*torchrun, *_tiny_run_args(inputs, tmp_path / "by_torchrun")], tree, timeout=600,
+         **env)  # fmt: skip
+    assert _selected_ids(tmp_path / "by_torchrun") == _selected_ids(out)
 
 
 def test_smollm2_gguf_converts(fresh, tmp_path):
