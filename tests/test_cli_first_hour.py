@@ -120,7 +120,7 @@ def test_cuda_n_is_accepted_by_selection_too(run_copy, capsys, monkeypatch):
 
         return np.arange(len(rows), dtype=np.int32) % k
 
-    monkeypatch.setattr("gdig.select.selectors.cluster_rows", fake_cluster)
+    monkeypatch.setattr("gdig.select.choosers.cluster_rows", fake_cluster)
     assert diversity is not None
     assert main(["select", "--out", str(run_copy), "--device", "cuda:1", "--budget", "9"]) == 0
     assert seen["device"] == "cuda:1"
@@ -131,15 +131,12 @@ def test_cuda_n_is_accepted_by_selection_too(run_copy, capsys, monkeypatch):
 
 def test_select_never_removes_what_fit_and_score_made(run_copy, data, tmp_path, capsys):
     before = _digests(run_copy)
-    other = tmp_path / "same_pairs.jsonl"
-    shutil.copy(data[1], other)
-    # select takes no --pool at all: an unknown flag, refused by the parser
-    with pytest.raises(SystemExit) as exc:
-        main(["select", "--out", str(run_copy), "--force-restart", "--pool", str(other)])
-    assert exc.value.code == 2
-    # a config file that changes an earlier stage's input is refused, naming it
+    # another pool (by content) given to select is refused, naming the stage it would change
     changed = tmp_path / "changed.jsonl"
     changed.write_text(data[1].read_text().replace('"clean"', '"clean "', 1))
+    assert main(["select", "--out", str(run_copy), "--force-restart", "--pool", str(changed)]) == 2
+    assert "inputs.pool" in capsys.readouterr().err
+    # a config file that changes an earlier stage's input is refused, naming it
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"pool: {changed}\n")
     assert main(["select", "--out", str(run_copy), "--config", str(cfg), "--force-restart"]) == 2
@@ -159,9 +156,11 @@ def test_run_with_another_path_to_the_same_pool_recomputes_nothing(
     assert _digests(run_copy) == before
 
 
-@pytest.mark.parametrize(("value", "why"), [("10.7", "expected an integer, got 10.7"),
-                                            ('"ten"', "expected an integer, got 'ten'"),
-                                            ("0", "must be >= 1; got 0")])  # fmt: skip
+@pytest.mark.parametrize(("value", "why"), [("10.7", "a fraction must be in (0, 1]"),
+                                            ('"ten"', "expected a number of pairs (40), a "
+                                                      "fraction (0.15) or a percentage (15%)"),
+                                            ("0", "must be >= 1 (or a fraction such as 0.15); "
+                                                  "got 0")])  # fmt: skip
 def test_bad_config_value_is_named_before_anything_is_removed(run_copy, tmp_path, capsys,
                                                               value, why):  # fmt: skip
     selected = (run_copy / "selected.jsonl").read_text()

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from gdig.io.errors import GdigError, UsageError
-from gdig.run.config import TOOL_SECTIONS, TOOL_SKIPS, VERB_SECTIONS
+from gdig.io.validate import closest
+from gdig.run.config import TOOL_SECTIONS, TOOL_SKIPS, VERB_SECTIONS, VERB_SKIPS
 from gdig.run.options import add_flags, known_keys, read_config_file, resolve
 
 # The embedded demo: sized to finish in minutes on a 2-core CPU; every value can be
@@ -57,11 +58,78 @@ VERB_STAGES = {
 }
 
 
+# Flags users reach for that gdig spells otherwise: named in the "did you mean" hint.
+FLAG_HINTS = {
+    "--seed": "--random-seed (selection's random choices) or --seeds FILE (the seed set)",
+}
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with gdig's one-line error format (exit status 2)."""
+    """argparse with gdig's one-line error format (``gdig VERB: error: ...``, exit status
+    2) and no abbreviated flags: ``--bud 6`` is an error, never ``--budget 6``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"gdig {self.prog.split()[-1]}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}{_choice_hint(message)}\n")
+
+
+def _choice_hint(message: str) -> str:
+    """``; did you mean 'run'?`` for argparse's "invalid choice: 'rnu' (choose from ...)"."""
+    import re
+
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not found:
+        return ""
+    close = closest(found.group(1), re.findall(r"'([^']*)'", found.group(2)))
+    return f"; did you mean '{close}'?" if close else ""
+
+
+def _verb_flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+
+
+def unknown_arguments(verb: str, extra: list[str], parsers: dict[str, Any]) -> str:
+    """The message for arguments ``gdig VERB`` does not take: the first unknown flag with
+    the closest flag of this verb, or the verbs that do take it."""
+    flags = [a for a in extra if a.startswith("-")]
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    if not flags:
+        return f"{message}; gdig {verb} takes no positional arguments (give files by flag)"
+    name = flags[0].split("=")[0]
+    own = _verb_flags(parsers[verb])
+    if name in FLAG_HINTS and name not in own:
+        return f"{message}; did you mean {FLAG_HINTS[name]}?"
+
+    def elsewhere(flag: str) -> str:
+        verbs = [f"gdig {v}" for v, p in parsers.items() if v != verb and flag in _verb_flags(p)]
+        return f"{flag} is an option of {', '.join(verbs)}, not of gdig {verb}"
+
+    if any(name in _verb_flags(p) for p in parsers.values()):
+        return f"{message}; {elsewhere(name)}"
+    close = closest(name, own)
+    if close:
+        return f"{message}; did you mean {close}?"
+    close = closest(name, sorted({f for p in parsers.values() for f in _verb_flags(p)}))
+    if close:
+        return f"{message}; did you mean {close}? {elsewhere(close)}"
+    return f"{message}; see gdig {verb} --help"
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; arguments a verb does not take are reported by that verb."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parsers = _verb_parsers(parser)
+        parsers[args.command].error(unknown_arguments(args.command, extra, parsers))
+    return args
+
+
+def _verb_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         general.add_argument("-v", "--verbose", action="store_true", help="log more")
         general.add_argument("--debug", action="store_true", help="show the traceback of an error")
-        add_flags(p, sections)
+        add_flags(p, sections, skip=VERB_SKIPS[verb])
     for tool, classes in TOOL_SECTIONS.items():
         p = sub.add_parser(tool, help=DESCRIPTIONS[tool], description=DESCRIPTIONS[tool])
         general = p.add_argument_group("general")
@@ -119,7 +187,8 @@ def options_from_args(args: argparse.Namespace):
     from gdig.run.folder import load_manifest
 
     sections = VERB_SECTIONS[args.command]
-    flags = {k: v for k, v in vars(args).items() if k in known_keys(sections) | {"seed"}}
+    keys = known_keys(sections) - VERB_SKIPS[args.command]
+    flags = {k: v for k, v in vars(args).items() if k in keys | {"seed"}}
     _seed_alias(flags)
     file_values: dict[str, Any] = {}
     file_name = None
@@ -270,24 +339,28 @@ def _selection_rows(sel: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def print_summary(state) -> None:
     stages = state.manifest.get("stages", {})
-    sel = stages.get("select", {})
-    rows = [
-        ("pool", sel.get("pool_size", "-")),
-        ("passed quality", sel.get("passed_quality", "-")),
-        ("clusters", sel.get("clusters", "-")),
-        ("selected", sel.get("selected", "-")),
-    ]
+    named = state.manifest.get("selections", {}).get(state.selection or "", {})
+    sel_stages = named.get("stages", {}) if state.selection else stages
+    rows = _selection_rows(sel_stages.get("select", {}))
+    if "select" in state.stages:
+        rows.append(("selection options", selection_flags(state.opts.select)))
     rows += [
         (f"time {s} (s)", f"{rec.get('seconds', '-')}{' (reused)' if s in state.reused else ''}")
-        for s, rec in stages.items()
+        for s, rec in {**stages, **sel_stages}.items()
     ]
+    selected = state.sel_out / "selected.jsonl"
+    if selected.exists():
+        rows.append(("selected pairs", selected))
+    if not rows:
+        return
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows))
-    noise = stages.get("report", {}).get("noise")
+    noise = sel_stages.get("report", {}).get("noise")
     if noise:
         print(f"  noise detection (pool noise fraction {noise['noise_fraction']:.2f}):")
-        for scoring in ("raw", "zscore", "cosine"):
-            m = noise[scoring]
+        for scoring, m in noise.items():
+            if not isinstance(m, dict) or "auc_neg_benefit_mean" not in m:  # fraction, kinds
+                continue
             print(
                 f"    {scoring:7s} AUC {m['auc_neg_benefit_mean']:.3f}  "
                 f"failed-quality precision {m['failed_quality_precision']:.3f} "
@@ -296,14 +369,14 @@ def print_summary(state) -> None:
     warnings = state.manifest.get("warnings", [])
     if warnings:
         print(f"  warnings: {len(warnings)} (above, and in {state.out / 'manifest.json'})")
-    report = state.out / "report.html"
+    report = state.sel_out / "report.html"
     if report.exists():
         print(f"  report: {report.resolve()}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

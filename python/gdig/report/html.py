@@ -17,6 +17,7 @@ from . import figures
 
 MAX_MAP_POINTS = 5000
 N_EXTREMES = 10
+MAX_TABLE_ROWS = 2000  # the browsable table of selected pairs; selected.jsonl has them all
 
 CSS = """
 body { font-family: system-ui, "Noto Sans", "Noto Sans CJK SC", "PingFang SC",
@@ -31,6 +32,28 @@ table.pairs td.text { max-width: 380px; overflow-wrap: anywhere; }
 img { max-width: 100%; }
 .note { background: #fff4e5; border-left: 4px solid #e76f51; padding: 6px 10px; margin: 6px 0; }
 .muted { color: #777; }
+table.browse th { cursor: pointer; position: sticky; top: 0; }
+input.filter { width: 100%; max-width: 480px; padding: 4px; margin: 6px 0; }
+"""
+
+# The browsable table: a text filter over its rows and sorting by a clicked column.
+SCRIPT = """
+function gdigFilter(input, id) {
+  const q = input.value.toLowerCase();
+  for (const tr of document.getElementById(id).tBodies[0].rows)
+    tr.style.display = tr.textContent.toLowerCase().includes(q) ? "" : "none";
+}
+function gdigSort(th) {
+  const body = th.closest("table").tBodies[0], i = th.cellIndex;
+  const up = th.dataset.dir !== "up"; th.dataset.dir = up ? "up" : "down";
+  const key = (tr) => tr.cells[i].dataset.v ?? tr.cells[i].textContent;
+  const num = th.classList.contains("num");
+  const rows = [...body.rows].sort((a, b) => {
+    const x = key(a), y = key(b);
+    return (up ? 1 : -1) * (num ? parseFloat(x) - parseFloat(y) : x.localeCompare(y));
+  });
+  for (const tr of rows) body.appendChild(tr);
+}
 """
 
 
@@ -138,6 +161,59 @@ def _pairs_table(
     return f'<table class="pairs">{head}{"".join(body)}</table>'
 
 
+def _selected_table(
+    sel: Selection,
+    pairs_text: Sequence[tuple[str, str, str]],
+    labels: Sequence[object] | None,
+    label_name: str | None,
+) -> str:
+    """Every selected pair (up to MAX_TABLE_ROWS, best mean benefit first) with its
+    scores and, when the pool has one, its label: filter by text, sort by any column."""
+    from ..select.writers import ranks
+
+    rank = ranks(sel)
+    rows = np.asarray(sel.selected_rows, dtype=np.int64)
+    rows = rows[np.argsort(rank[rows], kind="stable")]
+    shown = rows[:MAX_TABLE_ROWS]
+    cols = [("rank", "num"), ("id", ""), ("mean benefit", "num"), ("n_pos", "num"),
+            ("cluster", "num"), ("filled", "")]  # fmt: skip
+    if labels is not None:
+        cols.append((label_name or "label", ""))
+    cols += [("source", ""), ("target", "")]
+    head = "".join(
+        f'<th class="{kind}" onclick="gdigSort(this)">{html.escape(name)}</th>'
+        for name, kind in cols
+    )
+    body = []
+    for r in shown.tolist():
+        pid, src, tgt = pairs_text[r]
+        cells = [
+            f"<td class=num>{rank[r]}</td><td>{html.escape(str(pid))}</td>",
+            f"<td class=num data-v={float(sel.benefit_mean[r])!r}>{sel.benefit_mean[r]:.4g}</td>",
+            f"<td class=num data-v={int(sel.n_pos[r])}>{sel.n_pos[r]}/{sel.n_seeds}</td>",
+            f"<td class=num>{sel.cluster[r] if sel.cluster[r] >= 0 else ''}</td>",
+            f"<td>{'filled' if sel.filled[r] else ''}</td>",
+        ]
+        if labels is not None:
+            cells.append(f"<td>{html.escape(_fmt(labels[r]))}</td>")
+        cells.append(
+            f"<td class=text>{html.escape(src)}</td><td class=text>{html.escape(tgt)}</td>"
+        )
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    more = (
+        f"<p class=muted>The {len(shown)} best of {len(rows)} selected pairs; all of them are "
+        "in selected.jsonl.</p>"
+        if len(rows) > len(shown)
+        else ""
+    )
+    return (
+        f'{more}<input class=filter placeholder="filter: any text in a row" '
+        "oninput=\"gdigFilter(this, 'selected-pairs')\">"
+        f'<table class="pairs browse" id="selected-pairs"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
 def _check_pairs(sel: Selection, pairs_text: Sequence[tuple[str, str, str]]) -> None:
     if len(pairs_text) != sel.n:
         raise ValueError(
@@ -156,6 +232,8 @@ def write_report(
     map_rows: np.ndarray | None = None,
     title: str = "G-DIG selection report",
     noise_kinds: dict[str, dict[str, int]] | None = None,
+    labels: Sequence[object] | None = None,
+    label_name: str | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (and its figures in ``run_dir/report_files/``).
 
@@ -164,6 +242,8 @@ def write_report(
     are projected gradients either of every pool row (``[N, D]``) or of the rows
     in ``map_rows`` (see :func:`sample_map_rows`); ``None`` leaves the map out.
     ``summary`` is shown as a table (nested dicts flattened, e.g. stage timings).
+    ``labels`` (one per pool row, any value) are shown beside each selected pair, in a
+    column named ``label_name``.
     """
     run_dir = Path(run_dir)
     files = run_dir / "report_files"
@@ -208,6 +288,10 @@ def write_report(
     else:
         parts.append("<p class=muted>No features given: map omitted.</p>")
 
+    parts += [
+        f"<h2>Selected pairs ({int(sel.selected.sum())})</h2>",
+        _selected_table(sel, pairs_text, labels, label_name),
+    ]
     order = np.lexsort((np.arange(sel.n), -sel.benefit_mean))
     k = min(N_EXTREMES, sel.n)
     parts += [f"<h2>{k} most beneficial pairs</h2>", _pairs_table(sel, pairs_text, order[:k])]
@@ -218,9 +302,8 @@ def write_report(
 
     doc = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-        + "\n".join(parts)
-        + "\n</body></html>\n"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+        f"<script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
     out = run_dir / "report.html"
     atomic_write_text(out, doc)
@@ -253,12 +336,9 @@ def scale_note(sel: Selection) -> str:
     if not len(mean):
         return "No candidates."
     lo, mid, hi = np.percentile(mean, [0, 50, 100])
-    unit = {
-        "raw": "in loss units: the first-order drop in a seed's loss per unit step along "
-        "H^-1 grad L(candidate)",
-        "zscore": "standardised per seed over the pool (0 = the pool's average candidate)",
-        "cosine": "a cosine in the H^-1 metric, between -1 and 1",
-    }[sel.config.scoring]
+    from gdig.select.scorings import SCORINGS
+
+    unit = SCORINGS[sel.config.scoring].unit
     return (
         f"Scale ({sel.config.scoring} scoring): mean benefit over the seeds is {unit}; only its "
         f"sign and order matter for selection. In this pool it ranges from {lo:.3g} to "

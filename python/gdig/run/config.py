@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gdig.engine.config import EngineConfig, ExecutionConfig, FactorConfig, ScoreConfig
-from gdig.io.validate import at_least, one_of, parse_device
+from gdig.io.validate import at_least, folder_name, one_of, parse_device
 from gdig.select.config import SelectConfig
 from gdig.train.config import EvalConfig, FinetuneConfig
 
@@ -54,6 +54,22 @@ class RunConfig:
             "differ from the run folder's (otherwise such a resume is refused)"
         },
     )
+    name: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "NAME",
+            "help": "a named selection: write it to RUN_DIR/selections/NAME/ (selected.jsonl, "
+            "scores.csv, report.html) beside the run's own, whose files and saved options "
+            "stay as they are",
+        },
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "check the inputs, time a few batches of each model pass and print the "
+            "estimated time of each stage and the run folder's disk, then stop"
+        },
+    )
     verify: str = field(
         default="quick",
         metadata={
@@ -68,6 +84,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.device = parse_device(self.device)
         one_of("verify", self.verify, VERIFY)
+        folder_name("name", self.name)
 
 
 @dataclass
@@ -84,7 +101,10 @@ class Inputs:
     )
     pool: str | None = field(
         default=None,
-        metadata={"metavar": "FILE", "help": "candidate pairs to select from, JSONL or TSV"},
+        metadata={
+            "metavar": "FILE",
+            "help": "candidate pairs to select from: JSONL or TSV (plain or .gz), or Parquet",
+        },
     )
     finetune_first: bool = field(
         default=False,
@@ -182,8 +202,18 @@ VERB_SECTIONS: dict[str, tuple[str, ...]] = {
     "demo": tuple(SECTIONS),
     "fit": ("run", "inputs", "read", "finetune", "factors", "execution"),
     "score": ("run", "inputs", "seeds", "scoring", "execution"),
-    "select": ("run", "select"),  # runs select and report
-    "report": ("run", "report"),
+    "select": ("run", "inputs", "select", "report"),  # runs select and report
+    "report": ("run", "inputs", "report"),
+}
+# Fields of a verb's sections that the verb does not take (select and report read the
+# pool, never the model; a named selection is made by select and report alone).
+VERB_SKIPS: dict[str, set[str]] = {
+    "run": {"name"},
+    "demo": {"name"},
+    "fit": {"name", "dry_run"},
+    "score": {"name", "dry_run"},
+    "select": {"model", "finetune_first", "dry_run"},
+    "report": {"model", "finetune_first", "dry_run"},
 }
 
 

@@ -9,6 +9,7 @@ recomputes only the stages it runs: ``gdig select`` never removes what ``fit`` a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -37,6 +38,7 @@ SELECTION_FILE = "selection.npz"
 SKIPPED_FILE = "skipped_lines.jsonl"
 NONFINITE_FILE = "nonfinite.jsonl"
 SEEDS_FILE = "seeds.pt"  # the prepared seeds, kept so that a resumed scoring pass skips them
+SELECTIONS_DIR = "selections"  # named selections (--name), each in a folder of its own
 SELECT_OUTPUTS = [SELECTION_FILE, "scores.csv", "selected.jsonl"]
 STAGE_OUTPUTS = {
     "fit": [FACTORS_FILE],
@@ -62,6 +64,12 @@ class RunState:
     reused: list[str] = field(default_factory=list)  # stages found done
     records: PoolIndex | None = None  # the pool as read for select/report (no tokenizer)
     dist: Dist = SINGLE  # this process's rank under torchrun
+    selection: str | None = None  # a named selection (--name): select/report go there
+
+    @property
+    def sel_out(self) -> Path:
+        """Where select and report write: the run folder, or a named selection's folder."""
+        return self.out / SELECTIONS_DIR / self.selection if self.selection else self.out
 
 
 def check_out_folder(out: str | None) -> Path:
@@ -168,6 +176,8 @@ def open_run(
         "execution": old.get("execution", {}),
         "input_checks": old.get("input_checks", {}),
         "warnings": [],
+        # Named selections are made from the scores: they stay while scoring does.
+        "selections": {} if "score" in changed else old.get("selections", {}),
     }
     state = RunState(opts=opts, out=out, manifest=manifest, stages=stages)
     save_manifest(state)
@@ -175,9 +185,11 @@ def open_run(
 
 
 def clear_stage(out: Path, stage: str) -> None:
-    extra = {"fit": [FINETUNED_DIR], "score": [SEEDS_FILE], "report": ["report_files"]}.get(
-        stage, []
-    )
+    extra = {
+        "fit": [FINETUNED_DIR],
+        "score": [SEEDS_FILE, SELECTIONS_DIR],
+        "report": ["report_files"],
+    }.get(stage, [])
     for name in STAGE_OUTPUTS[stage] + extra:
         p = out / name
         if p.is_dir():
@@ -192,16 +204,47 @@ def stage_done(state: RunState, stage: str) -> bool:
     return bool(rec and rec.get("done")) and all((state.out / p).exists() for p in outputs)
 
 
+def stage_records(state: RunState, stage: str) -> dict[str, Any]:
+    """The records ``stage`` writes to: the run's, or a named selection's (select, report)."""
+    if state.selection and stage in ("select", "report"):
+        named = state.manifest.setdefault("selections", {}).setdefault(state.selection, {})
+        named["config"] = {
+            s: dataclasses.asdict(getattr(state.opts, s)) for s in ("select", "report")
+        }
+        return named.setdefault("stages", {})
+    return state.manifest["stages"]
+
+
 def begin(state: RunState, stage: str) -> None:
     """Note that ``stage`` has begun: its partial work (store shards) now belongs to this
     configuration, so resuming it with other options is refused like a finished stage."""
-    if stage not in state.manifest["stages"]:
-        state.manifest["stages"][stage] = {"done": False}
+    records = stage_records(state, stage)
+    if stage not in records:
+        records[stage] = {"done": False}
         save_manifest(state)
 
 
 def record(state: RunState, stage: str, seconds: float, **extra: Any) -> None:
-    state.manifest["stages"][stage] = {"done": True, "seconds": round(seconds, 3), **extra}
+    records = stage_records(state, stage)
+    records[stage] = {"done": True, "seconds": round(seconds, 3), **extra}
+    save_manifest(state)
+
+
+def keep_saved_options(state: RunState, old: dict[str, Any]) -> None:
+    """After a command failed: the folder keeps the options it held before, unless a model
+    stage changed (its earlier output is gone, and partial work belongs to the new options:
+    running the command again resumes it). Records of stages made with the failed
+    command's options (select, report) are dropped: the next command redoes them with the
+    saved ones."""
+    new_prints, old_prints = state.manifest["fingerprints"], old.get("fingerprints", {})
+    if not old or any(new_prints.get(s) != old_prints.get(s) for s in ("fit", "score")):
+        return
+    stages = state.manifest["stages"]
+    state.manifest["config"] = old.get("config", {})
+    state.manifest["fingerprints"] = old_prints
+    state.manifest["stages"] = {
+        s: r for s, r in stages.items() if new_prints[s] == old_prints.get(s)
+    }
     save_manifest(state)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from gdig.data.pairs import Pair, write_jsonl
 from gdig.data.pool import PoolIndex, open_pool
 from gdig.io.errors import UsageError
+from gdig.io.validate import check_budget
 from gdig.run.diskspace import (
     SpaceEstimate,
     check_free_space,
@@ -184,11 +185,8 @@ def preflight(state: RunState) -> None:
                 "swapped",
             )
         _compare_seeds_pool(state, seeds, pool)
-    if "select" in state.stages and opts.select.budget > len(pool):
-        raise UsageError(
-            f"--budget {opts.select.budget} is larger than the pool ({inputs.pool}: "
-            f"{len(pool)} pairs); lower --budget"
-        )
+    if "select" in state.stages:
+        check_budget(opts.select.budget, len(pool), f"the pool ({inputs.pool}: {len(pool)} pairs)")
     if opts.report.label_field and "report" in state.stages:
         from gdig.data.checks import check_label_field
 

@@ -8,7 +8,9 @@ name where the plain one would clash (SelectConfig.seed is ``--random-seed``).
 A value comes from, in order of precedence: a flag, the config file, the run folder's
 manifest (so ``gdig select --out RUN --budget 20`` keeps every other option), the default.
 Every value is checked (type, then range) before anything is computed or removed, and a
-bad one is named as the user wrote it: ``--budget`` or ``my.yaml: budget``.
+bad one is named as the user wrote it: ``--budget`` or ``my.yaml: budget``. A field whose
+metadata has ``parse`` reads its flag's text (and a config file's text) with it, as
+``--budget 15%`` is read.
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ def add_flags(
             help_text = f.metadata.get("help", "")
             if default is not None:
                 help_text += f" (default: {default})"
-            choices = f.metadata.get("choices")
+            help_text = help_text.replace("%", "%%")  # argparse formats help with %
+            choices = tuple(f.metadata.get("choices") or ()) or None  # a table: its names
             if tp is bool:
                 group.add_argument(
                     flag(name),
@@ -122,7 +125,7 @@ def add_flags(
                 group.add_argument(
                     flag(name),
                     dest=name,
-                    type=_converter(tp, optional),
+                    type=f.metadata.get("parse") or _converter(tp, optional),
                     default=argparse.SUPPRESS,
                     metavar=f.metadata.get("metavar") or _metavar(tp, optional, choices),
                     help=help_text,
@@ -217,7 +220,13 @@ def resolve(
                 kwargs[f.name], origin[f.name] = flags[name], flag(name)
             elif name in file_values:
                 value = file_values[name]
-                why = _check_type(value, *types_[f.name])
+                parse = f.metadata.get("parse")
+                if parse is not None and isinstance(value, str):  # e.g. budget: 15%
+                    try:
+                        value = parse(value)
+                    except (argparse.ArgumentTypeError, ValueError) as exc:
+                        raise ConfigFileError(f"{file_name}: {name}: {exc}") from None
+                why = None if parse is not None else _check_type(value, *types_[f.name])
                 if why:
                     raise ConfigFileError(f"{file_name}: {name}: {why}")
                 kwargs[f.name], origin[f.name] = value, f"{file_name}: {name}"

@@ -7,6 +7,7 @@ the model or tokenizer.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -17,8 +18,9 @@ import numpy as np
 
 from gdig.data.pool import PoolIndex
 from gdig.engine.faults import fault_point
-from gdig.io.errors import UsageError
+from gdig.io.errors import GdigError, UsageError
 from gdig.io.integrity import file_digests
+from gdig.io.validate import check_budget
 from gdig.run import inputs
 from gdig.run.config import RunOptions
 from gdig.run.fingerprint import STAGES
@@ -34,6 +36,7 @@ from gdig.run.folder import (
     begin,
     check_out_folder,
     check_outputs,
+    keep_saved_options,
     load_manifest,
     open_run,
     record,
@@ -213,26 +216,29 @@ def stage_select(state: RunState) -> None:
     begin(state, "select")
     t = time.perf_counter()
     store = _open_store(state)
+    out = state.sel_out
+    out.mkdir(parents=True, exist_ok=True)
+    check_budget(state.opts.select.budget, store.n, f"the scored pool ({store.n} pairs)")
     try:
         sel = select(store, state.opts.select, device=state.opts.run.device)
     except ShortfallError as exc:
         if exc.selection is not None:  # the scores still help to choose --tau
             top = store.top_seeds(exc.selection.ids)
-            write_scores(state.out / "scores.csv", exc.selection, top)
+            write_scores(out / "scores.csv", exc.selection, top)
             raise ShortfallError(
-                f"{exc}; per-candidate scores are in {state.out / 'scores.csv'}",
+                f"{exc}; per-candidate scores are in {out / 'scores.csv'}",
                 available=exc.available,
                 budget=exc.budget,
                 pool_size=exc.pool_size,
             ) from None
         raise
     top = store.top_seeds(sel.ids)
-    write_scores(state.out / "scores.csv", sel, top)
+    write_scores(out / "scores.csv", sel, top)
     fault_point("select:scores")
     pool, rows = _pool_rows(state, sel.ids)
     # Read by seeking, a chunk at a time: every field kept, the budget never held whole.
-    write_selected(state.out / "selected.jsonl", sel, lambda r: pool.take(rows[r]), top)
-    sel.save(state.out / SELECTION_FILE)
+    write_selected(out / "selected.jsonl", sel, lambda r: pool.take(rows[r]), top)
+    sel.save(out / SELECTION_FILE)
     fault_point("select:saved")
     for note in sel.notes:
         state.manifest.setdefault("warnings", []).append(note)
@@ -240,7 +246,7 @@ def stage_select(state: RunState) -> None:
         state,
         "select",
         time.perf_counter() - t,
-        sha256=file_digests(state.out, SELECT_OUTPUTS),
+        sha256=file_digests(out, SELECT_OUTPUTS),
         **sel.summary(),
     )
     say(f"select: {int(sel.selected.sum())} of {sel.n} candidates ({sel.config.selector})")
@@ -266,9 +272,10 @@ def stage_report(state: RunState) -> None:
     from gdig.select.selectors import finite_source
 
     t = time.perf_counter()
-    if not (state.out / SELECTION_FILE).exists():
-        raise UsageError(f"{state.out / SELECTION_FILE} is missing: run `gdig select` first")
-    sel = Selection.load(state.out / SELECTION_FILE)
+    out = state.sel_out
+    if not (out / SELECTION_FILE).exists():
+        raise UsageError(f"{out / SELECTION_FILE} is missing: run `gdig select` first")
+    sel = Selection.load(out / SELECTION_FILE)
     store = _open_store(state)
     source = finite_source(store)
     pool, pool_row = _pool_rows(state, sel.ids)
@@ -279,31 +286,35 @@ def stage_report(state: RunState) -> None:
         "seeds": store.n_seeds,
         "stage seconds": {s: rec.get("seconds") for s, rec in state.manifest["stages"].items()},
     }
-    noise = None
+    noise, values = None, None
     field_name = state.opts.report.label_field
     if field_name:
-        from gdig.data.checks import is_noise
+        from gdig.data.checks import check_label_field, is_noise
 
         path = state.opts.inputs.pool
         values = label_values(pool, pool_row, field_name)
         lines = pool.lines[pool_row]
-        labels = np.array(
-            [is_noise(v, f"{path}:{line}") for v, line in zip(values, lines, strict=True)]
-        )
+        labels = np.empty(len(values), dtype=bool)
+        for i, value in enumerate(values):
+            if value is None:  # a pair without the field: the error lists the fields it has
+                check_label_field(pool.take(pool_row[i : i + 1]), field_name, str(path))
+            labels[i] = is_noise(value, f"{path}:{lines[i]}")
         noise = noise_summary(source, sel, labels)
         noise["kinds"] = noise_kinds(values, labels, sel)
         summary["noise detection"] = {k: v for k, v in noise.items() if k != "kinds"}
     write_report(
-        state.out,
+        out,
         sel,
         PairTexts(pool, pool_row),
         source.feature_rows(rows),
         summary,
         map_rows=rows,
         noise_kinds=noise["kinds"] if noise else None,
+        labels=values if field_name else None,
+        label_name=field_name,
     )
     record(state, "report", time.perf_counter() - t, noise=noise)
-    say(f"report: {state.out / 'report.html'}")
+    say(f"report: {out / 'report.html'}")
 
 
 STAGE_FUNCS: dict[str, Callable[[RunState], Any]] = {
@@ -354,31 +365,89 @@ def _run_stages(opts: RunOptions, stages: tuple[str, ...], dist) -> RunState:
     old = load_manifest(out) if out.is_dir() else {}
     if not old and stages[0] != "fit":
         raise UsageError(f"--out {out}: no gdig run there; run `gdig run` (or `gdig fit`) first")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out):
-        ids = inputs.identities(opts, stages, old.get("inputs", {}))
-        state = open_run(opts, out, stages, ids)
-        state.dist = dist
-        check_outputs(state)
-        todo = [s for s in stages if not stage_done(state, s)]
-        state.reused = [s for s in stages if s not in todo]
-        if any(s in todo for s in ("fit", "score")):
-            inputs.preflight(state)
-        dist.share((state.manifest, todo))
-        if not todo:
-            say(f"nothing to do: every stage is already done in {out}")
-            return state
-        _model_stages(state, todo)
-        for stage in todo:
-            if stage not in ("fit", "score"):
-                STAGE_FUNCS[stage](state)
+    state = None
+    try:
+        with run_lock(out):
+            ids = inputs.identities(opts, stages, old.get("inputs", {}))
+            named = opts.run.name
+            # A named selection leaves the run's own selection and saved options as they are.
+            state = open_run(_with_saved_selection(opts, old) if named else opts, out, stages, ids)
+            state.opts, state.selection, state.dist = opts, named, dist
+            try:
+                _run_todo(state, stages)
+            except (GdigError, KeyboardInterrupt):
+                if not named:  # a failed command leaves the saved options as they were
+                    keep_saved_options(state, old)
+                raise
+    except (GdigError, KeyboardInterrupt):
+        if created and (state is None or not state.manifest["stages"]):
+            shutil.rmtree(out, ignore_errors=True)  # a first attempt that made nothing
+        raise
     return state
+
+
+def _run_todo(state: RunState, stages: tuple[str, ...]) -> None:
+    """Rank 0's part in the locked folder: check, preflight, then the stages not done."""
+    check_outputs(state)
+    if state.selection:  # a named selection is made afresh from finished scores
+        if not stage_done(state, "score"):
+            raise UsageError(
+                f"--name {state.selection}: {state.out} has no finished scores yet; run "
+                "`gdig run` (or `gdig score`) first"
+            )
+        todo = list(stages)
+    else:
+        todo = [s for s in stages if not stage_done(state, s)]
+    state.reused = [s for s in stages if s not in todo]
+    if any(s in todo for s in ("fit", "score")):
+        inputs.preflight(state)
+    state.dist.share((state.manifest, todo))
+    if not todo:
+        say(f"nothing to do: every stage is already done in {state.out}")
+        return
+    _model_stages(state, todo)
+    for stage in todo:
+        if stage not in ("fit", "score"):
+            _start_line(state, stage)
+            STAGE_FUNCS[stage](state)
+
+
+def _with_saved_selection(opts: RunOptions, old: dict[str, Any]) -> RunOptions:
+    """``opts`` with the run folder's saved select and report options."""
+    import dataclasses
+
+    saved = old.get("config", {})
+    kept = {}
+    for section in ("select", "report"):
+        cls = type(getattr(opts, section))
+        names = {f.name for f in dataclasses.fields(cls)}
+        if section in saved:
+            kept[section] = cls(**{k: v for k, v in saved[section].items() if k in names})
+    return dataclasses.replace(opts, **kept)
+
+
+def _start_line(state: RunState, stage: str) -> None:
+    """What a stage is about to do, when no progress bar shows it (stderr not a terminal)."""
+    if state.opts.run.progress:
+        return
+    opts = state.opts
+    what = {
+        "fit": f"loading {opts.inputs.model}, then fitting the factors on up to "
+        f"{opts.factors.factor_samples} pool pairs",
+        "score": "preparing the seeds, then scoring the pool against them",
+        "select": f"{opts.select.selector} selector, budget {opts.select.budget}",
+        "report": f"writing {state.sel_out / 'report.html'}",
+    }[stage]
+    say(f"{stage}: {what}")
 
 
 def _model_stages(state: RunState, todo: list[str]) -> None:
     """fit and score, on every rank (each waits for the others at the end of each)."""
     for stage in ("fit", "score"):
         if stage in todo:
+            _start_line(state, stage)
             STAGE_FUNCS[stage](state)
             state.dist.barrier()
 

@@ -29,6 +29,7 @@ SCORE_COLUMNS = (
     "selected",
     "rank",
     "top_seeds",
+    "scoring",  # what benefit_mean/benefit_min hold: raw benefits, z-scores or cosines
 )
 
 
@@ -61,6 +62,7 @@ def write_scores(path: Path, sel: Selection, top_seeds: Sequence[list[str]] | No
                     int(bool(sel.selected[i])),
                     int(rank[i]),
                     ";".join(top_seeds[i]) if top_seeds is not None else "",
+                    sel.config.scoring,
                 ]
             )
         text.flush()
