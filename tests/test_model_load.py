@@ -231,7 +231,7 @@ def test_resolve_model_hub_id_from_the_local_cache(tmp_path, monkeypatch, no_net
     msg = _one_line_usage_error(e)
     assert msg.startswith("--model org/other: is not a local folder and not in the local ")
     assert str(tmp_path / "hub") in msg
-    assert "huggingface-cli download org/other" in msg and "pass a local folder" in msg
+    assert "`hf download org/other`" in msg and "pass a local folder" in msg
 
 
 def test_resolve_model_hub_cache_from_hf_home(tmp_path, monkeypatch, no_network):

@@ -167,7 +167,8 @@ def _cached_hub_snapshot(repo_id: str) -> Path:
             what = "is not a local folder and not in the local Hugging Face cache"
         raise UsageError(
             f"--model {repo_id}: {what} ({cache}); gdig never downloads: run "
-            f"`huggingface-cli download {repo_id}` on a machine with access and copy the "
+            f"`hf download {repo_id}` (huggingface_hub >= 0.34; older: `huggingface-cli "
+            f"download`) on a machine with access and copy the "
             "cache here (or set HF_HUB_CACHE), or pass a local folder"
         ) from None
     return Path(folder)
