@@ -23,6 +23,7 @@ Two strengths of check (``--verify``):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -47,6 +48,25 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def sha256_json(obj: Any) -> str:
     """Digest of a JSON-able value (keys sorted): fingerprints of options and id lists."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# Field metadata of an option that changes no result (how often to checkpoint or log):
+# ``field(default=..., metadata={"help": ..., **NOT_FINGERPRINTED})``. Fingerprints leave
+# such fields out, so changing one never invalidates saved work.
+NOT_FINGERPRINTED: dict[str, bool] = {"fingerprint": False}
+
+
+def unprinted_fields(cls: type) -> frozenset[str]:
+    """Names of the fields of dataclass ``cls`` marked :data:`NOT_FINGERPRINTED`."""
+    return frozenset(
+        f.name for f in dataclasses.fields(cls) if f.metadata.get("fingerprint") is False
+    )
+
+
+def fingerprint_fields(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as the values a fingerprint hashes (unprinted fields left out)."""
+    skip = unprinted_fields(type(cfg))
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
 
 
 def file_digests(folder: Path, names: list[str]) -> dict[str, str]:

@@ -14,8 +14,8 @@ from typing import Any
 
 from gdig.data.formats import formats_text, input_files
 from gdig.io.errors import UsageError
-from gdig.io.integrity import sha256_file, sha256_json
-from gdig.run.config import RunOptions
+from gdig.io.integrity import sha256_file, sha256_json, unprinted_fields
+from gdig.run.config import SECTIONS, RunOptions
 
 STAGES = ("fit", "score", "select", "report")
 # What each stage reads (inputs) besides the previous stage's output.
@@ -97,7 +97,7 @@ def stage_fingerprints(opts: RunOptions, identities: dict[str, Any]) -> dict[str
             {
                 "before": before,
                 "inputs": {k: _content(identities.get(k)) for k in STAGE_INPUTS[stage]},
-                "config": {s: config[s] for s in sections(stage, config)},
+                "config": {s: _printed(s, config[s]) for s in sections(stage, config)},
             }
         )
         prints[stage] = before
@@ -121,10 +121,16 @@ def stage_diff(stage: str, old_ids: dict, old_config: dict, ids: dict, config: d
     return diff(
         {
             "inputs": {k: _content(old_ids.get(k)) for k in STAGE_INPUTS[stage]},
-            "config": {s: old_config.get(s, {}) for s in sections(stage, config)},
+            "config": {s: _printed(s, old_config.get(s, {})) for s in sections(stage, config)},
         },
         {
             "inputs": {k: _content(ids.get(k)) for k in STAGE_INPUTS[stage]},
-            "config": {s: config[s] for s in sections(stage, config)},
+            "config": {s: _printed(s, config[s]) for s in sections(stage, config)},
         },
     )
+
+
+def _printed(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A config section's values less its fields marked NOT_FINGERPRINTED."""
+    skip = unprinted_fields(SECTIONS[section])
+    return {k: v for k, v in values.items() if k not in skip}

@@ -4,7 +4,6 @@ resumed, and how one is written, read and restored (see :mod:`gdig.train.finetun
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +17,8 @@ import torch
 
 from gdig.io.atomic import atomic_open, remove_stale_temps
 from gdig.io.errors import UsageError
-from gdig.train.config import NOT_FINGERPRINTED, FinetuneConfig
+from gdig.io.integrity import fingerprint_fields
+from gdig.train.config import FinetuneConfig
 
 FORMAT = 1
 
@@ -56,9 +56,10 @@ def run_fingerprint(
 ) -> dict[str, Any]:
     """What decides the fine-tuned weights: base model folder, pairs, rendering, config.
 
-    ``checkpoint_every`` changes no weight and is left out. ``digest`` hashes the rest.
+    Fields that change no weight (checkpoint and log intervals) are left out. ``digest``
+    hashes the rest.
     """
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    config = fingerprint_fields(cfg)  # fields marked NOT_FINGERPRINTED change no weight
     parts: dict[str, Any] = {
         "base_model": str(Path(model_path).expanduser().resolve()),
         "template": template,

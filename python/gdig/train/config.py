@@ -13,14 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gdig.io.integrity import NOT_FINGERPRINTED
 from gdig.io.validate import OptionError, at_least, one_of
 
 # See gdig.train.precision (kept here so that reading options imports no torch).
 PRECISIONS = ("auto", "fp32", "bf16")
-
-# Fields that change no weight: left out of the checkpoint fingerprint. (The precision is
-# in it as asked; what ``auto`` chose is kept in the checkpoint and reused on resume.)
-NOT_FINGERPRINTED = ("checkpoint_every", "log_every", "dev_every")
 
 
 @dataclass
@@ -80,17 +77,24 @@ class FinetuneConfig:
     )
     checkpoint_every: int = field(
         default=50,
-        metadata={"help": "optimizer steps between resumable checkpoints (0 = only the final one)"},
+        metadata={
+            "help": "optimizer steps between resumable checkpoints (0 = only the final one)",
+            **NOT_FINGERPRINTED,
+        },
     )
     log_every: int = field(
         default=10,
-        metadata={"help": "optimizer steps between printed loss lines (0 = none)"},
+        metadata={
+            "help": "optimizer steps between printed loss lines (0 = none)",
+            **NOT_FINGERPRINTED,
+        },
     )
     dev_every: int | None = field(
         default=None,
         metadata={
             "help": "optimizer steps between dev losses when a dev file is given (default: "
-            "at the end of each epoch and of the run)"
+            "at the end of each epoch and of the run)",
+            **NOT_FINGERPRINTED,
         },
     )
 
