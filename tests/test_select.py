@@ -125,7 +125,7 @@ def test_every_cluster_represented_and_even(selector: str) -> None:
 @pytest.mark.parametrize("selector", SELECTORS)
 def test_deterministic_for_fixed_seed(selector: str) -> None:
     src = make_source()
-    cfg = SelectConfig(budget=25, selector=selector, tau=0.8, seed=7)
+    cfg = SelectConfig(budget=25, selector=selector, tau=0.8, random_seed=7)
     a, b = select(src, cfg), select(src, cfg)
     np.testing.assert_array_equal(a.selected_rows, b.selected_rows)
     np.testing.assert_array_equal(a.cluster, b.cluster)
@@ -133,8 +133,8 @@ def test_deterministic_for_fixed_seed(selector: str) -> None:
 
 def test_other_seed_changes_random_draws() -> None:
     src = make_source()
-    a = select(src, SelectConfig(budget=25, selector="random", seed=1))
-    b = select(src, SelectConfig(budget=25, selector="random", seed=2))
+    a = select(src, SelectConfig(budget=25, selector="random", random_seed=1))
+    b = select(src, SelectConfig(budget=25, selector="random", random_seed=2))
     assert not np.array_equal(a.selected_rows, b.selected_rows)
 
 

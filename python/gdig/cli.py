@@ -298,7 +298,7 @@ def selection_flags(cfg: Any) -> str:
     """Every selection option in effect, as the flags that give it (``--tau 0.9 ...``)."""
     import dataclasses
 
-    from gdig.run.options import flag, public_name
+    from gdig.run.options import flag
 
     def shown(value: Any) -> str:
         if value is None:
@@ -308,8 +308,7 @@ def selection_flags(cfg: Any) -> str:
         return str(value)
 
     return " ".join(
-        f"{flag(public_name(type(cfg), f.name))} {shown(getattr(cfg, f.name))}"
-        for f in dataclasses.fields(cfg)
+        f"{flag(f.name)} {shown(getattr(cfg, f.name))}" for f in dataclasses.fields(cfg)
     )
 
 

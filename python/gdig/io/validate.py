@@ -6,10 +6,14 @@ into the flag or config key the user wrote (``--budget``, ``my.yaml: budget``).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from gdig.io.errors import UsageError
+
+log = logging.getLogger("gdig")
 
 
 class OptionError(UsageError):
@@ -24,6 +28,23 @@ class OptionError(UsageError):
         """The same error, its field named as the user wrote it (``--budget``)."""
         self.args = (f"{where}: {self.detail}",)
         return self
+
+
+def read_saved(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Saved option values (a manifest's config, a selection file) for dataclass ``cls``.
+
+    A value under a field's old name (its metadata ``was``) is read as the field's, with
+    a deprecation note; names that are no field of ``cls`` are dropped.
+    """
+    out = {}
+    for f in dataclasses.fields(cls):
+        old = f.metadata.get("was")
+        if f.name in values:
+            out[f.name] = values[f.name]
+        elif old is not None and old in values:
+            log.warning("%s: '%s' is the old name of '%s'; read as it", where, old, f.name)
+            out[f.name] = values[old]
+    return out
 
 
 def one_of(name: str, value: Any, allowed: tuple[str, ...], none_ok: bool = False) -> None:

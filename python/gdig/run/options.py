@@ -2,8 +2,7 @@
 
 Each dataclass field is one flag (``--field-name``) and one config key (``field_name``),
 with the field's ``help`` metadata as its help text: one source of truth for the CLI,
-config files (YAML or TOML) and the manifest. ``RENAMES`` gives a field another public
-name where the plain one would clash (SelectConfig.seed is ``--random-seed``).
+config files (YAML or TOML) and the manifest.
 
 A value comes from, in order of precedence: a flag, the config file, the run folder's
 manifest (so ``gdig select --out RUN --budget 20`` keeps every other option), the default.
@@ -24,23 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from gdig.io.errors import UsageError
-from gdig.io.validate import OptionError
+from gdig.io.validate import OptionError, read_saved
 from gdig.run.config import SECTIONS, RunOptions
 
 log = logging.getLogger("gdig")
 
-# (dataclass name, field name) -> public name
-RENAMES: dict[tuple[str, str], str] = {("SelectConfig", "seed"): "random_seed"}
 # Old public names still accepted (flag or config key), with a deprecation note.
 DEPRECATED = {"seed": "seeds"}
 
 
 class ConfigFileError(UsageError):
     """A config file that cannot be read, names an unknown key or holds a bad value."""
-
-
-def public_name(cls: type, name: str) -> str:
-    return RENAMES.get((cls.__name__, name), name)
 
 
 def flag(name: str) -> str:
@@ -103,7 +96,7 @@ def add_flags(
         group = parser.add_argument_group(title)
         types_ = _field_types(cls)
         for f in dataclasses.fields(cls):
-            name = public_name(cls, f.name)
+            name = f.name
             if name in skip:
                 continue
             tp, optional = types_[f.name]
@@ -139,9 +132,7 @@ def add_flags(
 def known_keys(
     sections: tuple[str, ...] = tuple(SECTIONS), classes: dict[str, type] = SECTIONS
 ) -> set[str]:
-    return {
-        public_name(classes[s], f.name) for s in sections for f in dataclasses.fields(classes[s])
-    }
+    return {f.name for s in sections for f in dataclasses.fields(classes[s])}
 
 
 def read_config_file(path: str | Path, allowed: set[str] | None = None) -> dict[str, Any]:
@@ -214,8 +205,9 @@ def resolve(
         types_ = _field_types(cls)
         kwargs: dict[str, Any] = {}
         origin: dict[str, str] = {}
+        kept = read_saved(cls, saved.get(section, {}), "the run folder's manifest")
         for f in dataclasses.fields(cls):
-            name = public_name(cls, f.name)
+            name = f.name
             if name in flags:
                 kwargs[f.name], origin[f.name] = flags[name], flag(name)
             elif name in file_values:
@@ -230,11 +222,11 @@ def resolve(
                 if why:
                     raise ConfigFileError(f"{file_name}: {name}: {why}")
                 kwargs[f.name], origin[f.name] = value, f"{file_name}: {name}"
-            elif f.name in saved.get(section, {}):
-                kwargs[f.name], origin[f.name] = saved[section][f.name], f"the run's {name}"
+            elif f.name in kept:
+                kwargs[f.name], origin[f.name] = kept[f.name], f"the run's {name}"
         try:
             built[section] = cls(**kwargs)
         except OptionError as exc:
-            where = origin.get(exc.name, flag(public_name(cls, exc.name)))
+            where = origin.get(exc.name, flag(exc.name))
             raise OptionError(exc.name, exc.detail).with_message(where) from None
     return built if classes else RunOptions(**built)

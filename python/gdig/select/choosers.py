@@ -109,7 +109,7 @@ def _clustered(ctx: Context) -> Pick:
         k,
         pca_dim=cfg.pca_dim,
         iters=cfg.kmeans_iters,
-        seed=cfg.seed,
+        seed=cfg.random_seed,
         device=ctx.device,
         chunk_rows=ctx.chunk_rows,
     )

@@ -101,11 +101,12 @@ class SelectConfig:
         default=25,
         metadata={"help": "k-means iterations (FAISS niter)."},
     )
-    seed: int = field(
+    random_seed: int = field(
         default=0,
         metadata={
             "help": "Seed of every random choice (k-means init, sampling, random "
-            "selector): a fixed seed gives the same selection."
+            "selector): a fixed seed gives the same selection.",
+            "was": "seed",  # its name before 0.2: manifests and selection files still read
         },
     )
 

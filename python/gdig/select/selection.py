@@ -13,10 +13,9 @@ import numpy as np
 from gdig.data.idlist import IdList, as_idlist
 from gdig.io.atomic import atomic_open
 from gdig.io.errors import GdigError
+from gdig.io.validate import read_saved
 
 from .config import SelectConfig
-
-_FIELDS = {f.name for f in dataclasses.fields(SelectConfig)}
 
 
 class ShortfallError(GdigError):
@@ -131,7 +130,7 @@ class Selection:
             ids=ids,
             n_seeds=meta["n_seeds"],
             need=meta["need"],
-            config=SelectConfig(**{k: v for k, v in meta["config"].items() if k in _FIELDS}),
+            config=SelectConfig(**read_saved(SelectConfig, meta["config"], str(path))),
             timings=meta["timings"],
             notes=meta["notes"],
             **arrays,

@@ -98,7 +98,7 @@ def select(
         raise ValueError(f"{type(source).__name__}.ids has {len(source.ids)} entries, n is {n}")
     timings: dict[str, float] = {}
     notes: list[str] = []
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.random_seed)
 
     t = time.perf_counter()
     stats = quality_stats(
