@@ -62,22 +62,28 @@ def reference_grads(model, tok, pairs, names):
 def dense_benefit(fit, seeds, cands, n_layers, method, damping_factor=0.1):
     total = torch.zeros(len(cands), len(seeds), dtype=torch.float64)
     for lay in range(n_layers):
-        a = torch.cat([z["a"][lay] for z in fit])
-        g = torch.cat([z["g"][lay] for z in fit])
-        _, q_a = torch.linalg.eigh(a.T @ a / a.shape[0])
-        ev_s, q_s = torch.linalg.eigh(g.T @ g / g.shape[0])
-        ev_a = torch.linalg.eigvalsh(a.T @ a / a.shape[0])
-        if method == "ekfac":
-            lam = torch.stack([(q_s.T @ z["G"][lay] @ q_a) ** 2 for z in fit]).mean(0)
-        else:
-            lam = torch.outer(ev_s.clamp_min(0), ev_a.clamp_min(0))
-        basis = torch.kron(q_s, q_a)  # row-major vec: vec(Q_S X Q_Aᵀ) = (Q_S ⊗ Q_A) vec(X)
-        hess = basis @ torch.diag(lam.flatten()) @ basis.T
-        hess = hess + damping_factor * lam.mean() * torch.eye(hess.shape[0], dtype=hess.dtype)
+        hess = dense_hessian(fit, lay, method, damping_factor)
         gs = torch.stack([z["G"][lay].flatten() for z in seeds], 1)  # [P, S]
         gm = torch.stack([z["G"][lay].flatten() for z in cands], 0)  # [N, P]
         total += gm @ torch.linalg.solve(hess, gs)
     return total
+
+
+def dense_hessian(fit, lay, method, damping_factor=0.1):
+    """Layer ``lay``'s damped (E)K-FAC as a dense matrix over row-major vec(G)."""
+    a = torch.cat([z["a"][lay] for z in fit])
+    g = torch.cat([z["g"][lay] for z in fit])
+    _, q_a = torch.linalg.eigh(a.T @ a / a.shape[0])
+    ev_s, q_s = torch.linalg.eigh(g.T @ g / g.shape[0])
+    ev_a = torch.linalg.eigvalsh(a.T @ a / a.shape[0])
+    if method == "ekfac":
+        lam = torch.stack([(q_s.T @ z["G"][lay] @ q_a) ** 2 for z in fit]).mean(0)
+    else:
+        lam = torch.outer(ev_s.clamp_min(0), ev_a.clamp_min(0))
+    basis = torch.kron(q_s, q_a)  # row-major vec: vec(Q_S X Q_Aᵀ) = (Q_S ⊗ Q_A) vec(X)
+    hess = (basis * lam.flatten()) @ basis.T  # basis diag(lam) basisᵀ
+    hess = hess + damping_factor * lam.mean() * torch.eye(hess.shape[0], dtype=hess.dtype)
+    return hess
 
 
 @pytest.mark.parametrize("method", ["ekfac", "kfac"])

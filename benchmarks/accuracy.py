@@ -1,0 +1,282 @@
+"""How close gdig's default mode comes to exact EK-FAC influence, and what closer costs.
+
+    python benchmarks/accuracy.py [--seeds 64] [--candidates 128] [--ranks 16,32,64,128,0]
+        [--k 16,32,64] [--out benchmarks/RESULTS.md]
+
+SmolLM2-135M-Instruct, gdig's default tracked layers (10 MLP down-projections, 576x1536),
+S seeds and the next N candidates of Tatoeba zh-en (``--data-dir``), EK-FAC factors fitted
+on the N candidates (the peers' set-up). Two exact references:
+
+* gdig's exact mode (``exact=True``: no rank compression, identity projections, float64
+  seed work): the same factors, nothing approximated after them;
+* kronfluence's exact EK-FAC (no low-rank query; ``benchmarks/peers.py``'s
+  kronfluence-exact, run in a child; needs `make peers`): an independent implementation.
+
+Each row is gdig's default mode with one setting changed: the seed rank r (``--ranks``;
+0 = no compression, scored through the seeds' dense gradients, which give the same numbers
+as the low-rank order to rounding) or the projection size k = k_in = k_out (``--k``, at
+r = 32), which changes no benefit, only the features that clustering and ``rescore`` use.
+Against each reference: Spearman over all N x S pairs, sign agreement, overlap of the top
+10 % of candidates by mean benefit, agreement of n_pos (the quality filter's count: the
+share of candidates with the same count, and with the same pass/fail at tau = 0.9), the
+overlap of the gdig selection (budget N/4, tau 0.9, fill) made from these benefits with the
+one made from the reference's (same features, so only the benefits differ), and, for the
+k rows, the Spearman of the benefits re-scored from the stored features (``rescore``'s
+route). Cost, timed in this one process: seconds per seed, candidates/s of scoring, the
+prepared seeds' memory, and fit + seeds + score of this run against r = 32's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from harness import (
+    ROOT,
+    Machine,
+    add_common_args,
+    command,
+    real_pairs,
+    run_child,
+    write_section,
+)
+
+DATA_FILE = "tatoeba.zh-en.jsonl"
+TAU = 0.9
+
+
+@dataclass
+class Row:
+    """One setting of gdig's default mode: its benefits, features and costs."""
+
+    label: str
+    benefit: np.ndarray  # [N, S]
+    rescored: np.ndarray | None  # [N, S] from the projected features (k rows)
+    features: np.ndarray  # [N, D] for the selection's clustering
+    fit_s: float
+    seeds_s: float
+    score_s: float
+    seed_mib: float
+    extra: dict = field(default_factory=dict)
+
+
+def n_pos(b: np.ndarray) -> np.ndarray:
+    return (b > 0).sum(1)
+
+
+def selection(benefit: np.ndarray, features: np.ndarray) -> set[int]:
+    from gdig.select import SelectConfig, select
+    from gdig.select.source import ArraySource
+
+    n = benefit.shape[0]
+    source = ArraySource(features, benefits=benefit.astype(np.float32))
+    cfg = SelectConfig(budget=max(1, n // 4), tau=TAU, on_short="fill")
+    return set(np.flatnonzero(select(source, cfg).selected).tolist())
+
+
+def compare(got: np.ndarray, ref: np.ndarray, feats: np.ndarray) -> dict:
+    """Agreement of ``got`` with the reference ``ref`` (both [N, S])."""
+    from scipy.stats import spearmanr
+
+    got, ref = got[:, : ref.shape[1]], ref
+    k = max(1, len(ref) // 10)
+    top = set(np.argsort(-got.mean(1))[:k]), set(np.argsort(-ref.mean(1))[:k])
+    need = int(np.ceil(TAU * ref.shape[1]))
+    sel_got, sel_ref = selection(got, feats), selection(ref, feats)
+    return {
+        "spearman": float(spearmanr(got.ravel(), ref.ravel()).statistic),
+        "sign": float(((got > 0) == (ref > 0)).mean()),
+        "top10": len(top[0] & top[1]) / k,
+        "n_pos_equal": float((n_pos(got) == n_pos(ref)).mean()),
+        "pass_equal": float(((n_pos(got) >= need) == (n_pos(ref) >= need)).mean()),
+        "selection": len(sel_got & sel_ref) / max(1, len(sel_ref)),
+    }
+
+
+def run_gdig(model, tok, seeds, cands, cfg, work: Path, factors=None) -> tuple:
+    """(factors, seeds, store, fit s, seeds s, score s) of one gdig configuration."""
+    from gdig.engine import fit_factors, prepare_seeds, score_candidates
+
+    t0 = time.perf_counter()
+    if factors is None:
+        factors = fit_factors(model, tok, cands, cfg, progress=False)
+    fit_s, t0 = time.perf_counter() - t0, time.perf_counter()
+    sg = prepare_seeds(model, tok, seeds, factors, cfg, progress=False)
+    seeds_s, t0 = time.perf_counter() - t0, time.perf_counter()
+    store = score_candidates(model, tok, cands, sg, cfg, work, progress=False)
+    return factors, sg, store, fit_s, seeds_s, time.perf_counter() - t0
+
+
+def benefits(store) -> np.ndarray:
+    return np.concatenate([b for _, b in store.benefit_blocks()])
+
+
+def seed_mib(sg) -> float:
+    return sum(u.numel() * u.element_size() + v.numel() * v.element_size()
+               for u, v in zip(sg.u, sg.v, strict=True)) / 2**20  # fmt: skip
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray], str]:
+    import torch
+    from helpers_models import engine_config, with_options
+
+    from gdig.model import ensure_smollm2, load_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, tok = load_model(ensure_smollm2(), progress=False)
+    seeds = real_pairs(DATA_FILE, 0, args.seeds, args.data_dir)
+    cands = real_pairs(DATA_FILE, args.seeds, args.candidates, args.data_dir)
+    base = engine_config(factor_samples=0, batch_size=args.batch_size)
+    work = Path(tempfile.mkdtemp(prefix="gdig-accuracy-"))
+    refs: dict[str, np.ndarray] = {}
+
+    if not args.no_gdig_exact:
+        exact = with_options(base, exact=True, export_benefit_matrix=False)
+        *_, store, _, _, _ = run_gdig(model, tok, seeds, cands, exact, work / "exact")
+        refs["gdig exact"] = benefits(store)
+        del store  # its features are the full gradients: gigabytes
+        import shutil
+
+        shutil.rmtree(work / "exact")
+        print("gdig exact done", flush=True)
+
+    rows: list[Row] = []
+    factors32 = None
+    for r in args.ranks:
+        # r = 0: no compression; the dense order gives the same numbers, and fast
+        cfg = with_options(base, rank=r, **({"dense_seeds_mb": 1 << 16} if r == 0 else {}))
+        factors32, sg, store, fit_s, seeds_s, score_s = run_gdig(
+            model, tok, seeds, cands, cfg, work / f"r{r}", factors32
+        )
+        fit_s = fit_s if not rows else rows[0].fit_s  # one fit serves every rank
+        label = f"r = {r}" if r else "r = none (no compression)"
+        feats = store.feature_rows(np.arange(store.n))
+        rows.append(Row(label, benefits(store), None, feats, fit_s, seeds_s, score_s, seed_mib(sg)))
+        print(label, f"fit {fit_s:.1f} seeds {seeds_s:.1f} score {score_s:.1f}", flush=True)
+    for k in args.k:
+        cfg = with_options(base, k_in=k, k_out=k)
+        _, sg, store, fit_s, seeds_s, score_s = run_gdig(
+            model, tok, seeds, cands, cfg, work / f"k{k}"
+        )
+        feats = store.feature_rows(np.arange(store.n))
+        rescored = feats @ sg.features.T
+        rows.append(Row(f"k = {k} (r = 32)", benefits(store), rescored, feats, fit_s, seeds_s,
+                        score_s, seed_mib(sg), {"dim": feats.shape[1]}))  # fmt: skip
+        print(f"k = {k}", f"fit {fit_s:.1f} seeds {seeds_s:.1f} score {score_s:.1f}", flush=True)
+
+    if not args.no_kronfluence:
+        if not (ROOT / ".peers" / "kronfluence").is_dir():
+            raise SystemExit("accuracy: kronfluence is not in .peers/; run `make peers` first")
+        spec = {
+            "method": "kronfluence-exact", "seeds": args.seeds, "candidates": args.candidates,
+            "batch_size": args.batch_size, "subset": 2, "threads": args.threads,
+            "exact_seeds": args.seeds, "work": str(work), "model": "smollm2", "official_bq": 1,
+            "data_dir": args.data_dir, "save_scores": True,
+        }  # fmt: skip
+        res = run_child(ROOT / "benchmarks" / "peers.py", spec, {"TQDM_DISABLE": "1"})
+        if "failed" in res:
+            raise SystemExit(f"accuracy: kronfluence-exact failed: {res['failed']}")
+        refs["kronfluence exact"] = np.load(work / "kronfluence-exact.npy")
+    return rows, refs, str(work)
+
+
+def render(rows: list[Row], refs: dict[str, np.ndarray], args, machine: str) -> str:
+    base = next(r for r in rows if r.label == "r = 32")
+    base_e2e = base.fit_s + base.seeds_s + base.score_s
+    feats32 = base.features
+    lines = [
+        "## Accuracy of the default mode against exact EK-FAC (benchmarks/accuracy.py)",
+        "",
+        f"`{command('accuracy.py')}`",
+        "",
+        machine,
+        "",
+        f"SmolLM2-135M-Instruct, 10 down_proj layers (576x1536), S = {args.seeds} Tatoeba "
+        f"zh-en seeds, N = {args.candidates} candidates (the next {args.candidates} pairs), "
+        "EK-FAC fitted on the N candidates, damping 0.1 x mean eigenvalue. Each row: the "
+        "default mode (r = 32, k = 32, float32) with one setting changed. Against each exact "
+        "reference: Spearman over all pairs / sign agreement / top-10 % overlap (by mean "
+        "benefit) / n_pos equal (share of candidates) / pass at tau 0.9 equal / gdig "
+        f"selection overlap (budget N/4, tau {TAU}, fill; the r = 32 features for every row, "
+        "so only the benefits differ). k rows: the same seeds and benefits as r = 32; "
+        "`rescore` = Spearman of the benefits re-scored from the stored features. Cost from "
+        "this one run (shared machine: see the line above): s per seed, scoring candidates/s, "
+        "prepared seeds' memory, scoring time against r = 32's (what dominates a large pool), "
+        "and fit + seeds + score of this run against r = 32's.",
+        "",
+        "| setting | "
+        + " | ".join(f"vs {name}" for name in refs)
+        + " | rescore vs "
+        + next(iter(refs), "-")
+        + " | s/seed | score cand/s | seeds MiB | end to end x r=32 |",
+        "|---|" + "---|" * len(refs) + "---:|" * 5,
+    ]
+    for row in rows:
+        cells = [row.label]
+        for ref in refs.values():
+            a = compare(row.benefit, ref, feats32)
+            close = [f"{a[k]:.3f}" for k in ("spearman", "sign")]
+            shares = [f"{a[k]:.2f}" for k in ("top10", "n_pos_equal", "pass_equal", "selection")]
+            cells.append(" / ".join(close + shares))
+        rescore = ""
+        if row.rescored is not None and refs:
+            from scipy.stats import spearmanr
+
+            ref = next(iter(refs.values()))
+            rescore = f"{spearmanr(row.rescored.ravel(), ref.ravel()).statistic:.3f}"
+            rescore += f" (D = {row.extra['dim']})"
+        e2e = (row.fit_s + row.seeds_s + row.score_s) / base_e2e
+        cells += [
+            rescore, f"{row.seeds_s / args.seeds:.3f}", f"{args.candidates / row.score_s:.2f}",
+            f"{row.score_s / base.score_s:.2f}", f"{row.seed_mib:.0f}", f"{e2e:.2f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(refs) == 2:
+        from scipy.stats import spearmanr
+
+        a, b = refs.values()
+        s = min(a.shape[1], b.shape[1])
+        a, b = a[:, :s], b[:, :s]
+        rho = spearmanr(a.ravel(), b.ravel()).statistic
+        sign = ((a > 0) == (b > 0)).mean()
+        lines += ["", f"The two exact references against each other: Spearman {rho:.4f}, "
+                      f"signs {sign:.4f}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=64)
+    ap.add_argument("--candidates", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--ranks", default="16,32,64,128,0", help="seed ranks (0 = none); 32 needed")
+    ap.add_argument("--k", default="16,64", help="projection sizes k_in = k_out, at r = 32")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--no-gdig-exact", action="store_true", help="skip gdig's exact mode")
+    ap.add_argument("--no-kronfluence", action="store_true", help="skip kronfluence-exact")
+    ap.add_argument("--out", default=None, help="write the section into this RESULTS.md")
+    add_common_args(ap)
+    args = ap.parse_args(argv)
+    args.ranks = [int(x) for x in args.ranks.split(",") if x.strip()]
+    args.k = [int(x) for x in args.k.split(",") if x.strip()]
+    if 32 not in args.ranks:
+        ap.error("--ranks must include 32 (the default every cost is compared with)")
+    machine = Machine(args.threads, strict=args.strict_load)
+    rows, refs, work = measure(args)
+    text = render(rows, refs, args, machine.line())
+    print(text)
+    np.savez(Path(work) / "benefits.npz", **{r.label: r.benefit for r in rows}, **refs)
+    print(f"benefits kept in {work}/benefits.npz", file=sys.stderr)
+    if args.out:
+        write_section(args.out, "accuracy", "accuracy.py", text)
+
+
+if __name__ == "__main__":
+    main()
