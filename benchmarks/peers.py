@@ -599,6 +599,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma list; empty: redraw")
     ap.add_argument("--work", default=None, help="folder for scores and results.json")
+    ap.add_argument("--fresh", action="store_true", help="forget earlier results in --work")
     ap.add_argument("--out", default=None, help="write the section into this RESULTS.md")
     add_common_args(ap)
     args = ap.parse_args(argv)
@@ -610,6 +611,9 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     # A run of some methods updates the results of an earlier run in the same --work folder.
     previous = work / "results.json"
+    if args.fresh:
+        for f in [previous, *work.glob("*.npy")]:
+            f.unlink(missing_ok=True)
     results = json.loads(previous.read_text()) if previous.is_file() else {}
     settings = {k: getattr(args, k) for k in ("model", "seeds", "candidates", "batch_size")}
     if results and results.get("_settings") != settings:
