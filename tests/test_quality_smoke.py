@@ -1,11 +1,13 @@
 """The quality experiment (benchmarks/quality): its data splits, and a smoke run end to end
-with a tiny random LLaMA (every selector fine-tuned, decoded and scored; report written)."""
+with a tiny random LLaMA (every default arm of both directions fine-tuned, decoded, scored
+and tested; report written with relative paths; resumed)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,9 @@ def _load(name: str, file: str):
 
 
 qdata = _load("quality_data", "data.py")
+# The issue's arms (issue 18): gdig, quality (raw and cosine), diversity, random, rules,
+# loss, less, coverage, and the whole pool.
+ARMS = "gdig,quality-raw,quality-cosine,diversity,random,rules,loss,less,coverage-cosine,all"
 needs_data = pytest.mark.skipif(
     not (qdata.DEFAULT_DATA_DIR / "tatoeba.zh-en.jsonl").is_file(),
     reason=f"shared pairs not found in {qdata.DEFAULT_DATA_DIR}",
@@ -84,30 +89,83 @@ def test_splits_disjoint_with_documented_noise(direction):
     assert [p.to_record() for p in again["pool"]] == [p.to_record() for p in splits["pool"]]
 
 
+# An absolute path inside a string: a "/" not preceded by a name character, then a name.
+ABSOLUTE = re.compile(r"(?<![\w.~-])/[\w.+@-]+")
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
 @needs_data
 def test_smoke_run(tmp_path):
+    """Every default arm (rules, loss, less, coverage included) and the --also direction,
+    end to end on a tiny model; relative paths only; a lost result is redone on resume."""
     out = tmp_path / "q"
     cmd = [sys.executable, str(QUALITY / "run_quality.py"), "--smoke", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((out / "results.json").read_text())
-    rows = {r["selector"]: r for r in report["table"]}
-    assert set(rows) == {"gdig", "quality", "diversity", "random", "all"}
-    for sel, row in rows.items():
-        assert 0.0 <= row["noise_rate"] <= 1.0, sel
-        assert sum(row["noise_kinds_mean"].values()) == row["n_pairs"]
-        for split in ("test_in", "test_other"):
-            assert math.isfinite(row[f"{split}.chrf"]["mean"]), (sel, split)
-            assert math.isfinite(row[f"{split}.bleu"]["mean"]), (sel, split)
-    assert rows["all"]["n_pairs"] == 40 and rows["gdig"]["n_pairs"] == 10
-    assert rows["all"]["noise_rate"] == pytest.approx(12 / 40)
-    assert report["data"]["noise_counts"] == qdata.noise_plan_counts(40, 0.3)
-    assert {(s["b"], s["test"], s["metric"]) for s in report["significance"]} == {
-        ("random", t, m) for t in ("test_in", "test_other") for m in ("chrf", "bleu")
-    }
-    for run in report["runs"]:  # hypotheses kept, one per test sentence
-        for split in ("test_in", "test_other"):
-            hyps = (out / "runs" / run["key"] / f"hyps_{split}.jsonl").read_text().splitlines()
-            assert len(hyps) == 10
-    assert (out / "RESULTS.md").read_text().count("| 10 | gdig | 1 |") == 2  # both test sets
+    text = (out / "results.json").read_text()
+    report = json.loads(text)
+    arms = [a["name"] for a in report["arms"]]
+    assert arms == ARMS.split(",")
+    assert report["status"] == {"done": 20, "planned": 20, "partial": False}
+    assert [e["direction"] for e in report["experiments"]] == ["zh-en", "de-en"]
+    for exp in report["experiments"]:
+        rows = {r["arm"]: r for r in exp["table"]}
+        assert list(rows) == arms, exp["direction"]
+        for arm, row in rows.items():
+            assert 0.0 <= row["noise_rate"] <= 1.0, arm
+            assert sum(row["noise_kinds_mean"].values()) == row["n_pairs"]
+            for split in ("test_in", "test_other"):
+                assert math.isfinite(row[f"{split}.chrf"]["mean"]), (arm, split)
+                assert math.isfinite(row[f"{split}.bleu"]["mean"]), (arm, split)
+        assert rows["all"]["n_pairs"] == 40 and rows["gdig"]["n_pairs"] == 10  # 25% of 40
+        assert rows["all"]["noise_rate"] == pytest.approx(12 / 40)
+        # the copy rule drops every untranslated pair (target = source) before the draw
+        assert rows["rules"]["noise_kinds_mean"]["untranslated"] == 0
+        assert exp["data"]["noise_counts"] == qdata.noise_plan_counts(40, 0.3)
+        selectors = {r["selection"].get("selector") for r in exp["table"]}
+        assert {"rules", "loss", "less", "coverage"} <= selectors
+        assert rows["coverage-cosine"]["selection"]["scoring"] == "cosine"
+        assert rows["gdig"]["selection"]["scoring"] == exp["dev_choice"]["chosen"]["scoring"]
+        assert {(s["b"], s["test"], s["metric"]) for s in exp["significance"]} == {
+            (a, t, m) for a in arms[1:] for t in ("test_in", "test_other") for m in ("chrf", "bleu")
+        }
+        for s in exp["significance"]:
+            assert s["a"] == "gdig" and s["seeds"] == [0] and len(s["seed_deltas"]) == 1
+        for run in exp["runs"]:  # hypotheses kept, one per test sentence
+            for split in ("test_in", "test_other"):
+                hyps = out / exp["direction"] / "runs" / run["key"] / f"hyps_{split}.jsonl"
+                assert len(hyps.read_text().splitlines()) == 10
+    assert len(report["summary"]) == 2  # one budget per direction, in words
+    assert all(
+        line.startswith(("zh-en, budget 10", "de-en, budget 10")) for line in report["summary"]
+    )
+    md = (out / "RESULTS.md").read_text()
+    assert "## zh-en" in md and "## de-en" in md and "Summary (generated" in md
+    # a gdig row in the table of each test set of each direction
+    assert sum(line.startswith("| 10 (25%) | gdig | 1 |") for line in md.splitlines()) == 4
     assert (out / "quality.png").stat().st_size > 0
+    # relative paths only: the work folder given as an absolute path is shown as DIR/q
+    bad = [x for x in _strings(report) if ABSOLUTE.search(x) or str(tmp_path) in x]
+    assert not bad, bad[:5]
+    assert not ABSOLUTE.search(md.replace("](quality.png)", "")), md
+    assert "DIR/q" in report["command"]
+
+    # resume: a lost result is redone, every other run is skipped
+    lost = out / "de-en" / "runs" / "b10-random-s0" / "result.json"
+    lost.unlink()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trained = [line for line in proc.stdout.splitlines() if "fine-tuning on" in line]
+    assert len(trained) == 1 and "de-en b10-random-s0" in trained[0], trained
+    assert json.loads((out / "results.json").read_text())["status"]["done"] == 20

@@ -1,93 +1,110 @@
-"""Does a gdig-selected subset train a better translator? The paper's table in miniature.
+"""Does a gdig-selected subset train a better translator than what an MT engineer tries first?
 
-    python benchmarks/quality/run_quality.py                 # `make quality`, ~75 min, 2 CPUs
-    python benchmarks/quality/run_quality.py --smoke --out /tmp/q   # tiny random model, < 1 min
+    python benchmarks/quality/run_quality.py                         # the issue's experiment
+    python benchmarks/quality/run_quality.py --smoke --out /tmp/q    # tiny random model, < 2 min
 
-1. Data (``data.py``): seeds, a noisy pool (documented injected noise, ``noise`` field),
-   dev, an in-domain test set and an other-domain (gettext) test set, all disjoint.
-2. Optionally (``--finetune-first``) fine-tune the base model on the raw pool first and
-   score with that model (the paper's flow); otherwise the base model scores.
-3. Score the pool once with the real CLI (``gdig run``), then re-select for every selector,
-   budget and training seed with ``gdig select`` (no model pass): gdig, quality, diversity,
-   random; plus the whole pool. The selection's random seed is the training seed, so the
-   random choices of ``random``/``gdig``/``diversity`` vary across seeds like the training.
-4. For every budget x subset x training seed: fine-tune fresh from the base model on the
-   subset, decode both test sets, score BLEU and chrF (hypotheses kept), and record the
-   subset's noise rate from its ``noise`` field.
-5. Report: ``results.json``, ``RESULTS.md`` (mean +- std tables, noise rates, paired
-   bootstrap of gdig vs random, timings, sizes, command, machine) and ``quality.png``.
+One command runs the whole experiment, resumably (hours on a 2-core CPU: ``TIME_BUDGET``):
 
-Optional choice step on dev only (``--dev-taus``/``--dev-scorings``): for each (tau,
-scoring), select gdig at the smallest budget, fine-tune (training seed 0), decode dev;
-the best dev chrF fixes tau and scoring for every selection. The test sets never choose.
+1. Data (``data.py``), per direction: seeds, a noisy pool (documented injected noise,
+   ``noise`` field), dev, an in-domain test set and an other-domain (gettext) test set, all
+   disjoint. The main direction is ``--direction`` (zh-en); ``--also de-en:10%`` adds
+   another direction with the same arms and settings at its own budgets, in its own work
+   subfolder, with its own ``gdig run`` and dev choice.
+2. Score each pool once with the real CLI (``gdig run``; ``--finetune-first``: with the base
+   model fine-tuned on the raw pool, the paper's flow), then re-select for every arm, budget
+   and training seed with ``gdig select --name`` (no model pass). An *arm* is a selector of
+   ``gdig.select.choosers.SELECTORS`` alone (``gdig``: the scoring chosen on dev) or with a
+   scoring of ``gdig.select.scorings.SCORINGS`` (``quality-cosine``), or ``all`` (the whole
+   pool, trained with ``--whole-seeds``). A budget is a number of pairs or a percentage of
+   the pool (``5%``). The selection's random seed is the training seed.
+3. For every (arm, budget, training seed): fine-tune fresh from the base model on the
+   subset, decode both test sets, score BLEU and chrF (hypotheses kept), record the subset's
+   noise rate and composition.
+4. Report, regenerated after every finished run (a partial experiment has a partial table,
+   marked so): ``results.json``, ``RESULTS.md`` (a plain-words summary generated from the
+   tables, mean +- std per arm, noise, a two-level bootstrap of gdig against every other
+   arm beside the per-seed differences, time per run and planned total, command, commit,
+   machine; relative paths only) and ``quality.png``.
 
-Resumable: every finished (budget, subset, seed) leaves ``runs/<key>/result.json`` under
-``--out`` and is skipped next time when its settings are unchanged; ``gdig run`` resumes by
-itself. Time arithmetic of the defaults: see ``TIME_BUDGET`` below.
+Choice step on dev only (``--dev-taus``/``--dev-scorings``): for each (tau, scoring), select
+gdig at the smallest budget, fine-tune (training seed 0), decode dev; the best dev chrF fixes
+tau and the scoring of the arms without one. The test sets never choose.
+
+Order: the main direction's largest budget (every arm, seed by seed), then its smaller
+budgets, then its whole pool, then each ``--also`` direction the same way.
+
+Resumable: every finished run leaves ``DIRECTION/runs/KEY/result.json`` under ``--out``
+and is skipped next time when what it depends on (``spec``: the subset's content, training
+and decoding settings, the test data) is unchanged; a run whose spec equals a finished run's
+(two arms or dev trials that chose the same pairs) reuses it. ``gdig run`` resumes by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-for _p in (HERE, ROOT / "python"):
+for _p in (HERE, HERE.parent, ROOT / "python"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
 import data as qdata  # noqa: E402
+import harness  # noqa: E402
 import summary as qsummary  # noqa: E402
 
-SELECTORS = ("gdig", "quality", "diversity", "random")
-WHOLE = "all"  # the whole pool, once per training seed (no budget)
+WHOLE = "all"  # the arm of the whole pool (no budget)
+REFERENCE = "gdig"  # the arm every other arm is tested against
 TEST_SETS = ("test_in", "test_other")
-
-# Time arithmetic of the defaults, from timings on this 2-core CPU while it was quiet (load
-# 1-2; SmolLM2-135M-Instruct, fp32, measured with this script and `gdig run`):
-#   training: 2.2 s per optimizer step of batch 8 (26 steps 56-62 s; 250 steps 561 s)
-#   decoding: 0.12 s per sentence at batch 32 (0.14 at batch 16), model load included
-#   gdig run: 161 s for 1,000 candidates (fit 47 s on 400 samples, score 104 s), so ~110 s
-#     for 600; each of the 24 `gdig select` calls (+ its report) ~3 s
-# Defaults: pool 600, budgets 60 and 120 (10% and 20% of the pool, the ratios of 100/200 of
-# 1,000), 3 training seeds, 300 + 300 test sentences, 2 epochs:
-#   budget 60: 16 steps 35 s; budget 120: 30 steps 66 s; whole pool: 150 steps 330 s
-#   decoding both test sets: 600 x 0.12 s = 72 s, ~75 s a run
-#   budget 60: 12 runs x (35 + 75) s = 22 min; budget 120: 12 x (66 + 75) s = 28 min;
-#   whole pool: 3 x (330 + 75) s = 20 min; gdig run ~2 min, selects ~1 min
-#   dev choice (2 taus x 2 scorings at budget 60, dev 200): 4 x (35 + 24) s = 4 min
-#   total ~78 min of the 90 allowed (~20% margin for a busier machine or longer outputs).
-# The issue's example (pool 1,000, budgets 100,200) costs 12 x (57 + 75) + 12 x (112 + 75)
-# + 3 x (561 + 75) s + 4 min = ~100 min: run it with --n-pool 1000 --budgets 100,200.
-# When the machine is shared everything is slower (measured at load 5-11: 9-10x); bf16
-# autocast took 1.6x (decoding) to 1.8x (training) the time of fp32 here: --bf16 is off on CPU.
-TIME_BUDGET = (
-    "quiet 2-core CPU, fp32: training 2.2 s/step (batch 8), decoding 0.12 s/sentence "
-    "(batch 32), gdig run ~110 s for 600 candidates; budget 60: 12 runs x (35 s train + "
-    "75 s decode) = 22 min; budget 120: 12 x (66 + 75) s = 28 min; whole pool 600: "
-    "3 x (330 + 75) s = 20 min; gdig run + 24 selects ~3 min; dev choice of tau and scoring "
-    "4 x (35 + 24) s = 4 min; total ~78 min of the 90 min "
-    "allowed"
+DEFAULT_ARMS = (
+    "gdig,quality-raw,quality-cosine,diversity,random,rules,loss,less,coverage-cosine," + WHOLE
 )
 
+# Time arithmetic of the defaults. Measured on this 2-core CPU (AMD EPYC Zen3, avx2, no fast
+# bf16: `auto` precision picks fp32) with SmolLM2-135M-Instruct and the current gdig.train
+# (length-grouped batches, key-value-cache decoding), one fine-tune of 150 zh-en pool pairs
+# (2 epochs, batch 8: 38 steps) and the decoding of 100 in-domain test sentences (batch 32,
+# max 64 new tokens); see SECONDS below for the rates and the load they were taken at.
+#   training: SECONDS["train_example"] per example seen (2 epochs: 2 x the subset)
+#   decoding: SECONDS["decode_sentence"] per sentence, + SECONDS["model_load"] per call
+#   gdig run: ~0.12 s per pool pair (1,000 took 161 s: fit 47 s, score 104 s; the seed
+#     profile gives 0.135 s/candidate): ~6 min for a pool of 3,000, per direction
+# Defaults: zh-en pool 3,000 at budgets 5% and 10% (150 and 300 pairs) and de-en at 10%,
+# 9 selector arms x 3 training seeds, the whole pool once, 300 + 300 test sentences:
+#   a 150-pair run: train 300 examples, decode 600 sentences; a 300-pair run: 600 and 600;
+#   a whole-pool run: 6,000 examples; a dev trial: the 150-pair training + 200 dev sentences
+# `planned_parts` does this sum for any settings; TIME_BUDGET is its figure for the defaults
+# (printed at the start and written into RESULTS.md beside the measured times).
+SECONDS = {
+    "train_example": 0.30,
+    "decode_sentence": 0.10,
+    "model_load": 3.0,
+    "gdig_run_pair": 0.12,
+    "select": 10.0,
+}
 SMOKE = {
     "n_seeds": 4,
     "n_pool": 40,
     "n_dev": 10,
     "n_test": 10,
     "n_test_other": 10,
-    "budgets": "10",
+    "budgets": "25%",
+    "also": "de-en:25%",
     "train_seeds": "0",
     "max_steps": 2,
     "train_batch_size": 4,
@@ -97,9 +114,9 @@ SMOKE = {
     "layer_stride": 1,
     "gdig_args": "--k-in 4 --k-out 4 --rank 4",
     "bootstrap_n": 50,
-    "bf16": False,
-    "dev_taus": "0.9",  # two dev trials keep the choice step exercised
-    "dev_scorings": "raw,cosine",
+    "precision": "fp32",
+    "dev_taus": "0.9",
+    "dev_scorings": "raw,cosine",  # the same gdig subset: the second trial reuses the first
 }
 
 
@@ -119,14 +136,130 @@ def _words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+# --------------------------------------------------------------------------- arms, budgets
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What chooses a training subset: ``selector`` with ``scoring`` (None: the scoring
+    chosen on dev), or the whole pool (``selector`` None)."""
+
+    name: str
+    selector: str | None
+    scoring: str | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.selector is None
+
+
+def parse_arm(text: str) -> Arm:
+    """``SELECTOR``, ``SELECTOR-SCORING`` or ``all``, checked against gdig's two tables."""
+    from gdig.select.choosers import SELECTORS
+    from gdig.select.scorings import SCORINGS
+
+    if text == WHOLE:
+        return Arm(text, None)
+    if text in SELECTORS:
+        return Arm(text, text)
+    for selector in SELECTORS:
+        for scoring in SCORINGS:
+            if text == f"{selector}-{scoring}":
+                return Arm(text, selector, scoring)
+    raise ValueError(
+        f"arm {text!r}: use SELECTOR or SELECTOR-SCORING (selectors {', '.join(SELECTORS)}; "
+        f"scorings {', '.join(SCORINGS)}) or {WHOLE!r}"
+    )
+
+
+def parse_budgets(text: str, n_pool: int) -> list[int]:
+    """Budgets as numbers of pairs, largest first: ``300`` or ``10%`` (of the pool), gdig's
+    own reading (``--budget``)."""
+    from gdig.io.validate import count_or_fraction
+    from gdig.select.config import SelectConfig
+
+    sizes = {SelectConfig(budget=count_or_fraction(b)).budget_of(n_pool) for b in _words(text)}
+    return sorted(sizes, reverse=True)
+
+
+def parse_also(text: str) -> list[tuple[str, str]]:
+    """``de-en:10%`` (``;`` between several): (direction, budgets)."""
+    out = []
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        direction, sep, budgets = part.partition(":")
+        if not sep or direction not in qdata.SOURCES or not budgets.strip():
+            raise ValueError(
+                f"--also {part!r}: use DIRECTION:BUDGETS, e.g. de-en:10% (directions "
+                f"{', '.join(sorted(qdata.SOURCES))})"
+            )
+        out.append((direction, budgets))
+    return out
+
+
+def planned_parts(args: argparse.Namespace, budgets: list[int]) -> dict[str, float]:
+    """Seconds one direction of ``args`` takes at the ``SECONDS`` rates, by part."""
+    r = SECONDS
+    n_arms = sum(not arm.whole for arm in args.arm_list)
+    n_seeds = len(_ints(args.train_seeds))
+    n_whole = len(_ints(args.whole_seeds)) if any(arm.whole for arm in args.arm_list) else 0
+    n_trials = len(_floats(args.dev_taus) or [0]) * len(_words(args.dev_scorings) or [0])
+    epochs = args.epochs  # (--max-steps is not foreseen here)
+
+    def run(n_train: int, n_sentences: int, n_decodes: int) -> float:
+        return (
+            r["model_load"] * (1 + n_decodes)
+            + n_train * epochs * r["train_example"]
+            + n_sentences * r["decode_sentence"]
+        )
+
+    n_test = args.n_test + args.n_test_other
+    parts = {f"budget {b}": n_arms * n_seeds * (run(b, n_test, 2) + r["select"]) for b in budgets}
+    parts["whole pool"] = n_whole * run(args.n_pool, n_test, 2)
+    parts["gdig run"] = args.n_pool * r["gdig_run_pair"]
+    if n_trials > 1:
+        parts["dev choice"] = n_trials * (run(min(budgets), args.n_dev, 1) + r["select"])
+    return parts
+
+
+def time_budget(args: argparse.Namespace) -> str:
+    """The time arithmetic of ``args``' directions, in words."""
+    plans = {
+        d: planned_parts(args, parse_budgets(b, args.n_pool))
+        for d, b in [(args.direction, args.budgets), *args.also_list]
+    }
+    total = sum(sum(p.values()) for p in plans.values())
+    return (
+        f"at {SECONDS['train_example']} s per training example, {SECONDS['decode_sentence']} "
+        f"s per decoded sentence, {SECONDS['gdig_run_pair']} s per pool pair scored: "
+        + " + ".join(
+            f"{d} ({', '.join(f'{k} {v / 3600:.2f} h' for k, v in p.items())})"
+            for d, p in plans.items()
+        )
+        + f" = {total / 3600:.1f} h"
+    )
+
+
+# --------------------------------------------------------------------------- arguments
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from gdig.select.scorings import SCORINGS
+
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     ap.add_argument("--smoke", action="store_true", help="tiny random LLaMA and tiny sizes")
-    ap.add_argument("--data-dir", default=str(qdata.DEFAULT_DATA_DIR), help="shared pairs folder")
     ap.add_argument(
-        "--out", default=str(HERE / "work"), help="work folder: data, gdig run, models, runs"
+        "--data-dir",
+        default=None,
+        help="folder of the shared pairs (default: $GDIG_DATA_DIR, else ../shared/data beside "
+        "the repository)",
+    )
+    ap.add_argument(
+        "--out",
+        default=str(ROOT.parent / "quality-work"),
+        help="work folder, per direction its data, gdig run, subsets and runs (default: "
+        "../quality-work beside the repository)",
     )
     ap.add_argument(
         "--report-dir",
@@ -138,20 +271,30 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     g = ap.add_argument_group("data (data.py)")
     g.add_argument("--direction", default="zh-en", choices=sorted(qdata.SOURCES))
+    g.add_argument(
+        "--also",
+        default="de-en:10%",
+        help="more directions, DIRECTION:BUDGETS (';' between several; '' = none): the same "
+        "arms and settings, their own data, gdig run, dev choice and work subfolder",
+    )
     g.add_argument("--n-seeds", type=int, default=32, help="trusted seed pairs")
-    g.add_argument("--n-pool", type=int, default=600, help="pool pairs")
+    g.add_argument("--n-pool", type=int, default=3000, help="pool pairs")
     g.add_argument("--n-dev", type=int, default=200, help="dev pairs")
     g.add_argument("--n-test", type=int, default=300, help="in-domain test pairs")
     g.add_argument("--n-test-other", type=int, default=300, help="other-domain test pairs")
     g.add_argument("--noise-frac", type=float, default=0.3, help="noisy fraction of the pool")
     g.add_argument("--data-seed", type=int, default=20240520, help="seed of the splits")
     g = ap.add_argument_group("selection (gdig run / gdig select)")
-    g.add_argument("--budgets", default="60,120", help="comma-separated subset sizes")
     g.add_argument(
-        "--selectors", default=",".join((*SELECTORS, WHOLE)), help=f"of {SELECTORS} and 'all'"
+        "--budgets", default="5%,10%", help="subset sizes: pairs (300) or % of the pool (10%)"
     )
-    g.add_argument("--tau", type=float, default=0.9, help="gdig --tau")
-    g.add_argument("--scoring", default="raw", help="gdig --scoring")
+    g.add_argument(
+        "--arms",
+        default=DEFAULT_ARMS,
+        help="SELECTOR (scoring chosen on dev) or SELECTOR-SCORING, or 'all' (the whole pool)",
+    )
+    g.add_argument("--tau", type=float, default=0.9, help="gdig --tau (unless dev chooses)")
+    g.add_argument("--scoring", default="raw", help="gdig --scoring (unless dev chooses)")
     g.add_argument("--factor-samples", type=int, default=400, help="gdig --factor-samples")
     g.add_argument("--layer-stride", type=int, default=6, help="gdig --layer-stride")
     g.add_argument("--autocast", default="none", help="gdig --autocast (bf16, fp16, none)")
@@ -163,11 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--dev-scorings",
-        default="raw,cosine",
-        help="choice step on dev: scorings to try ('' = --scoring)",
+        default=",".join(SCORINGS),
+        help="choice step on dev: scorings to try ('' = --scoring); a trial that selects the "
+        "same subset as an earlier one reuses its run",
     )
     g = ap.add_argument_group("fine-tuning (gdig.train)")
-    g.add_argument("--train-seeds", default="0,1,2", help="comma-separated training seeds")
+    g.add_argument("--train-seeds", default="0,1,2", help="training seeds of the subsets")
+    g.add_argument("--whole-seeds", default="0", help="training seeds of the whole pool")
     g.add_argument(
         "--finetune-first", action="store_true", help="score with the model tuned on the pool"
     )
@@ -178,11 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-accum", type=int, default=1)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
     g.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 autocast for training and decoding (default: on for CUDA, off on CPU, "
-        "where fp32 measured 1.6-1.8x less CPU time than bf16 autocast for SmolLM2)",
+        "--precision",
+        default="auto",
+        help="fine-tuning and decoding: fp32, bf16 or auto (gdig.train: bf16 only where a "
+        "short measurement finds it faster)",
     )
     g.add_argument("--template", default="paper", help="prompt template (training and decoding)")
     g.add_argument("--max-length", type=int, default=512, help="longest training example")
@@ -190,19 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("evaluation")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--eval-batch-size", type=int, default=32)
-    g.add_argument("--bootstrap-n", type=int, default=1000, help="paired bootstrap resamples")
-    g.add_argument(
-        "--compare",
-        default="random",
-        help="baselines gdig is tested against (paired bootstrap), of quality,diversity,random,all",
-    )
+    g.add_argument("--bootstrap-n", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars"
+    )
+    ap.add_argument(
+        "--measure-rates",
+        action="store_true",
+        help="only time one fine-tune on the smallest budget of the pool (training seed 0) and "
+        "the decoding of 100 in-domain test sentences, print the rates SECONDS holds, and stop",
     )
     return ap
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from gdig.io.validate import OptionError
+
     ap = build_parser()
     pre, _ = ap.parse_known_args(argv)
     if pre.smoke:
@@ -212,12 +359,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.report_dir = args.out if args.smoke else str(HERE)
     if args.progress is None:
         args.progress = sys.stderr.isatty()
-    if args.bf16 is None:
-        args.bf16 = args.device.startswith("cuda")
-    bad = set(_words(args.selectors)) - {*SELECTORS, WHOLE}
-    if bad:
-        ap.error(f"--selectors: unknown {sorted(bad)}")
+    try:
+        args.arm_list = [parse_arm(a) for a in _words(args.arms)]
+        args.also_list = parse_also(args.also)
+        for text in [args.budgets] + [b for _, b in args.also_list]:
+            parse_budgets(text, args.n_pool)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        ap.error(str(e))
+    except OptionError as e:  # a budget of 0 or 150%
+        ap.error(f"budgets: {e}")
+    if not any(a.name == REFERENCE for a in args.arm_list):
+        ap.error(f"--arms: must hold {REFERENCE!r}, the arm the others are tested against")
+    if len({a.name for a in args.arm_list}) != len(args.arm_list):
+        ap.error("--arms: an arm is named twice")
+    if args.direction in {d for d, _ in args.also_list}:
+        ap.error(f"--also: {args.direction} is already the main direction")
+    from gdig.train.config import PRECISIONS
+
+    if args.precision not in PRECISIONS:
+        ap.error(f"--precision {args.precision!r}: use one of {', '.join(PRECISIONS)}")
     return args
+
+
+# The defaults' plan, in words (printed at the start and written into RESULTS.md).
+TIME_BUDGET = time_budget(parse_args([]))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -261,8 +426,6 @@ def noise_of(pairs) -> dict[str, Any]:
 
 def subset_digest(pairs) -> str:
     """sha256 of the subset's pairs in order (what the fine-tuning sees)."""
-    import hashlib
-
     h = hashlib.sha256()
     for p in pairs:
         h.update(json.dumps([p.id, p.src, p.tgt], ensure_ascii=False).encode("utf-8") + b"\n")
@@ -270,61 +433,128 @@ def subset_digest(pairs) -> str:
 
 
 def _finetune_meta(model: Path) -> dict[str, Any]:
-    """Steps and losses from the fine-tuned folder's gdig_finetune.json, when there."""
+    """Steps, losses, precision and speed from the fine-tuned folder's gdig_finetune.json."""
     path = Path(model) / "gdig_finetune.json"
     if not path.is_file():
         return {}
     meta = _read_json(path)
     losses = meta.get("losses") or []
-    keep = {k: v for k, v in meta.items() if k not in ("losses", "fingerprint", "config")}
+    drop = ("losses", "fingerprint", "config", "base_model", "dev_losses")
+    keep = {k: v for k, v in meta.items() if k not in drop}
     if losses:
         keep["first_loss"], keep["last_loss"] = losses[0], losses[-1]
-        keep["steps"] = len(losses)
     return keep
+
+
+def git_state() -> dict[str, Any]:
+    """The commit the invocation starts on, and whether tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    dirty = git("diff", "--name-only", "HEAD").split()
+    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown", "dirty_files": dirty}
 
 
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
+        "cpu": harness.cpu_model(),
+        "cores": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": cpu or platform.processor(),
-        "cpus_visible": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
     }
 
 
-# --------------------------------------------------------------------------- stages
+# An absolute path inside a string: a "/" not preceded by a name character, then names.
+_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.+@-]+/)*[\w.+@-]+/?")
 
 
-class Experiment:
-    def __init__(self, args: argparse.Namespace, argv: list[str]):
-        self.args = args
-        self.argv = argv
-        self.out = Path(args.out).resolve()
-        self.report_dir = Path(args.report_dir).resolve()
-        self.budgets = _ints(args.budgets)
-        self.selectors = _words(args.selectors)
-        self.seeds = _ints(args.train_seeds)
-        self.tau, self.scoring = args.tau, args.scoring
-        self.t0 = time.perf_counter()
-        self.timings: dict[str, Any] = {}
+def shown_path(path: str | Path) -> str:
+    """A path as RESULTS.md shows it: relative as given; absolute inside the repository's
+    folder as relative to the repository (``../quality-work``); elsewhere ``DIR/<name>``."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    p = Path(text).resolve()
+    if p.is_relative_to(ROOT.parent):
+        return os.path.relpath(p, ROOT)
+    return f"DIR/{p.name}"
+
+
+def relative_strings(obj: Any, known: dict[str, str]) -> Any:
+    """``obj`` with every absolute path in its strings made relative: the ``known`` prefixes
+    (absolute -> shown, longest first) replaced, any other absolute path by
+    :func:`shown_path`."""
+    prefixes = sorted(known.items(), key=lambda kv: -len(kv[0]))
+
+    def fix(text: str) -> str:
+        for prefix, shown in prefixes:
+            text = text.replace(prefix, shown)
+        return _ABS_PATH.sub(lambda m: shown_path(m.group(0)), text)
+
+    if isinstance(obj, str):
+        return fix(obj)
+    if isinstance(obj, dict):
+        return {fix(k): relative_strings(v, known) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [relative_strings(v, known) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- one direction
+
+
+class Direction:
+    """One experiment: a direction's data, its `gdig run`, dev choice and runs."""
+
+    def __init__(self, exp: Experiment, name: str, budgets_text: str) -> None:
+        self.exp, self.args, self.name = exp, exp.args, name
+        self.out = exp.out / name
+        self.budgets = parse_budgets(budgets_text, self.args.n_pool)
+        self.budget_text = budgets_text
+        self.tau, self.scoring = self.args.tau, self.args.scoring
+        self.results: dict[str, dict[str, Any]] = {}  # key -> result, in the order run
+        self.data_summary: dict[str, Any] | None = None
+        self.gdig_info: dict[str, Any] | None = None
         self.dev_choice: dict[str, Any] | None = None
+        self.splits: dict[str, list] = {}
 
-    # -- data and models
+    # -- the plan
+    def planned(self) -> list[tuple[str, Arm, int | None, int]]:
+        """(key, arm, budget, training seed) of every main run, in the order they run."""
+        a = self.exp
+        plan = [
+            (f"b{b}-{arm.name}-s{seed}", arm, b, seed)
+            for b in self.budgets
+            for seed in a.seeds
+            for arm in a.arms
+            if not arm.whole
+        ]
+        plan += [
+            (f"{arm.name}-s{seed}", arm, None, seed)
+            for arm in a.arms
+            if arm.whole
+            for seed in a.whole_seeds
+        ]
+        return plan
+
+    def budget_label(self, budget: int | None) -> str:
+        if budget is None:
+            return f"pool ({self.args.n_pool})"
+        return f"{budget} ({100 * budget / self.args.n_pool:.3g}%)"
+
+    # -- data
     def build_data(self) -> None:
         a = self.args
         self.split_cfg = qdata.SplitConfig(
-            direction=a.direction,
+            direction=self.name,
             n_seeds=a.n_seeds,
             n_pool=a.n_pool,
             n_dev=a.n_dev,
@@ -333,17 +563,305 @@ class Experiment:
             noise_frac=a.noise_frac,
             seed=a.data_seed,
         )
-        self.splits = qdata.build_splits(a.data_dir, self.split_cfg)
+        self.splits = qdata.build_splits(self.exp.data_dir, self.split_cfg)
         self.data_dir = self.out / "data"
         self.data_summary = qdata.write_splits(self.splits, self.split_cfg, self.data_dir)
-        log(f"data: {self.data_summary['sizes']} noise {self.data_summary['noise_counts']}")
+        log(f"{self.name} data: {self.data_summary['sizes']} {self.data_summary['noise_counts']}")
 
+    # -- gdig
+    def score_pool(self) -> None:
+        a = self.args
+        t, c = time.perf_counter(), time.process_time()
+        scorer, first_s = self.exp.base, None
+        if a.finetune_first:
+            log(f"{self.name}: fine-tuning the base model on the raw pool (training seed 0)")
+            scorer = self.exp.train(self.splits["pool"], self.out / "scorer_model", 0)
+            first_s = time.perf_counter() - t
+        self.run_dir = self.out / "gdig_run"
+        gdig_cli(
+            [
+                "run",
+                "--model", str(scorer),
+                "--seeds", str(self.data_dir / "seeds.jsonl"),
+                "--pool", str(self.data_dir / "pool.jsonl"),
+                "--out", str(self.run_dir),
+                "--budget", str(max(self.budgets)),
+                "--label-field", "noise",
+                "--no-progress",
+                "--on-short", "fill",
+                "--tau", str(self.tau),
+                "--scoring", self.scoring,
+                "--factor-samples", str(a.factor_samples),
+                "--layer-stride", str(a.layer_stride),
+                "--autocast", a.autocast,
+                "--device", a.device,
+                # redo exactly the stages whose inputs or options changed (a new pool, other
+                # options, another gdig version); what still matches is reused
+                "--force-restart",
+                *shlex.split(a.gdig_args),
+            ],
+            self.out / "gdig.log",
+        )  # fmt: skip
+        manifest = _read_json(self.run_dir / "manifest.json")
+        # subsets are cached per score fingerprint: other scores, other subsets
+        self.subset_dir = self.out / "subsets" / manifest["fingerprints"]["score"][:16]
+        noise = manifest["stages"].get("report", {}).get("noise") or {}
+        self.gdig_info = {
+            "scorer": "model fine-tuned on the pool" if a.finetune_first else "base model",
+            "wall_s": round(time.perf_counter() - t, 1),
+            "cpu_s": round(time.process_time() - c, 1),
+            "finetune_first_s": first_s,
+            "stage_seconds": {s: r.get("seconds") for s, r in manifest["stages"].items()},
+            "noise_auc": {
+                k: v.get("auc_neg_benefit_mean") for k, v in noise.items() if isinstance(v, dict)
+            },
+        }
+        log(f"{self.name} gdig run: {self.gdig_info}")
+
+    def subset(self, arm: Arm, budget: int, seed: int, tau: float, scoring: str) -> list:
+        from gdig.data.pairs import read_pairs
+
+        if arm.whole:
+            return list(self.splits["pool"])
+        name = f"b{budget}-{arm.selector}-{scoring}-tau{tau}-s{seed}"
+        path = self.subset_dir / f"{name}.jsonl"
+        if not path.is_file():
+            gdig_cli(
+                [
+                    "select",
+                    "--out", str(self.run_dir),
+                    "--name", name,
+                    "--selector", arm.selector,
+                    "--budget", str(budget),
+                    "--on-short", "fill",
+                    "--random-seed", str(seed),
+                    "--tau", str(tau),
+                    "--scoring", scoring,
+                    "--no-progress",
+                ],
+                self.out / "gdig.log",
+            )  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.run_dir / "selections" / name / "selected.jsonl", path)
+        return read_pairs(path)
+
+    # -- one fine-tune + evaluation
+    def spec(self, seed: int, pairs, eval_splits: tuple[str, ...]) -> dict[str, Any]:
+        """Everything a run's numbers depend on; a finished run with another spec is redone,
+        one with the same spec (under another key) is reused."""
+        a = self.args
+        return {
+            "subset_sha256": subset_digest(pairs),
+            "train_seed": seed,
+            "model": "tiny-llama" if a.smoke else str(a.model),
+            "data": self.data_summary["config"],
+            "finetune": repr(self.exp.finetune_cfg(seed)),
+            "eval": repr(self.exp.eval_cfg()),
+            "eval_splits": list(eval_splits),
+            "template": a.template,
+            "max_length": a.max_length,
+        }
+
+    def _reuse(self, key: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """A finished run of this direction with the same spec, copied to ``key``."""
+        runs = self.out / "runs"
+        for res_file in sorted(runs.glob("*/result.json")) if runs.is_dir() else []:
+            other = _read_json(res_file)
+            if other.get("spec") != spec or other["key"] == key:
+                continue
+            run = runs / key
+            run.mkdir(parents=True, exist_ok=True)
+            for f in res_file.parent.glob("hyps_*"):
+                shutil.copyfile(f, run / f.name)
+            result = {**other, "key": key, "same_as": other.get("same_as") or other["key"]}
+            _write_json(run / "result.json", result)
+            log(f"{self.name} {key}: the same subset and settings as {result['same_as']}, reused")
+            return result
+        return None
+
+    def one_run(
+        self, key: str, spec: dict[str, Any], selection: dict[str, Any], pairs, eval_splits
+    ) -> dict[str, Any]:
+        run = self.out / "runs" / key
+        res_file = run / "result.json"
+        if res_file.is_file():
+            old = _read_json(res_file)
+            if old.get("spec") == spec:
+                return {**old, "selection": selection}
+        reused = self._reuse(key, spec)
+        if reused is not None:
+            return {**reused, "selection": selection}
+        self.exp.report_if_stale()  # the tables show what is done before the next run starts
+        run.mkdir(parents=True, exist_ok=True)
+        spec_file = run / "spec.json"
+        if spec_file.is_file() and _read_json(spec_file) != spec:  # another run's leftovers
+            shutil.rmtree(run / "model", ignore_errors=True)
+        _write_json(spec_file, spec)
+        log(f"{self.name} {key}: fine-tuning on {len(pairs)} pairs")
+        t, c, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+        model = self.exp.train(pairs, run / "model", spec["train_seed"])
+        train_s, train_cpu = time.perf_counter() - t, time.process_time() - c
+        meta = _finetune_meta(model)
+        result: dict[str, Any] = {
+            "key": key,
+            "spec": spec,
+            "selection": selection,
+            "subset": noise_of(pairs),
+            # the fine-tuning's own wall time (over all resumed parts) when it says so
+            "train_s": round(meta.get("wall_s", train_s), 2),
+            "train_s_this_call": round(train_s, 2),
+            "train_cpu_s": round(train_cpu, 2),  # CPU seconds of this call, all threads
+            "loadavg_1min_at_start": load,
+            "commit": self.exp.git["commit"],
+            "finetune": meta,
+            "eval": {},
+        }
+        for split in eval_splits:
+            t, c = time.perf_counter(), time.process_time()
+            hyp_file = run / f"hyps_{split}.jsonl"
+            metrics = self.exp.evaluate(model, self.splits[split], hyp_file)
+            metrics["eval_s"] = round(time.perf_counter() - t, 2)
+            metrics["eval_cpu_s"] = round(time.process_time() - c, 2)
+            metrics["hyp_file"] = hyp_file.name
+            result["eval"][split] = metrics
+            log(
+                f"{self.name} {key}: {split} BLEU {metrics['bleu']:.2f} chrF "
+                f"{metrics['chrf']:.2f} ({metrics['eval_s']:.0f} s)"
+            )
+        _write_json(res_file, result)
+        if not self.args.keep_models:
+            shutil.rmtree(run / "model", ignore_errors=True)
+        log(
+            f"{self.name} {key}: train {result['train_s']:.0f} s, noise rate "
+            f"{result['subset']['noise_rate']:.3f}"
+        )
+        self.exp.fresh_runs += 1
+        return result
+
+    # -- the choice step on dev
+    def choose_on_dev(self) -> None:
+        taus = _floats(self.args.dev_taus) or [self.tau]
+        scorings = _words(self.args.dev_scorings) or [self.scoring]
+        if len(taus) * len(scorings) <= 1:
+            self.tau, self.scoring = taus[0], scorings[0]
+            return
+        budget = min(self.budgets)
+        gdig = Arm(REFERENCE, REFERENCE)
+        trials = []
+        for tau in taus:
+            for scoring in scorings:
+                key = f"dev-b{budget}-gdig-tau{tau}-{scoring}"
+                pairs = self.subset(gdig, budget, 0, tau, scoring)
+                spec = self.spec(0, pairs, ("dev",))
+                selection = {"tau": tau, "scoring": scoring}
+                res = self.one_run(key, spec, selection, pairs, ("dev",))
+                trials.append(
+                    {
+                        "tau": tau,
+                        "scoring": scoring,
+                        "dev_chrf": res["eval"]["dev"]["chrf"],
+                        "dev_bleu": res["eval"]["dev"]["bleu"],
+                        "noise_rate": res["subset"]["noise_rate"],
+                        "same_as": res.get("same_as"),
+                        "train_s": res["train_s"],
+                        "eval_s": res["eval"]["dev"]["eval_s"],
+                    }
+                )
+        # the first of equal dev scores wins (the order given): no tie is broken by a test
+        best = max(trials, key=lambda r: r["dev_chrf"])
+        self.tau, self.scoring = best["tau"], best["scoring"]
+        self.dev_choice = {"budget": budget, "trials": trials, "chosen": best}
+        log(f"{self.name} dev choice: tau {self.tau}, scoring {self.scoring}")
+
+    # -- everything of this direction
+    def run(self) -> None:
+        self.build_data()
+        self.score_pool()
+        self.choose_on_dev()
+        for key, arm, budget, seed in self.planned():
+            scoring = arm.scoring or self.scoring
+            pairs = self.subset(arm, budget, seed, self.tau, scoring)
+            selection = (
+                {"whole_pool": True}
+                if arm.whole
+                else {"selector": arm.selector, "scoring": scoring, "tau": self.tau}
+            )
+            fresh = self.exp.fresh_runs
+            result = self.one_run(
+                key, self.spec(seed, pairs, TEST_SETS), selection, pairs, TEST_SETS
+            )
+            self.results[key] = {**result, "arm": arm.name, "budget": budget, "train_seed": seed}
+            self.exp.stale = True
+            if self.exp.fresh_runs > fresh:  # a run done now: the tables show it at once
+                self.exp.report_if_stale()
+
+    def report(self) -> dict[str, Any]:
+        """This direction's part of results.json (partial while runs are missing)."""
+        plan = self.planned()
+        out: dict[str, Any] = {
+            "direction": self.name,
+            "budgets": self.budgets,
+            "budget_text": self.budget_text,
+            "budget_labels": {str(b): self.budget_label(b) for b in [*self.budgets, None]},
+            "n_planned": len(plan),
+            "n_done": len(self.results),
+            "data": self.data_summary,
+            "gdig_run": None
+            if self.gdig_info is None
+            else {**self.gdig_info, "tau": self.tau, "scoring": self.scoring},
+            "dev_choice": self.dev_choice,
+        }
+        if not self.results:
+            return {**out, "table": [], "significance": [], "runs": []}
+        refs = {s: [p.tgt for p in self.splits[s]] for s in TEST_SETS}
+        runs = [self.results[k] for k, *_ in plan if k in self.results]
+        out.update(
+            qsummary.build(
+                runs=runs,
+                refs=refs,
+                run_dir=self.out / "runs",
+                arms=[a.name for a in self.exp.arms],
+                reference=REFERENCE,
+                budgets=self.budgets,
+                bootstrap_n=self.args.bootstrap_n,
+                tgt_lang=self.splits["test_in"][0].tgt_lang,
+                cache=self.exp.stats_cache,
+                cache_prefix=self.name,
+            )
+        )
+        out["runs"] = runs
+        return out
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+class Experiment:
+    def __init__(self, args: argparse.Namespace, argv: list[str]) -> None:
+        self.args, self.argv = args, argv
+        self.out = Path(args.out).resolve()
+        self.report_dir = Path(args.report_dir).resolve()
+        self.data_dir = harness.data_dir(args.data_dir)
+        self.arms: list[Arm] = args.arm_list
+        self.seeds = _ints(args.train_seeds)
+        self.whole_seeds = _ints(args.whole_seeds)
+        self.directions = [Direction(self, args.direction, args.budgets)] + [
+            Direction(self, d, b) for d, b in args.also_list
+        ]
+        self.t0 = time.perf_counter()
+        self.started = time.strftime("%Y-%m-%d %H:%M")
+        self.load_start = os.getloadavg()[0]
+        self.git = git_state()
+        self.stats_cache: dict[Any, Any] = {}
+        self.stale = False  # results added since the report was last written
+        self.fresh_runs = 0  # runs trained in this invocation
+
+    # -- models
     def base_model(self) -> Path:
         if self.args.smoke:
             path = self.out / "tiny_model"
             if not (path / "config.json").is_file():
-                sys.path.insert(0, str(ROOT / "tests"))
-                from helpers_models import save_tiny
+                from helpers_models import save_tiny  # tests/ is on harness's path
 
                 save_tiny("llama", path)
             return path
@@ -362,7 +880,7 @@ class Experiment:
             train_batch_size=a.train_batch_size,
             grad_accum=a.grad_accum,
             warmup_ratio=a.warmup_ratio,
-            bf16=a.bf16,
+            precision=a.precision,
             train_seed=seed,
         )
 
@@ -371,7 +889,9 @@ class Experiment:
 
         a = self.args
         return EvalConfig(
-            max_new_tokens=a.max_new_tokens, eval_batch_size=a.eval_batch_size, bf16=a.bf16
+            max_new_tokens=a.max_new_tokens,
+            eval_batch_size=a.eval_batch_size,
+            precision=a.precision,
         )
 
     def train(self, pairs, out: Path, seed: int) -> Path:
@@ -388,15 +908,15 @@ class Experiment:
         try:  # resumes its own checkpoint; a finished model of the same inputs is kept
             return finetune(self.base, pairs, out, cfg, **kw)
         except UsageError as exc:  # the folder holds another run's model or checkpoint
-            log(f"{out}: {exc}; starting it over")
+            log(f"{out.name}: {exc}; starting it over")
             return finetune(self.base, pairs, out, cfg, restart=True, **kw)
 
-    def evaluate(self, model: Path, split: str, out_file: Path) -> dict[str, Any]:
+    def evaluate(self, model: Path, pairs, out_file: Path) -> dict[str, Any]:
         from gdig.train.evaluate import evaluate
 
         res = evaluate(
             model,
-            self.splits[split],
+            pairs,
             self.eval_cfg(),
             out_file=out_file,
             template=self.args.template,
@@ -404,293 +924,149 @@ class Experiment:
             device=self.args.device,
             progress=self.args.progress,
         )
-        return {k: v for k, v in res.items() if k != "rows"}  # rows: in out_file
+        return {k: v for k, v in res.items() if k not in ("rows", "model")}  # rows: out_file
 
-    # -- gdig
-    def score_pool(self) -> None:
-        a = self.args
-        self.scorer = self.base
-        if a.finetune_first:
-            t = time.perf_counter()
-            log("finetune-first: fine-tuning the base model on the raw pool (training seed 0)")
-            self.scorer = self.train(self.splits["pool"], self.out / "scorer_model", 0)
-            self.timings["finetune_first_s"] = time.perf_counter() - t
-        self.run_dir = self.out / "gdig_run"
+    def measure_rates(self) -> dict[str, Any]:
+        """The rates of ``SECONDS``, from one fine-tune and one decoding (wall and CPU)."""
+        d = self.directions[0]
+        d.build_data()
+        self.base = self.base_model()
+        pairs = d.splits["pool"][: min(d.budgets)]
+        out = self.out / "rates"
+        shutil.rmtree(out, ignore_errors=True)
+        load = os.getloadavg()[0]
         t, c = time.perf_counter(), time.process_time()
-        gdig_cli(
-            [
-                "run",
-                "--model",
-                str(self.scorer),
-                "--seeds",
-                str(self.data_dir / "seeds.jsonl"),
-                "--pool",
-                str(self.data_dir / "pool.jsonl"),
-                "--out",
-                str(self.run_dir),
-                "--budget",
-                str(max(self.budgets)),
-                "--label-field",
-                "noise",
-                "--no-progress",
-                "--on-short",
-                "fill",
-                "--tau",
-                str(self.tau),
-                "--scoring",
-                self.scoring,
-                "--factor-samples",
-                str(a.factor_samples),
-                "--layer-stride",
-                str(a.layer_stride),
-                "--autocast",
-                a.autocast,
-                "--device",
-                a.device,
-                # redo exactly the stages whose inputs or options changed (a new pool, other
-                # options, another gdig version); what still matches is reused
-                "--force-restart",
-                *shlex.split(a.gdig_args),
-            ],
-            self.out / "gdig.log",
-        )
-        self.timings["gdig_run_s"] = time.perf_counter() - t
-        self.timings["gdig_run_cpu_s"] = time.process_time() - c
-        manifest = _read_json(self.run_dir / "manifest.json")
-        # subsets are cached per score fingerprint: other scores, other subsets
-        self.subset_dir = self.out / "subsets" / manifest["fingerprints"]["score"][:16]
-        self.gdig_stages = {s: r.get("seconds") for s, r in manifest["stages"].items()}
-        noise = manifest["stages"].get("report", {}).get("noise") or {}
-        self.gdig_noise = {
-            k: noise[k].get("auc_neg_benefit_mean")
-            for k in ("raw", "zscore", "cosine")
-            if isinstance(noise.get(k), dict)
-        }
-        log(f"gdig run: stages {self.gdig_stages}, noise AUC {self.gdig_noise}")
-
-    def subset(self, selector: str, budget: int, seed: int, tau: float, scoring: str) -> list:
-        from gdig.data.pairs import read_pairs
-
-        if selector == WHOLE:
-            return list(self.splits["pool"])
-        path = self.subset_dir / f"b{budget}-{selector}-s{seed}-tau{tau}-{scoring}.jsonl"
-        if not path.is_file():
-            gdig_cli(
-                [
-                    "select",
-                    "--out",
-                    str(self.run_dir),
-                    "--selector",
-                    selector,
-                    "--budget",
-                    str(budget),
-                    "--on-short",
-                    "fill",
-                    "--random-seed",
-                    str(seed),
-                    "--tau",
-                    str(tau),
-                    "--scoring",
-                    scoring,
-                    "--no-progress",
-                ],
-                self.out / "gdig.log",
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.run_dir / "selected.jsonl", path)
-        return read_pairs(path)
-
-    # -- one fine-tune + evaluation
-    def spec(self, selector: str, budget: int | None, seed: int, pairs, **extra) -> dict[str, Any]:
-        """Everything a run's result depends on; a finished run with another spec is redone."""
-        a = self.args
-        return {
-            "subset_sha256": subset_digest(pairs),
-            "selector": selector,
-            "budget": budget,
-            "train_seed": seed,
-            "tau": None if selector in ("random", "diversity", WHOLE) else self.tau,
-            "scoring": None if selector in ("random", "diversity", WHOLE) else self.scoring,
-            "model": str(a.model) if not a.smoke else "tiny-llama",
-            "finetune_first": a.finetune_first,
-            "data": self.data_summary["config"],
-            "gdig": [a.factor_samples, a.layer_stride, a.autocast, a.gdig_args],
-            "finetune": repr(self.finetune_cfg(seed)),
-            "eval": repr(self.eval_cfg()),
-            "template": a.template,
-            **extra,
-        }
-
-    def one_run(
-        self, key: str, spec: dict[str, Any], pairs, eval_splits: tuple[str, ...]
-    ) -> dict[str, Any]:
-        run = self.out / "runs" / key
-        res_file = run / "result.json"
-        if res_file.is_file():
-            old = _read_json(res_file)
-            if old.get("spec") == spec:
-                log(f"{key}: done before, skipped")
-                return old
-        run.mkdir(parents=True, exist_ok=True)
-        spec_file = run / "spec.json"
-        if spec_file.is_file() and _read_json(spec_file) != spec:  # another run's leftovers
-            shutil.rmtree(run / "model", ignore_errors=True)
-        _write_json(spec_file, spec)
-        log(f"{key}: fine-tuning on {len(pairs)} pairs")
-        t, c, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-        model = self.train(pairs, run / "model", spec["train_seed"])
+        model = self.train(pairs, out / "model", 0)
         train_s, train_cpu = time.perf_counter() - t, time.process_time() - c
-        result: dict[str, Any] = {
-            "key": key,
-            "spec": spec,
-            "subset": noise_of(pairs),
-            # the fine-tuning's own wall time (over all resumed parts) when it says so
-            "train_s": round(_finetune_meta(model).get("wall_s", train_s), 2),
-            "train_s_this_call": round(train_s, 2),
-            "train_cpu_s": round(train_cpu, 2),  # CPU seconds of this call, all threads
-            "loadavg_1min_at_start": load,
-            "finetune": _finetune_meta(model),
-            "eval": {},
+        meta = _finetune_meta(model)
+        test = d.splits["test_in"][:100]
+        t, c = time.perf_counter(), time.process_time()
+        ev = self.evaluate(model, test, out / "hyps.jsonl")
+        eval_s, eval_cpu = time.perf_counter() - t, time.process_time() - c
+        rates = {
+            "pairs": len(pairs),
+            "examples_seen": meta.get("examples_seen"),
+            "steps": meta.get("steps"),
+            "precision": meta.get("precision"),
+            "train_wall_s": round(train_s, 1),
+            "train_cpu_s": round(train_cpu, 1),
+            "train_example_s": meta.get("seconds_per_example"),
+            "padding_share": meta.get("padding_share"),
+            "sentences": len(test),
+            "eval_wall_s": round(eval_s, 1),
+            "eval_cpu_s": round(eval_cpu, 1),
+            "decode_s": round(ev["decode_s"], 1),
+            "decode_sentence_s": ev["seconds_per_sentence"],
+            "model_load_s": round(ev["wall_s"] - ev["decode_s"], 1),
+            "eval_precision": ev.get("precision"),
+            "mean_tokens": ev.get("mean_tokens"),
+            "loadavg_at_start": round(load, 2),
+            "loadavg_at_end": round(os.getloadavg()[0], 2),
+            "cpu": harness.cpu_model(),
+            "commit": self.git,
         }
-        for split in eval_splits:
-            t, c = time.perf_counter(), time.process_time()
-            hyp_file = run / f"hyps_{split}.jsonl"
-            metrics = self.evaluate(model, split, hyp_file)
-            metrics["eval_s"] = round(time.perf_counter() - t, 2)
-            metrics["eval_cpu_s"] = round(time.process_time() - c, 2)
-            metrics["hyp_file"] = hyp_file.name
-            result["eval"][split] = metrics
-            log(
-                f"{key}: {split} BLEU {metrics['bleu']:.2f} chrF {metrics['chrf']:.2f} "
-                f"({metrics['eval_s']:.0f} s)"
-            )
-        _write_json(res_file, result)
-        if not self.args.keep_models:
-            shutil.rmtree(run / "model", ignore_errors=True)
-        log(
-            f"{key}: train {result['train_s']:.0f} s, noise rate "
-            f"{result['subset']['noise_rate']:.3f}"
-        )
-        return result
-
-    # -- the choice step on dev
-    def choose_on_dev(self) -> None:
-        taus = _floats(self.args.dev_taus) or [self.tau]
-        scorings = _words(self.args.dev_scorings) or [self.scoring]
-        if len(taus) * len(scorings) <= 1:
-            return
-        budget = min(self.budgets)
-        trials = []
-        for tau in taus:
-            for scoring in scorings:
-                key = f"dev-b{budget}-gdig-tau{tau}-{scoring}"
-                pairs = self.subset("gdig", budget, 0, tau, scoring)
-                spec = self.spec("gdig", budget, 0, pairs, dev_tau=tau, dev_scoring=scoring)
-                res = self.one_run(key, spec, pairs, ("dev",))
-                trials.append(
-                    {
-                        "tau": tau,
-                        "scoring": scoring,
-                        "dev_chrf": res["eval"]["dev"]["chrf"],
-                        "dev_bleu": res["eval"]["dev"]["bleu"],
-                        "noise_rate": res["subset"]["noise_rate"],
-                    }
-                )
-        best = max(trials, key=lambda r: r["dev_chrf"])
-        self.tau, self.scoring = best["tau"], best["scoring"]
-        self.dev_choice = {"budget": budget, "trials": trials, "chosen": best}
-        log(f"dev choice: tau {self.tau}, scoring {self.scoring} (dev chrF {best['dev_chrf']})")
+        print(json.dumps(rates, indent=1))
+        return rates
 
     # -- everything
     def run(self) -> dict[str, Any]:
-        self.build_data()
+        log(f"planned: {self.n_planned()} runs; {time_budget(self.args)}")
         self.base = self.base_model()
-        self.score_pool()
-        self.choose_on_dev()
-        results = []
-        t = time.perf_counter()
-        for budget in self.budgets:
-            for selector in (s for s in self.selectors if s != WHOLE):
-                for seed in self.seeds:
-                    pairs = self.subset(selector, budget, seed, self.tau, self.scoring)
-                    key = f"b{budget}-{selector}-s{seed}"
-                    results.append(
-                        self.one_run(
-                            key, self.spec(selector, budget, seed, pairs), pairs, TEST_SETS
-                        )
-                    )
-        if WHOLE in self.selectors:
-            for seed in self.seeds:
-                pairs = self.subset(WHOLE, 0, seed, self.tau, self.scoring)
-                key = f"{WHOLE}-s{seed}"
-                results.append(
-                    self.one_run(key, self.spec(WHOLE, None, seed, pairs), pairs, TEST_SETS)
-                )
-        self.timings["runs_wall_s"] = time.perf_counter() - t
-        self.timings["total_wall_s"] = time.perf_counter() - self.t0
-        self.timings["total_cpu_s"] = time.process_time()
-        self.timings["loadavg_at_end"] = list(os.getloadavg())
-        return self.write_report(results)
+        report = None
+        for d in self.directions:
+            d.run()
+            self.stale = True  # the chart too, once a direction is done
+            report = self.report_if_stale(chart=True)
+        return report
 
-    def write_report(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+    def n_planned(self) -> int:
+        return sum(len(d.planned()) for d in self.directions)
+
+    def report_if_stale(self, chart: bool = False) -> dict[str, Any] | None:
+        if not self.stale:
+            return None
+        self.stale = False
+        return self.write_report(chart)
+
+    def known_paths(self) -> dict[str, str]:
         a = self.args
-        refs = {s: [p.tgt for p in self.splits[s]] for s in TEST_SETS}
-        hyps = {
-            r["key"]: qsummary.read_hyps(self.out / "runs" / r["key"], TEST_SETS) for r in results
+        known = {
+            str(self.out): shown_path(a.out),
+            str(self.report_dir): shown_path(a.report_dir),
+            str(self.data_dir.resolve()): shown_path(self.data_dir),
+            str(ROOT): ".",
         }
-        report = qsummary.build(
-            results=results,
-            refs=refs,
-            hyps=hyps,
-            budgets=self.budgets,
-            selectors=self.selectors,
-            seeds=self.seeds,
-            compare=[c for c in _words(a.compare) if c in self.selectors and c != "gdig"],
-            bootstrap_n=a.bootstrap_n,
-            tgt_lang=self.splits["test_in"][0].tgt_lang,
-        )
-        report.update(
-            {
-                "command": "python benchmarks/quality/run_quality.py " + shlex.join(self.argv),
-                "args": vars(a),
-                "non_default_args": {
-                    k: v
-                    for k, v in vars(a).items()
-                    if k not in ("out", "report_dir", "progress", "data_dir")
-                    and v != build_parser().get_default(k)
-                    and not (k == "bf16" and v == a.device.startswith("cuda"))  # auto
-                },
-                "data": self.data_summary,
-                "gdig_run": {
-                    "scorer": "model fine-tuned on the pool" if a.finetune_first else "base model",
-                    "stage_seconds": self.gdig_stages,
-                    "noise_auc": self.gdig_noise,
-                    "tau": self.tau,
-                    "scoring": self.scoring,
-                },
-                "dev_choice": self.dev_choice,
-                "timings": {
-                    k: round(v, 1) if isinstance(v, float) else v for k, v in self.timings.items()
-                },
-                "time_budget": TIME_BUDGET,
-                "machine": machine(),
-                "runs": results,
-            }
-        )
+        if getattr(self, "base", None) is not None:
+            known[str(Path(self.base).resolve())] = "tiny-llama" if a.smoke else str(a.model)
+        return known
+
+    def write_report(self, chart: bool) -> dict[str, Any]:
+        """results.json and RESULTS.md from every finished run; ``chart``: quality.png too
+        (drawn when a direction is done: a few seconds that every run need not pay)."""
+        a = self.args
+        exps = [d.report() for d in self.directions]
+        done, planned = sum(e["n_done"] for e in exps), self.n_planned()
+        defaults = build_parser()
+        report = {
+            "command": "python benchmarks/quality/run_quality.py "
+            + shlex.join(shown_path(x) if os.path.isabs(x) else x for x in self.argv),
+            "status": {"done": done, "planned": planned, "partial": done < planned},
+            "commit": self.git,
+            "started": self.started,
+            "written": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": {
+                **machine(),
+                "device": a.device,
+                "loadavg_at_start": round(self.load_start, 2),
+                "loadavg_now": [round(x, 2) for x in os.getloadavg()],
+            },
+            "args": {
+                **{k: v for k, v in vars(a).items() if k not in ("arm_list", "also_list")},
+                "data_dir": shown_path(self.data_dir),
+            },
+            "non_default_args": {
+                k: v
+                for k, v in vars(a).items()
+                if k not in ("out", "report_dir", "progress", "data_dir", "arm_list", "also_list")
+                and v != defaults.get_default(k)
+            },
+            "arms": [vars(arm) for arm in self.arms],
+            "reference": REFERENCE,
+            "time": {
+                "budget": TIME_BUDGET,
+                "rates": SECONDS,
+                "this_invocation_s": round(time.perf_counter() - self.t0, 1),
+                "planned_s": {d.name: planned_parts(a, d.budgets) for d in self.directions},
+                "plan": time_budget(a),
+            },
+            "experiments": exps,
+        }
+        report["summary"] = qsummary.plain_words(report)
+        report = relative_strings(report, self.known_paths())
         self.report_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.report_dir / "results.json", report)
         png = self.report_dir / "quality.png"
-        qsummary.plot(report, png)
-        md = qsummary.markdown(report, png.name)
-        (self.report_dir / "RESULTS.md").write_text(md, encoding="utf-8")
-        log(f"report: {self.report_dir / 'RESULTS.md'}")
+        if chart:
+            qsummary.plot(report, png)
+        (self.report_dir / "RESULTS.md").write_text(
+            qsummary.markdown(report, png.name if png.is_file() else None), encoding="utf-8"
+        )
+        log(f"report: {done} of {planned} runs in {shown_path(self.report_dir)}/RESULTS.md")
         return report
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    Experiment(args, argv).run()
+    try:
+        exp = Experiment(args, argv)
+        if args.measure_rates:
+            exp.measure_rates()
+        else:
+            exp.run()
+    except qdata.DataError as e:
+        print(f"run_quality.py: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
