@@ -65,10 +65,16 @@ $(PEERS_STAMP): $(BUILD_STAMP)
 	$(BIN)/pip install -q --no-deps --target .peers kronfluence==1.0.1 einops einconv opt-einsum
 	touch $@
 
+# SmolLM2 in two groups of about 25 min each on 2 quiet cores (3 rounds each), then the
+# agreement references (accuracy.py: the default mode against exact EK-FAC), then the tiny
+# LLaMA. Each prints the machine's load; above 0.5 per core its table carries a warning.
+PEERS_RUN := $(BIN)/python benchmarks/peers.py --out benchmarks/RESULTS.md --work .peers/work
 peers: $(PEERS_STAMP)
-	$(BIN)/python benchmarks/peers.py --out benchmarks/RESULTS.md $(PEERS_ARGS)
+	$(PEERS_RUN) --fresh --methods gdig-fp32,kronfluence-sorted,kronfluence-file-order $(PEERS_ARGS)
+	$(PEERS_RUN) --methods gdig-bf16,gdig-reference-ops,gdig-official,paper-batch1-emulation,less-trak,kronfluence-exact $(PEERS_ARGS)
+	$(BIN)/python benchmarks/accuracy.py --seeds 32 --candidates 128 --out benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/peers.py --model tiny --candidates 1024 --subset 64 \
-		--out benchmarks/RESULTS.md
+		--out benchmarks/RESULTS.md --work .peers/work-tiny --fresh
 
 # The quality experiment (benchmarks/quality, issue 18): every arm (gdig, its halves, random,
 # the cleaning rules, loss, LESS, coverage, the whole pool) fine-tuned and tested, zh-en at 5%
