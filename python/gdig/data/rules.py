@@ -22,7 +22,7 @@ import numpy as np
 from gdig.io.errors import UsageError
 from gdig.io.validate import OptionError, one_of
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gdig")
 
 # name -> what a failure means (the report and the manifest count each rule's failures)
 RULES: dict[str, str] = {

@@ -20,7 +20,7 @@ from gdig.data.rules import RuleFlags, RulesConfig, apply_rules
 from gdig.io.atomic import atomic_open
 from gdig.io.integrity import sha256_json
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gdig")
 
 RULES_FILE = "rules.npz"
 

@@ -17,7 +17,7 @@ import numpy as np
 from .scorings import SCORINGS, BlockContext
 from .source import ScoreSource
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gdig")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from .rowsubset import RowSubset
 from .selection import Selection, ShortfallError
 from .source import ScoreSource
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gdig")
 
 
 def _shortfall_message(cfg: SelectConfig, available: int, n: int, g: int, need: int) -> str:
