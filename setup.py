@@ -85,14 +85,38 @@ def _nvcc() -> str | None:
     return os.path.join(home, "bin", "nvcc") if home else None
 
 
-def _cuda_include_dirs() -> list[str]:
-    # cuBLAS/cuSPARSE headers of pip-installed torch live in its nvidia/* wheels.
+def _nvidia_wheel_dirs(sub: str) -> list[str]:
+    """``nvidia/*/<sub>`` folders of the CUDA library wheels a pip-installed torch brings."""
     import site
 
     dirs = []
     for sp in site.getsitepackages() + [site.getusersitepackages()]:
-        dirs += glob.glob(os.path.join(sp, "nvidia", "*", "include"))
+        dirs += glob.glob(os.path.join(sp, "nvidia", "*", sub))
     return sorted(set(dirs))
+
+
+def _cuda_system_includes() -> list[str]:
+    """cuBLAS headers (and others a bare toolkit may lack) from torch's nvidia wheels, as
+    -isystem folders: searched after the toolkit's own include folder (-I), so a toolkit
+    header is never shadowed by the wheels' copy of another CUDA version."""
+    flags = []
+    for d in _nvidia_wheel_dirs("include"):
+        flags += ["-isystem", d]
+    return flags
+
+
+def _cublas_link_args() -> list[str]:
+    """Link _C to libcublas, whose API it calls (ekfac_accumulate): the wheel's library that
+    torch itself loads, else the toolkit's; nothing when neither is there (torch loads it)."""
+    for d in _nvidia_wheel_dirs("lib"):
+        libs = sorted(glob.glob(os.path.join(d, "libcublas.so.*")))
+        if libs:
+            return [f"-L{d}", f"-l:{os.path.basename(libs[0])}"]
+    home = _cuda_home()
+    if home and glob.glob(os.path.join(home, "lib*", "libcublas.so")):
+        return ["-lcublas"]
+    print("gdig setup: no libcublas to link; _C relies on torch having loaded it")
+    return []
 
 
 def _extension():
@@ -116,13 +140,17 @@ def _extension():
         else:
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        system = _cuda_system_includes()
         return CUDAExtension(
             "gdig_ext._C",
             sources,
-            include_dirs=[os.path.join(HERE, "csrc")] + _cuda_include_dirs(),
+            include_dirs=[os.path.join(HERE, "csrc")],
             define_macros=[("GDIG_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": opt + ["--expt-relaxed-constexpr"]},
-            extra_link_args=["-fopenmp"],
+            extra_compile_args={
+                "cxx": cxx + system,
+                "nvcc": opt + ["--expt-relaxed-constexpr"] + system,
+            },
+            extra_link_args=["-fopenmp"] + _cublas_link_args(),
         )
     return CppExtension(
         "gdig_ext._C",

@@ -17,14 +17,16 @@ the ops' own error.
 Relative error is ||x - y|| / ||y|| over the whole output, with the oracle as y. Each bound
 (helpers_ops.REL_TOL) is a few times the error of the reference itself at that dtype: an
 fp32-accumulated sum of rounded bf16/fp16 products, or a plain float64/float32 sum. It is
-dominated by rounding each GEMM's output to the input dtype, which cuBLAS and the CPU share;
-fp32 assumes TF32 is off (torch's default). Compiled op, reference and CPU kernel each sit
-within the bound of the oracle, so of each other within twice it.
+dominated by rounding each GEMM's output to the input dtype, which cuBLAS and the CPU share.
+The CUDA ops keep their fp32 GEMMs free of TF32 whatever the caller's setting (tested below);
+the references follow the caller's setting (TF32 off by default). Compiled op, reference
+and CPU kernel each sit within the bound of the oracle, so of each other within twice it.
 
 Shapes under "several tiles" are derived from each backend's tile budget (kTileElems: 2^22
-values in csrc/*.cpp, 2^25 in csrc/cuda/cuda_utils.cuh) so that every loop of the kernels
-runs more than once and ends on a partial tile. If a budget changes, these still pass but
-may stop covering the tile edges: update the numbers with it.
+values in csrc/*.cpp and csrc/cuda/cuda_utils.cuh, 2^24 for project_grads on the CPU; on
+CUDA a pass of ekfac_accumulate holds kInputElems = 2^25 rotated tokens) so that every loop
+of the kernels runs more than once and ends on a partial tile. If a budget changes, these
+still pass but may stop covering the tile edges: update the numbers with it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from helpers_ops import (
     oracle_scores,
     orthogonal,
     rand,
+    rel_err,
     token_inputs,
 )
 
@@ -392,6 +395,115 @@ def test_score_stats_pinned_pool_is_read_before_return(device):
     check_score_stats(got, kept, seeds, k, REL_TOL[F32])
 
 
+# ---------------------------------------------------------------- top-k order
+
+
+def _equal_with_nan(x: torch.Tensor, y: torch.Tensor) -> bool:
+    x, y = x.cpu(), y.cpu()
+    return torch.equal(x.isnan(), y.isnan()) and torch.equal(x[~x.isnan()], y[~y.isnan()])
+
+
+@pytest.mark.parametrize("nan", ["none", "cand-rows", "seeds"])
+@pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_score_stats_top_k_order_on_ties_and_nan(placement, dtype, nan):
+    """Every backend ranks in the order of csrc/topk_order.h: NaN first, then larger scores,
+    equal scores (+0 and -0 included, two NaN too) by lower seed index: the first k of a
+    stable descending sort. Features in {-1, 0, 1} over D = 3 make exact, heavily tied
+    scores (|score| <= 3: exact in bf16 too), so the indices are exactly determined."""
+    cand_on, dev = placement
+    n, s, d, k = 300, 40, 3, 12
+    cand = torch.randint(-1, 2, (n, d)).to(cand_on, dtype)
+    seeds = torch.randint(-1, 2, (s, d)).to(dev, dtype)
+    if nan == "cand-rows":
+        cand[[5, n - 1], 1] = NAN  # two rows of NaN scores
+    elif nan == "seeds":
+        seeds[[7, 30], 0] = NAN  # two NaN scores in every row
+    got = gdig_ext.score_stats(cand, seeds, k)
+    want = oracle_scores(cand, seeds).sort(dim=1, descending=True, stable=True)
+    assert torch.equal(got[4].cpu(), want.indices[:, :k].cpu()), "top-k indices out of order"
+    assert _equal_with_nan(got[3], want.values[:, :k]), "top-k values differ from the sort"
+    ref = reference.score_stats(cand, seeds, k)  # torch.topk: the same values
+    assert _equal_with_nan(got[3], ref[3]), "top-k values differ from torch.topk's"
+    if nan == "seeds":
+        assert (got[4][:, :2].cpu() == torch.tensor([7, 30])).all()
+
+
+# ---------------------------------------------------------------- TF32
+
+
+@pytest.fixture
+def caller_tf32():
+    """TF32 switched on for fp32 matmuls, as a caller may have it (the fp32_precision
+    setting where torch has it, else allow_tf32); restored afterwards. Returns a reader of
+    the setting, to check that an op leaves it as it found it."""
+    matmul = torch.backends.cuda.matmul
+    name, on = (
+        ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    )
+    old = getattr(matmul, name)
+    setattr(matmul, name, on)
+    yield lambda: getattr(matmul, name) == on
+    setattr(matmul, name, old)
+
+
+def _fp32_case(op: str, device: str) -> tuple:
+    """fp32 inputs of ``op`` whose GEMMs reduce over 32 to 256 values: TF32 (10-bit
+    mantissa) would put their relative error near 1e-3, 50 times REL_TOL[F32]."""
+    if op == "score_stats":
+        return rand(300, 256, dtype=F32, device=device), rand(64, 256, dtype=F32, device=device), 5
+    acts, out_grads, mask = token_inputs(4, 32, 96, 64, F32, device=device)
+    extra = {
+        "project_grads": (
+            rand(96, 16, dtype=F32, device=device),
+            rand(64, 8, dtype=F32, device=device),
+        ),
+        "lowrank_benefit": (
+            rand(8, 4, 64, dtype=F32, device=device),
+            rand(8, 4, 96, dtype=F32, device=device),
+        ),
+        "ekfac_accumulate": (orthogonal(96, F32, device), orthogonal(64, F32, device)),
+    }[op]
+    return (acts, out_grads, mask, *extra)
+
+
+def _fp32_result(impl, op: str, args: tuple) -> torch.Tensor:
+    if op == "ekfac_accumulate":
+        lam = torch.zeros(64, 96, device=args[0].device)
+        getattr(impl, op)(*args, lam)
+        return lam
+    out = getattr(impl, op)(*args)
+    return out[1] if op == "score_stats" else out  # score_stats: the mean of the scores
+
+
+def _fp32_oracle(op: str, args: tuple) -> torch.Tensor:
+    if op == "score_stats":
+        return oracle_scores(args[0], args[1]).mean(dim=1)
+    return {"project_grads": oracle_project, "lowrank_benefit": oracle_lowrank}.get(
+        op, oracle_ekfac
+    )(*args)
+
+
+@pytest.mark.parametrize(
+    "op", ["project_grads", "lowrank_benefit", "ekfac_accumulate", "score_stats"]
+)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp32_ops_ignore_the_callers_tf32(device, op, caller_tf32):
+    """The ops' fp32 GEMMs run in full fp32 with the caller's TF32 on (csrc/cuda: a scoped
+    at::NoTF32Guard), and the caller's setting is as it was afterwards. On the CPU the
+    setting does nothing, so there the case checks only that; on an Ampere or later GPU the
+    reference (plain torch, which follows the setting) shows that TF32 is really on."""
+    args = _fp32_case(op, device)
+    got = _fp32_result(gdig_ext, op, args)
+    assert caller_tf32(), "the op changed the caller's TF32 setting"
+    want = _fp32_oracle(op, args)
+    assert_close(got, want, REL_TOL[F32], f"{op} with the caller's TF32 on")
+    if device == "cuda" and torch.cuda.get_device_capability()[0] >= 8:
+        ref = _fp32_result(reference, op, args)
+        err = rel_err(ref, want)
+        assert err > 10 * REL_TOL[F32], f"TF32 seems off: the reference's error is {err:.1e}"
+
+
 # ---------------------------------------------------------------- layouts and edges
 
 
@@ -479,25 +591,29 @@ def test_float32_mask_with_low_precision_inputs(device, dtype):
 # end on a partial tile (see the module docstring).
 
 # (B, T, d_in, d_out, k_in, k_out). CPU: 2^24 projected values per tile, one example holds
-# T*(k_in+k_out) = 6.1M: tiles of 2, 2, 1. CUDA: with T = 2048, 12.3M: tiles of 2, 2, 1.
-PROJECT_TILED = {"cpu": (5, 1024, 7, 5, 6000, 2), "cuda": (5, 2048, 7, 5, 6000, 2)}
+# T*(k_in+k_out) = 6.1M: tiles of 2, 2, 1. CUDA: 2^22, with T = 256 an example holds 1.5M:
+# tiles of 2, 2, 1.
+PROJECT_TILED = {"cpu": (5, 1024, 7, 5, 6000, 2), "cuda": (5, 256, 7, 5, 6000, 2)}
 # (B, T, d_in, d_out, S, r). CPU: 2^22 values per tile, seeds per tile 2^22/(T*r*8) = 256 of
-# S = 300, then examples per tile 2^22/(T*256*r) = 8 of B = 10. CUDA: 2^25 values, seeds per
-# tile 2^25/(T*r*8) = 128 of 300, examples per tile 2^25/(T*128*r) = 8 of 20.
+# S = 300, then examples per tile 2^22/(T*256*r) = 8 of B = 10. CUDA: 2^21 values for each
+# of gu and av, seeds per tile 2^21/(T*r*8) = 8 of 300, examples per tile 2^21/(T*8*r) = 8
+# of 20.
 LOWRANK_TILED = {"cpu": (10, 64, 20, 33, 300, 32), "cuda": (20, 512, 64, 48, 300, 64)}
 # (device, (B, T, d_in, d_out), dtype)
 EKFAC_TILED = [
     # 2^22 values per tile: 1677 rows of d_out = 1700, one example at a time of B = 2.
     pytest.param("cpu", (2, 8, 2500, 1700), F32, id="cpu-float32"),
     pytest.param("cpu", (2, 8, 2500, 1700), BF16, id="cpu-bfloat16"),
-    # 2^25/(d_in*3) = 1360 rows x 3 examples per tile of 4100 rows (examples amortise lam).
+    # One pass of all 3 examples; 2^22/(d_in*3) = 170 -> 168 rows (a multiple of 8) per
+    # tile of 4100 rows: 24 full row tiles and one of 68.
     pytest.param("cuda", (3, 4, 8192, 4100), F32, id="cuda-row-tiles", marks=CUDA_MARKS),
-    # All rows; 2^25/(512*512 + 64*1024) = 102 examples per tile of 250.
-    pytest.param("cuda", (250, 64, 512, 512), F32, id="cuda-example-tiles", marks=CUDA_MARKS),
+    # 2^25/(T*(d_in+d_out)) = 32 examples per pass of B = 80 (32, 32, 16); 2^22/(32*512) =
+    # 256 rows per tile: two row tiles per pass.
+    pytest.param("cuda", (80, 1024, 512, 512), F32, id="cuda-example-tiles", marks=CUDA_MARKS),
 ]
-# (N, S, D, k). CPU: 2^22/S = 2796 rows per tile of 7000. CUDA: 2^25/(S+2D) = 7943 rows per
-# tile of 20000 when streamed (two device buffers of candidates, double-buffered), 2^25/S =
-# 8192 when cand is on the GPU.
+# (N, S, D, k). CPU: 2^22/S = 2796 rows per tile of 7000. CUDA: 2^22/S = 1024 rows per tile
+# of 20000 (19 full tiles and one of 544), cand on the GPU or streamed (the staging buffers
+# would hold 2^22/D = 65536 rows).
 SCORE_TILED = {"cpu": (7000, 1500, 16, 7), "cuda": (20_000, 4096, 64, 7)}
 
 

@@ -15,11 +15,18 @@ otherwise (the module's ``pytestmark``). What is covered, per op:
   buffering (two pinned buffers, a copy stream, events) runs through both buffers many times;
 - lowrank_benefit with ranks that take the vectorised loads and ranks that do not;
 - ekfac_accumulate with bf16/fp16 inputs (tensor-core GEMMs, fp32 tiles) against the float64
-  oracle, over several row and example tiles, and fp16 rotated entries beyond fp16's range.
+  oracle, over several row and example tiles, with a d_out whose rows are not 16-byte
+  aligned, and fp16 rotated entries beyond fp16's range;
+- score_stats when the copy stream would be the caller's own (pool) stream, with N x D past
+  2^31 (on the GPU and streamed), and with a pinned pool, contiguous (uploaded directly) or
+  strided (staged);
+- every op at the pipeline's real shapes (SmolLM2-135M's down_proj, S = 256, r = 32);
+- two threads calling the ops at once, each on its own stream.
 
-Tile sizes quoted below come from csrc/cuda: kTileElems = 2^25 values per tile, kStageElems
-= 2^22 values per pinned staging buffer (score_stats), kMinExamples = 8 (ekfac_accumulate).
-If those change, these tests still pass but may stop covering the tile edges.
+Tile sizes quoted below come from csrc/cuda: kTileElems = 2^22 values per L2-sized tile,
+kInputElems = 2^25 rotated tokens per pass of ekfac_accumulate, kStageElems = 2^22 values
+per pinned staging buffer (score_stats). If those change, these tests still pass but may
+stop covering the tile edges.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from helpers_ops import (
     check_score_stats,
     oracle_ekfac,
     oracle_lowrank,
+    oracle_project,
     orthogonal,
     rand,
     token_inputs,
@@ -64,8 +72,8 @@ TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two C
 # score_stats: cand on the GPU, or on the CPU and streamed to seeds on the GPU.
 CAND_ON = ["cuda", "cpu"]
 CAND_IDS = ["cuda", "cuda-streamed"]
-# Rows of a streamed score_stats tile at D = 2048 (and S + 2 D <= 2^25 / 2048): the pinned
-# staging buffers hold 2^22 values each, i.e. 2048 rows.
+# Rows of a streamed score_stats tile at D = 2048 (and S <= 2048): the pinned staging
+# buffers hold 2^22 values each, i.e. 2048 rows (the scores of a tile, 2^22 / S, more).
 STAGE_ROWS_AT_D2048 = 2048
 
 
@@ -443,9 +451,10 @@ def oracle_ekfac_by_example(acts, out_grads, mask, q_a, q_s) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
 def test_ekfac_accumulate_several_row_and_example_tiles(dtype):
-    """d_in = d_out = 4096, B = 20: rows per tile 2^25 / (4096 x 8) = 1024 of 4096 (4 row
-    tiles), examples per tile 8 (tiles of 8, 8, 4): lam is updated once per 8 examples."""
-    b, t, d = 20, 8, 4096
+    """d_in = d_out = 4096, T = 512, B = 20: a pass holds 2^25 / (512 x 8192) = 8 examples
+    (passes of 8, 8, 4: lam is updated once per 8 examples), a tile 2^22 / (8 x 4096) = 128
+    rows of 4096 (32 row tiles per pass)."""
+    b, t, d = 20, 512, 4096
     acts, out_grads, mask = token_inputs(b, t, d, d, dtype, "bool", device="cuda")
     # Any square bases exercise the kernel; orthogonal ones this large are slow to make.
     q_a = rand(d, d, dtype=dtype, scale=d**-0.5, device="cuda")
@@ -475,3 +484,177 @@ def test_ekfac_accumulate_fp16_rotated_entries_beyond_fp16_range():
     want[5, 3] = (t * 40.0 * 40.0) ** 2
     assert torch.isfinite(lam).all(), "a rotated entry beyond fp16's range overflowed"
     assert torch.equal(lam.cpu().to(F64), want)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+def test_ekfac_accumulate_low_precision_unaligned_d_out_over_row_tiles(dtype):
+    """d_out = 1100: a row of g is 2200 bytes, not a multiple of 16, so the tensor-core GEMM
+    reads g with an unaligned leading dimension; one pass of all 16 examples (2^25 /
+    (64 x 2124) = 246 would fit), 2^22 / (16 x 1024) = 256 rows per tile: 4 full row tiles
+    and one of 76."""
+    b, t, d_in, d_out = 16, 64, 1024, 1100
+    acts, out_grads, mask = token_inputs(b, t, d_in, d_out, dtype, "bool", device="cuda")
+    q_a = rand(d_in, d_in, dtype=dtype, scale=d_in**-0.5, device="cuda")
+    q_s = rand(d_out, d_out, dtype=dtype, scale=d_out**-0.5, device="cuda")
+    lam = torch.zeros(d_out, d_in, device="cuda")
+    gdig_ext.ekfac_accumulate(acts, out_grads, mask, q_a, q_s, lam)
+    want = oracle_ekfac_by_example(acts, out_grads, mask, q_a, q_s)
+    assert_close(lam, want, EKFAC_LOWP_TOL[dtype], "unaligned d_out over row tiles")
+
+
+# ---------------------------------------------------------------- the pipeline's shapes
+
+# SmolLM2-135M's tracked down_proj (d_in 1536, d_out 576), T about 32, S = 256 seeds of rank
+# 32, k_in = k_out = 32; score_stats on its 10 layers' features (D = 10 x 32 x 32).
+PIPE = {"B": 16, "T": 32, "d_in": 1536, "d_out": 576, "S": 256, "r": 32, "k": 32, "D": 10240}
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_token_ops_at_the_pipelines_shapes(dtype):
+    p = PIPE
+    shape = (p["B"], p["T"], p["d_in"], p["d_out"])
+    acts, out_grads, mask = token_inputs(*shape, dtype, "float", device="cuda")
+
+    def r(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return rand(*shape, dtype=dtype, scale=scale, device="cuda")
+
+    tok = (acts, out_grads, mask)
+    p_in, p_out = (
+        r(p["d_in"], p["k"], scale=p["k"] ** -0.5),
+        r(p["d_out"], p["k"], scale=p["k"] ** -0.5),
+    )
+    got = gdig_ext.project_grads(*tok, p_in, p_out)
+    assert_close(got, oracle_project(*tok, p_in, p_out), REL_TOL[dtype], "project_grads")
+    u = r(p["S"], p["r"], p["d_out"], scale=p["d_out"] ** -0.5)
+    v = r(p["S"], p["r"], p["d_in"], scale=p["d_in"] ** -0.5)
+    got = gdig_ext.lowrank_benefit(*tok, u, v)
+    assert_close(got, oracle_lowrank(*tok, u, v), REL_TOL[dtype], "lowrank_benefit")
+    q_a, q_s = orthogonal(p["d_in"], dtype, "cuda"), orthogonal(p["d_out"], dtype, "cuda")
+    lam = torch.zeros(p["d_out"], p["d_in"], device="cuda")
+    gdig_ext.ekfac_accumulate(*tok, q_a, q_s, lam)
+    tol = EKFAC_LOWP_TOL.get(dtype, REL_TOL[dtype])
+    assert_close(lam, oracle_ekfac(*tok, q_a, q_s), tol, "ekfac_accumulate")
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+@pytest.mark.parametrize("cand_on", CAND_ON, ids=CAND_IDS)
+def test_score_stats_at_the_pipelines_shapes(cand_on, dtype):
+    n, s, d, k = 5000, PIPE["S"], PIPE["D"], 5
+    cand = rand(n, d, dtype=dtype, device=cand_on)
+    seeds = rand(s, d, dtype=dtype, device="cuda")
+    check_score_stats(gdig_ext.score_stats(cand, seeds, k), cand, seeds, k, REL_TOL[dtype])
+
+
+# ---------------------------------------------------------------- score_stats, more streaming
+
+
+def test_score_stats_when_the_copy_stream_would_be_the_callers():
+    """The op draws its copy stream from torch's pool, which hands out 32 streams in turn,
+    and torch.cuda.Stream() is drawn from the same pool: after drawing 31 more, the op's
+    draw would be the caller's current stream itself. Done on 33 fresh streams (the pool
+    cycle and one more), with a pageable and with a pinned pool; each call must still match
+    the CPU kernel."""
+    n, s, d, k = 5000, 40, 2048, 4  # 3 staging tiles of 2048 rows
+    pageable = rand(n, d, dtype=F32)
+    pinned = pageable.pin_memory()
+    seeds = rand(s, d, dtype=F32, device="cuda")
+    want = gdig_ext.score_stats(pageable, seeds.cpu(), k)
+    for i in range(33):
+        caller = torch.cuda.Stream()
+        for _ in range(31):
+            torch.cuda.Stream()  # the pool's next stream is `caller` again
+        caller.wait_stream(torch.cuda.current_stream())  # seeds were made there
+        with torch.cuda.stream(caller):
+            got = gdig_ext.score_stats(pinned if i % 2 else pageable, seeds, k)
+        torch.cuda.current_stream().wait_stream(caller)
+        for name, x, y in zip(["mean", "min", "top-k values"], got[1:4], want[1:4], strict=True):
+            assert_close(x, y, REL_TOL_VS_REF[F32], f"call {i}: {name} vs the CPU kernel")
+
+
+@pytest.mark.parametrize("placement", ["cuda", "cpu", "cpu-pinned"])
+def test_score_stats_more_than_2_31_values(placement):
+    """N x D = 2^31 + 6M bf16 values (4.3 GB): every offset past 2^31 must be 64-bit. The
+    pool repeats a random block (cheap to make) with fresh random rows at the places that
+    matter, around row 2^31 / D and at both ends; those rows are checked against float64."""
+    d, s, k = 2048, 16, 3
+    edge = (1 << 31) // d
+    n = edge + 3000
+    on = "cuda" if placement == "cuda" else "cpu"
+    block = rand(4096, d, dtype=BF16, device=on)
+    cand = block.repeat((n + 4095) // 4096, 1)[:n]
+    rows = torch.tensor([0, 1, n // 2, edge - 1, edge, edge + 1, n - 2, n - 1], device=on)
+    cand[rows] = rand(len(rows), d, dtype=BF16, device=on)
+    if placement == "cpu-pinned":
+        cand = cand.pin_memory()
+    assert cand.numel() > 1 << 31
+    seeds = rand(s, d, dtype=BF16, device="cuda")
+    got = gdig_ext.score_stats(cand, seeds, k)
+    sampled = tuple(x[rows.to("cuda")] for x in got)
+    check_score_stats(sampled, cand[rows], seeds, k, REL_TOL[BF16])
+
+
+def test_score_stats_streamed_pinned_pools():
+    """A pinned pool: contiguous (here a slice of rows at an offset) is uploaded straight
+    from it; strided is staged through the op's own buffers. Both give exactly what the
+    same rows give from pageable memory (staged, in the same tiles: the same GEMMs)."""
+    n, s, d, k = 6000, 48, 4096, 5
+    base = torch.randn(n + 100, d).pin_memory()
+    seeds = rand(s, d // 2, dtype=F32, device="cuda")
+    seeds_full = rand(s, d, dtype=F32, device="cuda")
+    for cand, sd in [(base[100:], seeds_full), (base[:n, ::2], seeds)]:
+        assert cand.is_pinned()
+        got = gdig_ext.score_stats(cand, sd, k)
+        pageable = torch.empty(cand.shape, dtype=cand.dtype).copy_(cand)
+        want = gdig_ext.score_stats(pageable, sd, k)
+        names = ["n_pos", "mean", "min", "top-k values"]
+        for name, x, y in zip(names, got[:4], want[:4], strict=True):
+            assert torch.equal(x, y), f"pinned pool ({cand.stride()}): {name} differs"
+
+
+# ---------------------------------------------------------------- two threads
+
+
+def test_ops_from_two_threads_each_on_its_own_stream():
+    """Two threads call every op at once, each on its own stream (a streamed score_stats
+    included), several times over: each result equals the same call made alone."""
+    import threading
+
+    torch.manual_seed(1)
+    cases = {
+        op: token_args(op, 8, 48, F32, "cuda", d_in=256, d_out=192, k_in=16, k_out=16, S=32, r=16)
+        for op in NAN_OPS
+    }
+    cand, seeds = rand(6000, 1024, dtype=F32), rand(64, 1024, dtype=F32, device="cuda")
+
+    def run_all() -> list[torch.Tensor]:
+        out = [run_op(op, gdig_ext, args) for op, args in cases.items()]
+        return out + list(gdig_ext.score_stats(cand, seeds, 5)[1:4])
+
+    alone = run_all()
+    torch.cuda.synchronize()
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def worker(i: int) -> None:
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.default_stream())
+            start.wait()
+            with torch.cuda.stream(stream):
+                outs = [run_all() for _ in range(5)]
+            stream.synchronize()
+            results[i] = outs
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, outs in results.items():
+        for j, out in enumerate(outs):
+            for x, y in zip(out, alone, strict=True):
+                assert_close(x, y, 1e-6, f"thread {i}, round {j}")

@@ -1,5 +1,5 @@
 // ekfac_accumulate (CUDA): lam += sum_b (q_s^T G_b q_a)^2 without holding B x d_out x d_in.
-// Tokens of a tile of examples are rotated into the eigenbases first (cheaper than rotating
+// Tokens of a pass of examples are rotated into the eigenbases first (cheaper than rotating
 // G), then each (examples x rows of d_out) tile of rotated gradients is formed with one
 // batched GEMM and a kernel squares it and adds it into lam.
 //
@@ -7,11 +7,13 @@
 // cublasGemmStridedBatchedEx (bf16/fp16 A and B, fp32 C, fp32 accumulation): tensor cores,
 // and each rotated entry is written in fp32, so fp16's range never has to hold it. Products
 // of bf16/fp16 values are exact in fp32, so this is as accurate as widening the tokens first.
-// float32 and float64 inputs take the ATen path (at::bmm in lam's dtype), as before.
+// float32 and float64 inputs take the ATen path (at::bmm in lam's dtype), TF32 off.
 //
-// A tile spans several examples (kMinExamples when B allows, fewer rows of d_out if need
-// be), so lam is read and written once per kMinExamples examples rather than once per
-// example: at d_in = d_out = 4096 a single example would fill the whole tile budget.
+// Sizes: a pass takes as many examples as their rotated tokens fit cuda::kInputElems, so
+// lam is read and written once per pass (at d_in = d_out = 4096, T = 256: 16 examples).
+// A tile of rotated gradients (all examples of the pass, a slice of d_out's rows) holds at
+// most cuda::kTileElems values, so it is still in L2 when the square kernel reads it: the
+// tile costs one GEMM's writes to L2 rather than a write and a read of HBM.
 #include <ATen/cuda/Exceptions.h>
 #include <torch/library.h>
 
@@ -24,8 +26,6 @@ namespace gdig {
 
 namespace {
 
-// Examples whose squares are summed before one read-modify-write of lam.
-constexpr int64_t kMinExamples = 8;
 // cuBLAS batch counts beyond the grid's z limit are not portable across versions.
 constexpr int64_t kMaxBatch = 65535;
 
@@ -98,8 +98,9 @@ void ekfac_accumulate_cuda(const at::Tensor& acts, const at::Tensor& out_grads,
   check_ekfac_accumulate(acts, out_grads, mask, q_a, q_s, lam);
   const int64_t B = acts.size(0), T = acts.size(1);
   const int64_t d_in = acts.size(2), d_out = out_grads.size(2);
-  cuda::check_cuda(op, acts, "acts", acts, "acts");
+  cuda::require_cuda(op, acts, "acts");
   const c10::cuda::CUDAGuard guard(acts.device());
+  const at::NoTF32Guard no_tf32;  // see cuda_utils.cuh
   // No example or no token: every G_b is zero and lam stays as it is.
   if (B == 0 || T == 0 || d_in == 0 || d_out == 0) return;
 
@@ -111,30 +112,35 @@ void ekfac_accumulate_cuda(const at::Tensor& acts, const at::Tensor& out_grads,
   const auto m = mask_as(mask, work_t).unsqueeze(-1);
   const auto stream = at::cuda::getCurrentCUDAStream();
 
-  // Rows of d_out per tile: enough for kMinExamples examples (or all of B) in the budget,
-  // a multiple of 8 when sliced so that each slice of g starts 16-byte aligned.
-  const int64_t ex = std::min(B, kMinExamples);
-  int64_t rows = tile_rows(d_in * ex, cuda::kTileElems, d_out);
-  if (rows < d_out && rows >= 8) rows -= rows % 8;
-  // Examples per tile: as many as the tile and, separately, their rotated tokens allow.
-  const int64_t bb = std::min({tile_rows(rows * d_in, cuda::kTileElems, B),
-                               tile_rows(T * (d_in + d_out), cuda::kTileElems, B), kMaxBatch});
-  auto buf = at::empty({bb * rows * d_in}, lam.options().dtype(tile_t));
+  // Examples per pass: their rotated tokens within the input budget.
+  const int64_t bb = std::min(tile_rows(T * (d_in + d_out), cuda::kInputElems, B), kMaxBatch);
+  // Rows of d_out per tile: every example of a pass within the L2 budget, a multiple of 8
+  // when sliced so that each slice of g starts 16-byte aligned. Only when even 8 rows of
+  // all of them would not fit (d_in in the tens of thousands) does a tile take fewer
+  // examples (eb) than the pass holds.
+  int64_t rows = tile_rows(bb * d_in, cuda::kTileElems, d_out);
+  if (rows < d_out) rows = std::max<int64_t>(rows - rows % 8, std::min<int64_t>(8, d_out));
+  const int64_t eb = tile_rows(rows * d_in, cuda::kTileElems, bb);
+  auto buf = at::empty({eb * rows * d_in}, lam.options().dtype(tile_t));
   for (int64_t b0 = 0; b0 < B; b0 += bb) {
     const int64_t b1 = std::min(B, b0 + bb), nb = b1 - b0;
     auto a = at::matmul(acts.slice(0, b0, b1), q_a).to(work_t).contiguous();  // [nb,T,d_in]
     auto g = at::matmul(out_grads.slice(0, b0, b1), q_s).to(work_t).contiguous();
     g.mul_(m.slice(0, b0, b1));  // 0/1 mask: exact in every dtype
-    const auto gt = g.transpose(1, 2);  // [nb,d_out,T]
-    for (int64_t r0 = 0; r0 < d_out; r0 += rows) {
-      const int64_t r1 = std::min(d_out, r0 + rows);
-      auto tile = buf.narrow(0, 0, nb * (r1 - r0) * d_in).view({nb, r1 - r0, d_in});
-      if (lowp) {
-        rotated_tile_lowp(a, g, r0, r1 - r0, tile);
-      } else {
-        at::bmm_out(tile, gt.slice(1, r0, r1), a);
+    for (int64_t e0 = 0; e0 < nb; e0 += eb) {
+      const int64_t ne = std::min(eb, nb - e0);
+      const auto ae = a.slice(0, e0, e0 + ne);  // leading slices: still contiguous
+      const auto ge = g.slice(0, e0, e0 + ne);
+      for (int64_t r0 = 0; r0 < d_out; r0 += rows) {
+        const int64_t r1 = std::min(d_out, r0 + rows);
+        auto tile = buf.narrow(0, 0, ne * (r1 - r0) * d_in).view({ne, r1 - r0, d_in});
+        if (lowp) {
+          rotated_tile_lowp(ae, ge, r0, r1 - r0, tile);
+        } else {
+          at::bmm_out(tile, ge.transpose(1, 2).slice(1, r0, r1), ae);
+        }
+        square_accumulate(tile, ne, (r1 - r0) * d_in, lam, r0 * d_in, stream);
       }
-      square_accumulate(tile, nb, (r1 - r0) * d_in, lam, r0 * d_in, stream);
     }
   }
 }

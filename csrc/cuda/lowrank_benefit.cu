@@ -2,6 +2,8 @@
 // Each tile projects the tokens onto the seeds' factors with two cuBLAS GEMMs (fp32
 // accumulation), then one kernel reduces sum_t mask_t sum_k gu[t,k] av[t,k] per (b, s);
 // the B x T x S*r products never exist and gu/av stay in the input dtype until read.
+// gu and av together hold at most cuda::kTileElems values, so the reduction reads them
+// from L2, where the GEMMs just wrote them, rather than from HBM.
 #include <torch/library.h>
 
 #include "cuda_utils.cuh"
@@ -73,8 +75,9 @@ at::Tensor lowrank_benefit_cuda(const at::Tensor& acts, const at::Tensor& out_gr
                                 const at::Tensor& v) {
   const char* op = "lowrank_benefit";
   const auto acc = check_lowrank_benefit(acts, out_grads, mask, u, v);
-  cuda::check_cuda(op, acts, "acts", acts, "acts");
+  cuda::require_cuda(op, acts, "acts");
   const c10::cuda::CUDAGuard guard(acts.device());
+  const at::NoTF32Guard no_tf32;  // see cuda_utils.cuh
 
   const int64_t B = acts.size(0), T = acts.size(1);
   const int64_t S = u.size(0), r = u.size(1);
@@ -86,12 +89,14 @@ at::Tensor lowrank_benefit_cuda(const at::Tensor& acts, const at::Tensor& out_gr
   const auto stream = at::cuda::getCurrentCUDAStream();
 
   // Seeds per tile: as many as fit with at least a few examples; then examples per tile.
-  const int64_t sb = tile_rows(T * r * 8, cuda::kTileElems, S);
+  // Each of gu and av gets half the L2 budget.
+  const int64_t per_tensor = cuda::kTileElems / 2;
+  const int64_t sb = tile_rows(T * r * 8, per_tensor, S);
   for (int64_t s0 = 0; s0 < S; s0 += sb) {
     const int64_t s1 = std::min(S, s0 + sb);
     const auto ut = uf.slice(0, s0 * r, s1 * r).t();
     const auto vt = vf.slice(0, s0 * r, s1 * r).t();
-    const int64_t bb = tile_rows(T * (s1 - s0) * r, cuda::kTileElems, B);
+    const int64_t bb = tile_rows(T * (s1 - s0) * r, per_tensor, B);
     for (int64_t b0 = 0; b0 < B; b0 += bb) {
       const int64_t b1 = std::min(B, b0 + bb);
       const auto gu = at::matmul(out_grads.slice(0, b0, b1), ut).contiguous();
