@@ -74,7 +74,7 @@ def test_selection_options_are_redone_without_force(base, tmp_path):
     factors = (out / "factors.safetensors").read_bytes()
     assert main(["run", *_args(dict(base, out=out)), "--random-seed", "9"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config"]["select"]["seed"] == 9
+    assert manifest["config"]["select"]["random_seed"] == 9
     assert (out / "factors.safetensors").read_bytes() == factors
 
 
