@@ -26,9 +26,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "model": "smollm2",
     "out": "runs/demo",
     "label_field": "noise",
-    "budget": 200,
-    "tau": 0.9,
-    "on_short": "fill",
+    "budget": 200,  # tau and --on-short are the library's defaults (0.9, fill)
     "factor_samples": 400,
     "layer_stride": 6,
 }
