@@ -45,15 +45,6 @@ DESCRIPTIONS = {
     "eval": "translate test pairs (greedy, stop at EOS or newline) and score BLEU and chrF "
     "with sacrebleu; hypotheses and scores written beside --out",
 }
-# The stages each verb runs.
-VERB_STAGES = {
-    "run": ("fit", "score", "select", "report"),
-    "demo": ("fit", "score", "select", "report"),
-    "fit": ("fit",),
-    "score": ("score",),
-    "select": ("select", "report"),
-    "report": ("report",),
-}
 
 
 # Flags users reach for that gdig spells otherwise: named in the "did you mean" hint.
@@ -181,30 +172,24 @@ def _seed_alias(flags: dict[str, Any]) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    """Options from flags, config file, the run folder's manifest and the defaults."""
-    from gdig.run.folder import load_manifest
+    """Options from flags, config file, the run folder's manifest and the defaults (the
+    API's :func:`gdig.api.options_for`, with the command line's flags)."""
+    from gdig.api import options_for
 
-    sections = VERB_SECTIONS[args.command]
-    keys = known_keys(sections) - VERB_SKIPS[args.command]
+    keys = known_keys(VERB_SECTIONS[args.command]) - VERB_SKIPS[args.command]
     flags = {k: v for k, v in vars(args).items() if k in keys | {"seed"}}
     _seed_alias(flags)
-    file_values: dict[str, Any] = {}
-    file_name = None
+    defaults, defaults_name = None, None
     if args.command == "demo":
         from gdig.data.demo_files import demo_paths
 
         seeds, pool = demo_paths()
-        file_values.update(DEMO_DEFAULTS, seeds=str(seeds), pool=str(pool))
-        file_name = "the demo's defaults"
-    if args.config:
-        file_values.update(read_config_file(args.config))
-        file_name = args.config
-    out = flags.get("out", file_values.get("out"))
-    saved: dict[str, Any] = {}
-    if out is not None and Path(out).is_dir():
-        saved = load_manifest(Path(out)).get("config", {})
-        saved = {k: v for k, v in saved.items() if k != "run"}  # per command, never kept
-    return resolve(flags, file_values, file_name, saved)
+        defaults = {**DEMO_DEFAULTS, "seeds": str(seeds), "pool": str(pool)}
+        defaults_name = "the demo's defaults"
+    return options_for(
+        args.command, flags=flags, config=args.config, defaults=defaults,
+        defaults_name=defaults_name,
+    )  # fmt: skip
 
 
 def run_tool(args: argparse.Namespace) -> int:
@@ -214,7 +199,7 @@ def run_tool(args: argparse.Namespace) -> int:
     file belongs (or the reverse) is one line naming the flag (exit 2).
     """
     from gdig.model.load import resolve_model
-    from gdig.run.options import known_keys, resolve
+    from gdig.run.options import known_keys
 
     classes = TOOL_SECTIONS[args.command]
     keys = known_keys(tuple(classes), classes) - TOOL_SKIPS[args.command]
@@ -334,25 +319,28 @@ def _selection_rows(sel: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-def print_summary(state) -> None:
-    stages = state.manifest.get("stages", {})
-    named = state.manifest.get("selections", {}).get(state.selection or "", {})
-    sel_stages = named.get("stages", {}) if state.selection else stages
-    rows = _selection_rows(sel_stages.get("select", {}))
-    if "select" in state.stages:
-        rows.append(("selection options", selection_flags(state.opts.select)))
+def print_summary(outcome) -> None:
+    """What a command did (a :class:`gdig.run.stages.RunOutcome`), in a few lines."""
+    from gdig.run.fingerprint import STAGES
+
+    folder = outcome.folder
+    records = {s: folder.stage_record(s) for s in STAGES}  # a named selection's own
+    rows = _selection_rows(records["select"])
+    if "select" in outcome.stages:
+        rows.append(("selection options", selection_flags(outcome.opts.select)))
     rows += [
-        (f"time {s} (s)", f"{rec.get('seconds', '-')}{' (reused)' if s in state.reused else ''}")
-        for s, rec in {**stages, **sel_stages}.items()
+        (f"time {s} (s)", f"{rec.get('seconds', '-')}{' (reused)' if s in outcome.reused else ''}")
+        for s, rec in records.items()
+        if rec
     ]
-    selected = state.sel_out / "selected.jsonl"
+    selected = folder.out / "selected.jsonl"
     if selected.exists():
         rows.append(("selected pairs", selected))
     if not rows:
         return
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows))
-    noise = sel_stages.get("report", {}).get("noise")
+    noise = records["report"].get("noise")
     if noise:
         print(f"  noise detection (pool noise fraction {noise['noise_fraction']:.2f}):")
         for scoring, m in noise.items():
@@ -363,10 +351,10 @@ def print_summary(state) -> None:
                 f"failed-quality precision {m['failed_quality_precision']:.3f} "
                 f"recall {m['failed_quality_recall']:.3f}"
             )
-    warnings = state.manifest.get("warnings", [])
+    warnings = folder.warnings
     if warnings:
-        print(f"  warnings: {len(warnings)} (above, and in {state.out / 'manifest.json'})")
-    report = state.sel_out / "report.html"
+        print(f"  warnings: {len(warnings)} (above, and in {folder.path / 'manifest.json'})")
+    report = folder.out / "report.html"
     if report.exists():
         print(f"  report: {report.resolve()}")
 
@@ -381,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in TOOL_SECTIONS:
             return run_tool(args)
-        from gdig.run.stages import run_stages
+        from gdig.api import execute
 
         opts = options_from_args(args)
-        state = run_stages(opts, VERB_STAGES[args.command])
+        outcome = execute(args.command, opts).outcome
     except GdigError as exc:
         if args.debug:
             raise
@@ -396,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    if state.dist.main:  # under torchrun: rank 0 speaks for the run
-        print(f"gdig {args.command}: done ({Path(state.out)})")
-        print_summary(state)
+    if outcome.folder.main:  # under torchrun: rank 0 speaks for the run
+        print(f"gdig {args.command}: done ({outcome.out})")
+        print_summary(outcome)
     return 0
 
 

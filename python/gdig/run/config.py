@@ -196,6 +196,15 @@ SECTIONS: dict[str, type] = {
     "report": ReportConfig,
 }
 
+# The stages each verb runs.
+VERB_STAGES: dict[str, tuple[str, ...]] = {
+    "run": ("fit", "score", "select", "report"),
+    "demo": ("fit", "score", "select", "report"),
+    "fit": ("fit",),
+    "score": ("score",),
+    "select": ("select", "report"),
+    "report": ("report",),
+}
 # The sections whose options each verb takes; the others come from the run folder.
 VERB_SECTIONS: dict[str, tuple[str, ...]] = {
     "run": tuple(SECTIONS),

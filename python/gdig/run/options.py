@@ -190,6 +190,34 @@ def _check_type(value: Any, tp: type, optional: bool) -> str | None:
     return f"expected {what}, got {value!r}"
 
 
+def _checked(f: dataclasses.Field, tp: tuple[type, bool], value: Any, where: str) -> Any:
+    """A value given as data (a config file's, Python's) for field ``f``: parsed when the
+    field parses text (``budget: 15%``), else type-checked; a bad one is named ``where``."""
+    parse = f.metadata.get("parse")
+    if parse is not None and isinstance(value, str):
+        try:
+            return parse(value)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise ConfigFileError(f"{where}: {exc}") from None
+    why = None if parse is not None else _check_type(value, *tp)
+    if why:
+        raise ConfigFileError(f"{where}: {why}")
+    return value
+
+
+def check_values(
+    values: dict[str, Any], source: str, classes: dict[str, type] = SECTIONS
+) -> dict[str, Any]:
+    """Options given in Python (``gdig.run(budget=...)``), checked as a config file's are;
+    a bad one is named ``source: name``. Every name must be a field of ``classes``."""
+    fields = {
+        f.name: (f, _field_types(cls)[f.name])
+        for cls in classes.values()
+        for f in dataclasses.fields(cls)
+    }
+    return {k: _checked(*fields[k], v, f"{source}: {k}") for k, v in values.items()}
+
+
 def resolve(
     flags: dict[str, Any],
     file_values: dict[str, Any],
@@ -211,16 +239,7 @@ def resolve(
             if name in flags:
                 kwargs[f.name], origin[f.name] = flags[name], flag(name)
             elif name in file_values:
-                value = file_values[name]
-                parse = f.metadata.get("parse")
-                if parse is not None and isinstance(value, str):  # e.g. budget: 15%
-                    try:
-                        value = parse(value)
-                    except (argparse.ArgumentTypeError, ValueError) as exc:
-                        raise ConfigFileError(f"{file_name}: {name}: {exc}") from None
-                why = None if parse is not None else _check_type(value, *types_[f.name])
-                if why:
-                    raise ConfigFileError(f"{file_name}: {name}: {why}")
+                value = _checked(f, types_[f.name], file_values[name], f"{file_name}: {name}")
                 kwargs[f.name], origin[f.name] = value, f"{file_name}: {name}"
             elif f.name in kept:
                 kwargs[f.name], origin[f.name] = kept[f.name], f"the run's {name}"

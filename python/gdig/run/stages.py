@@ -2,15 +2,19 @@
 
 ``fit`` and ``score`` make the model passes; ``select`` and ``report`` work from the
 gradient store alone (its ids and non-finite list) and the pool's records, and never load
-the model or tokenizer.
+the model or tokenizer. Each stage is ``stage_X(folder, inputs, opts, plan)``: the run
+folder (its records), the run's inputs (read lazily), the options, and the execution
+plan (device, progress, batch size, torchrun rank).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +23,44 @@ import numpy as np
 from gdig.data.pool import PoolIndex
 from gdig.engine.faults import fault_point
 from gdig.io.errors import GdigError, UsageError
-from gdig.io.integrity import file_digests
-from gdig.io.validate import check_budget
-from gdig.run import inputs
+from gdig.io.validate import check_budget, read_saved
 from gdig.run.config import RunOptions
 from gdig.run.fingerprint import STAGES
 from gdig.run.folder import (
     FACTORS_FILE,
     FINETUNED_DIR,
     NONFINITE_FILE,
+    REPORT_FILE,
+    SCORES_FILE,
     SEEDS_FILE,
     SELECT_OUTPUTS,
+    SELECTED_FILE,
     SELECTION_FILE,
     STORE_DIR,
-    RunState,
-    begin,
+    Manifest,
+    RunFolder,
     check_out_folder,
-    check_outputs,
-    keep_saved_options,
-    load_manifest,
-    open_run,
-    record,
-    stage_done,
-    warn,
 )
+from gdig.run.inputs import ExecutionPlan, RunInputs, identities, model_path, preflight
+from gdig.run.inputs import replace_entries as replace_jsonl_entries
 from gdig.run.poolrows import PairTexts, label_values, pool_rows
+from gdig.select.config import SelectConfig
+
+Stage = Callable[[RunFolder, RunInputs, RunOptions, ExecutionPlan], None]
+
+
+@dataclass
+class RunOutcome:
+    """What a command did in its run folder."""
+
+    folder: RunFolder
+    opts: RunOptions
+    stages: tuple[str, ...]  # the stages the command runs
+    reused: list[str] = field(default_factory=list)  # of those, the ones found done
+
+    @property
+    def out(self) -> Path:
+        return self.folder.path
 
 
 def say(message: str) -> None:
@@ -56,53 +73,51 @@ def say(message: str) -> None:
     print(f"gdig: {message}", file=sys.stderr, flush=True)
 
 
-def stage_fit(state: RunState) -> None:
+def stage_fit(folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan) -> None:
     from gdig.engine import fit_factors
 
-    begin(state, "fit")
+    folder.begin("fit")
     t = time.perf_counter()
-    pool = inputs.pairs(state, "pool")
-    tuned = None
-    if state.opts.inputs.finetune_first:
-        tuned = _finetune_on_pool(state, pool)
-    model, tok = inputs.model(state)
+    pool = inputs.pool
+    tuned = _finetune_on_pool(folder, inputs, opts, plan) if opts.inputs.finetune_first else None
+    model, tok = inputs.model()
     factors = fit_factors(
-        model, tok, pool, state.opts.engine, progress=state.opts.run.progress, dist=state.dist
+        model, tok, pool, plan.engine(opts), progress=plan.progress, dist=plan.dist
     )
-    if not state.dist.main:  # rank 0 saves and records what every rank computed
+    if not folder.main:  # rank 0 saves and records what every rank computed
         return
-    factors.save(state.out / FACTORS_FILE)
+    factors.save(folder.path / FACTORS_FILE)
     fault_point("fit:saved")
-    bad = _note_nonfinite(state, "fit", factors.stats.get("nonfinite_ids", []))
-    record(
-        state,
+    bad = _note_nonfinite(folder, inputs, opts, "fit", factors.stats.get("nonfinite_ids", []))
+    folder.record(
         "fit",
         time.perf_counter() - t,
         finetune=tuned,
         examples=factors.stats.get("examples"),
         nonfinite=bad,
-        sha256=file_digests(state.out, [FACTORS_FILE]),
+        sha256=folder.digests([FACTORS_FILE]),
     )
     say(f"fit: factors of {factors.stats.get('examples')} examples")
 
 
-def _finetune_on_pool(state: RunState, pool: list) -> dict[str, Any]:
+def _finetune_on_pool(
+    folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan
+) -> dict[str, Any]:
     """The paper's first step: fine-tune the base model on the raw pool (resumable: the
     trainer keeps a checkpoint in RUN_DIR/finetuned and skips a finished model)."""
     import json
 
     from gdig.train.finetune import finetune
 
-    opts = state.opts
-    out = state.out / FINETUNED_DIR
-    base = inputs.model_path(opts.inputs.model, bool(opts.run.progress))
+    out = folder.path / FINETUNED_DIR
+    base = model_path(opts.inputs.model, plan.progress)
+    pool = inputs.pool
     t = time.perf_counter()
     finetune(
         base, pool, out, opts.finetune, template=opts.factors.template,
-        max_length=opts.factors.max_length, device=opts.run.device,
-        progress=bool(opts.run.progress),
+        max_length=opts.factors.max_length, device=plan.device, progress=plan.progress,
     )  # fmt: skip
-    state.model = state.tokenizer = None  # score with the fine-tuned model from here on
+    inputs.forget_model()  # score with the fine-tuned model from here on
     info = json.loads((out / "gdig_finetune.json").read_text())
     losses = info.get("losses") or [None]
     say(f"fit: fine-tuned on {len(pool)} pool pairs (final loss {losses[-1]})")
@@ -110,48 +125,43 @@ def _finetune_on_pool(state: RunState, pool: list) -> dict[str, Any]:
             "first_loss": losses[0], "final_loss": losses[-1]}  # fmt: skip
 
 
-def stage_score(state: RunState) -> None:
+def stage_score(
+    folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan
+) -> None:
     from gdig.engine import Factors, prepare_seeds, score_candidates
     from gdig.engine.seeds import load_seeds, save_seeds, share_seeds
 
-    if not (state.out / FACTORS_FILE).exists():
-        raise UsageError(f"{state.out / FACTORS_FILE} is missing: run `gdig fit` first")
-    begin(state, "score")
+    if not (folder.path / FACTORS_FILE).exists():
+        raise UsageError(f"{folder.path / FACTORS_FILE} is missing: run `gdig fit` first")
+    folder.begin("score")
     t = time.perf_counter()
-    seeds = inputs.pairs(state, "seeds")
-    pool = inputs.pairs(state, "pool")
-    model, tok = inputs.model(state)
-    eng = state.opts.engine
-    kept = _scored_already(state.out / STORE_DIR)
+    seeds, pool = inputs.seeds, inputs.pool
+    model, tok = inputs.model()
+    eng = plan.engine(opts)
+    kept = _scored_already(folder.path / STORE_DIR)
     if kept:
         say(f"score: resuming: {kept}/{len(pool)} candidates already scored")
-    progress = state.opts.run.progress
     device = next(model.parameters()).device
     seed_grads = None
-    if state.dist.main:  # seeds are prepared once; the other ranks get them from rank 0
-        key = state.manifest["fingerprints"]["score"]  # factors, seeds and options
-        seed_grads = load_seeds(state.out / SEEDS_FILE, key, device)
+    if folder.main:  # seeds are prepared once; the other ranks get them from rank 0
+        key = folder.fingerprint("score")  # factors, seeds and options
+        seed_grads = load_seeds(folder.path / SEEDS_FILE, key, device)
         if seed_grads is None:
-            factors = Factors.load(state.out / FACTORS_FILE, model, eng.factors)
-            seed_grads = prepare_seeds(model, tok, seeds, factors, eng, progress=progress)
-            save_seeds(seed_grads, state.out / SEEDS_FILE, key)
+            factors = Factors.load(folder.path / FACTORS_FILE, model, eng.factors)
+            seed_grads = prepare_seeds(model, tok, seeds, factors, eng, progress=plan.progress)
+            save_seeds(seed_grads, folder.path / SEEDS_FILE, key)
         else:
             say(f"score: {seed_grads.n} seeds prepared by an earlier run, reused")
-    seed_grads = share_seeds(state.dist, seed_grads, device)
+    seed_grads = share_seeds(plan.dist, seed_grads, device)
     store = score_candidates(
-        model, tok, pool, seed_grads, eng, state.out / STORE_DIR, progress=progress,
-        verify=state.opts.run.verify, dist=state.dist,
+        model, tok, pool, seed_grads, eng, folder.path / STORE_DIR, progress=plan.progress,
+        verify=opts.run.verify, dist=plan.dist,
     )  # fmt: skip
-    if not state.dist.main:
+    if not folder.main:
         return
-    bad = _note_nonfinite(state, "score", store.nonfinite_ids)
-    record(
-        state,
-        "score",
-        time.perf_counter() - t,
-        candidates=store.n,
-        seeds=store.n_seeds,
-        nonfinite=bad,
+    bad = _note_nonfinite(folder, inputs, opts, "score", store.nonfinite_ids)
+    folder.record(
+        "score", time.perf_counter() - t, candidates=store.n, seeds=store.n_seeds, nonfinite=bad
     )
     say(f"score: {store.n} candidates against {store.n_seeds} seeds")
 
@@ -172,81 +182,83 @@ def _scored_already(store: Path) -> int:
     return sum(v["stop"] - v["start"] for v in shards.values())
 
 
-def _note_nonfinite(state: RunState, stage: str, ids: list[str]) -> int:
+def _note_nonfinite(
+    folder: RunFolder, inputs: RunInputs, opts: RunOptions, stage: str, ids: list[str]
+) -> int:
     """List a stage's non-finite pool examples in RUN_DIR/nonfinite.jsonl (and warn)."""
-    file = state.out / NONFINITE_FILE
+    file = folder.path / NONFINITE_FILE
     records = []
     if ids:
-        pool = inputs.pairs(state, "pool")
+        pool = inputs.pool
         lines = [int(pool.lines[r]) if r >= 0 else None for r in pool.rows_of(ids).tolist()]
-        path = str(state.opts.inputs.pool)
+        path = str(opts.inputs.pool)
         records = [
             {"id": i, "stage": stage, "file": path, "line": line}
             for i, line in zip(ids, lines, strict=True)
         ]
         what = "left out of the factors" if stage == "fit" else "left out of selection"
-        warn(
-            state,
+        folder.warn(
             f"{len(ids)} pool pair(s) have a NaN/Inf loss or gradient and are {what}: "
-            f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; listed in {file}",
+            f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}; listed in {file}"
         )
-    inputs.replace_entries(file, "stage", stage, records)  # rank 0 only: see the stages
+    replace_jsonl_entries(file, "stage", stage, records)  # rank 0 only: see the stages
     return len(ids)
 
 
-def _open_store(state: RunState):
+def _open_store(folder: RunFolder):
     from gdig.engine import GradStore
 
-    if not (state.out / STORE_DIR).exists():
-        raise UsageError(f"{state.out / STORE_DIR} is missing: run `gdig score` first")
-    return GradStore.open(state.out / STORE_DIR)
+    if not (folder.path / STORE_DIR).exists():
+        raise UsageError(f"{folder.path / STORE_DIR} is missing: run `gdig score` first")
+    return GradStore.open(folder.path / STORE_DIR)
 
 
-def _pool_rows(state: RunState, ids: list[str]) -> tuple[PoolIndex, np.ndarray]:
+def _pool_rows(
+    folder: RunFolder, inputs: RunInputs, ids: list[str]
+) -> tuple[PoolIndex, np.ndarray]:
     """The pool (read without any tokenizer) and the pool row of each candidate id."""
-    if state.records is None:  # select and report in one process read the pool once
-        state.records = inputs.read_input(state, "pool")[0]
-    return state.records, pool_rows(state.records, ids, str(state.out / STORE_DIR))
+    return inputs.records, pool_rows(inputs.records, ids, str(folder.path / STORE_DIR))
 
 
-def stage_select(state: RunState) -> None:
+def stage_select(
+    folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan
+) -> None:
     from gdig.select import ShortfallError, select
     from gdig.select.writers import write_scores, write_selected
 
-    begin(state, "select")
+    folder.begin("select")
     t = time.perf_counter()
-    store = _open_store(state)
-    out = state.sel_out
+    store = _open_store(folder)
+    out = folder.out
     out.mkdir(parents=True, exist_ok=True)
-    check_budget(state.opts.select.budget, store.n, f"the scored pool ({store.n} pairs)")
+    check_budget(opts.select.budget, store.n, f"the scored pool ({store.n} pairs)")
     try:
-        sel = select(store, state.opts.select, device=state.opts.run.device)
+        sel = select(store, opts.select, device=plan.device)
     except ShortfallError as exc:
         if exc.selection is not None:  # the scores still help to choose --tau
             top = store.top_seeds(exc.selection.ids)
-            write_scores(out / "scores.csv", exc.selection, top)
+            write_scores(out / SCORES_FILE, exc.selection, top)
             raise ShortfallError(
-                f"{exc}; per-candidate scores are in {out / 'scores.csv'}",
+                f"{exc}; per-candidate scores are in {out / SCORES_FILE}",
                 available=exc.available,
                 budget=exc.budget,
                 pool_size=exc.pool_size,
             ) from None
         raise
     top = store.top_seeds(sel.ids)
-    write_scores(out / "scores.csv", sel, top)
+    write_scores(out / SCORES_FILE, sel, top)
     fault_point("select:scores")
-    pool, rows = _pool_rows(state, sel.ids)
+    pool, rows = _pool_rows(folder, inputs, sel.ids)
     # Read by seeking, a chunk at a time: every field kept, the budget never held whole.
-    write_selected(out / "selected.jsonl", sel, lambda r: pool.take(rows[r]), top)
+    write_selected(out / SELECTED_FILE, sel, lambda r: pool.take(rows[r]), top)
     sel.save(out / SELECTION_FILE)
     fault_point("select:saved")
     for note in sel.notes:
-        state.manifest.setdefault("warnings", []).append(note)
-    record(
-        state,
+        folder.note(note)
+    folder.record(
         "select",
         time.perf_counter() - t,
-        sha256=file_digests(out, SELECT_OUTPUTS),
+        sha256=folder.digests(SELECT_OUTPUTS),
         **sel.summary(),
     )
     say(f"select: {int(sel.selected.sum())} of {sel.n} candidates ({sel.config.selector})")
@@ -265,33 +277,32 @@ def noise_kinds(values: list[Any], labels: np.ndarray, sel) -> dict[str, dict[st
     return dict(sorted(kinds.items()))
 
 
-def stage_report(state: RunState) -> None:
+def stage_report(
+    folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan
+) -> None:
     from gdig.report import sample_map_rows, write_report
     from gdig.select import Selection
     from gdig.select.metrics import noise_summary
     from gdig.select.selectors import finite_source
 
     t = time.perf_counter()
-    out = state.sel_out
+    out = folder.out
     if not (out / SELECTION_FILE).exists():
         raise UsageError(f"{out / SELECTION_FILE} is missing: run `gdig select` first")
     sel = Selection.load(out / SELECTION_FILE)
-    store = _open_store(state)
+    store = _open_store(folder)
     source = finite_source(store)
-    pool, pool_row = _pool_rows(state, sel.ids)
+    pool, pool_row = _pool_rows(folder, inputs, sel.ids)
     rows = sample_map_rows(sel)
     # Counts (pool, passed quality, clusters, selected) come from Selection.summary() in the
     # report itself; only what the selection does not know is added here.
-    summary: dict[str, Any] = {
-        "seeds": store.n_seeds,
-        "stage seconds": {s: rec.get("seconds") for s, rec in state.manifest["stages"].items()},
-    }
+    summary: dict[str, Any] = {"seeds": store.n_seeds, "stage seconds": folder.stage_seconds()}
     noise, values = None, None
-    field_name = state.opts.report.label_field
+    field_name = opts.report.label_field
     if field_name:
         from gdig.data.checks import check_label_field, is_noise
 
-        path = state.opts.inputs.pool
+        path = opts.inputs.pool
         values = label_values(pool, pool_row, field_name)
         lines = pool.lines[pool_row]
         labels = np.empty(len(values), dtype=bool)
@@ -313,11 +324,11 @@ def stage_report(state: RunState) -> None:
         labels=values if field_name else None,
         label_name=field_name,
     )
-    record(state, "report", time.perf_counter() - t, noise=noise)
-    say(f"report: {out / 'report.html'}")
+    folder.record("report", time.perf_counter() - t, noise=noise)
+    say(f"report: {out / REPORT_FILE}")
 
 
-STAGE_FUNCS: dict[str, Callable[[RunState], Any]] = {
+STAGE_FUNCS: dict[str, Stage] = {
     "fit": stage_fit,
     "score": stage_score,
     "select": stage_select,
@@ -325,7 +336,7 @@ STAGE_FUNCS: dict[str, Callable[[RunState], Any]] = {
 }
 
 
-def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunState:
+def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunOutcome:
     """Run ``stages`` in the run folder, resuming what an earlier run left there.
 
     Under ``torchrun`` (``gdig.engine.distributed``) every rank runs this: rank 0 holds the
@@ -339,123 +350,132 @@ def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunState:
             "--finetune-first runs in one process: run `gdig finetune` first (or without "
             "torchrun) and pass its folder as --model"
         )
+    progress = sys.stderr.isatty() if opts.run.progress is None else bool(opts.run.progress)
     dist = distributed.start(opts.run.device)
-    if dist.active:
-        opts.run.device = distributed.rank_device(dist, opts.run.device)
-        if not dist.main:
-            opts.run.progress = False  # one set of bars: rank 0's
+    plan = ExecutionPlan(opts.run.device, progress, dist)
+    if dist.active:  # each rank on its own device; one set of bars: rank 0's
+        plan = ExecutionPlan(
+            distributed.rank_device(dist, opts.run.device), progress and dist.main, dist
+        )
     try:
-        return _run_stages(opts, stages, dist)
+        return _run_stages(opts, stages, plan)
     finally:
         distributed.stop(dist)
 
 
-def _run_stages(opts: RunOptions, stages: tuple[str, ...], dist) -> RunState:
+def _run_stages(opts: RunOptions, stages: tuple[str, ...], plan: ExecutionPlan) -> RunOutcome:
     from gdig.run.lock import run_lock
 
     out = check_out_folder(opts.run.out)
-    if opts.run.progress is None:
-        opts.run.progress = sys.stderr.isatty()
-    if not dist.main:  # rank 0 checks the folder and fixes the batch size: wait for it
-        manifest, todo = dist.share(None)
-        state = RunState(opts, out, manifest, stages, dist=dist)
-        _fixed_batch_tokens(state)
-        _model_stages(state, todo)
-        return state
-    old = load_manifest(out) if out.is_dir() else {}
-    if not old and stages[0] != "fit":
+    if not plan.dist.main:  # rank 0 checks the folder and fixes the batch size: wait for it
+        manifest, todo = plan.dist.share(None)
+        folder = RunFolder.follower(out, manifest)
+        tokens = folder.fixed_value("max_batch_tokens")
+        if opts.execution.batch_size is None and opts.execution.max_batch_tokens is None:
+            plan = dataclasses.replace(plan, max_batch_tokens=tokens)
+        _model_stages(folder, RunInputs(opts, folder, plan), opts, plan, todo)
+        return RunOutcome(folder, opts, stages)
+    old = Manifest.read(out) if out.is_dir() else None
+    if old is None and stages[0] != "fit":
         raise UsageError(f"--out {out}: no gdig run there; run `gdig run` (or `gdig fit`) first")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    state = None
+    folder = None
     try:
         with run_lock(out):
-            ids = inputs.identities(opts, stages, old.get("inputs", {}))
+            ids = identities(opts, stages, old.inputs if old else {})
             named = opts.run.name
             # A named selection leaves the run's own selection and saved options as they are.
-            state = open_run(_with_saved_selection(opts, old) if named else opts, out, stages, ids)
-            state.opts, state.selection, state.dist = opts, named, dist
+            saved = _with_saved_selection(opts, old) if named else opts
+            folder = RunFolder.open(saved, out, stages, ids, old=old, selection=named)
+            if named:
+                config = {"select": dataclasses.asdict(opts.select),
+                          "report": dataclasses.asdict(opts.report)}  # fmt: skip
+                folder.name_selection(config)
             try:
-                _run_todo(state, stages)
+                reused = _run_todo(folder, opts, plan, stages)
             except (GdigError, KeyboardInterrupt):
                 if not named:  # a failed command leaves the saved options as they were
-                    keep_saved_options(state, old)
+                    folder.keep_saved_options(old)
                 raise
     except (GdigError, KeyboardInterrupt):
-        if created and (state is None or not state.manifest["stages"]):
+        if created and (folder is None or not folder.has_records):
             shutil.rmtree(out, ignore_errors=True)  # a first attempt that made nothing
         raise
-    return state
+    return RunOutcome(folder, opts, stages, reused)
 
 
-def _run_todo(state: RunState, stages: tuple[str, ...]) -> None:
-    """Rank 0's part in the locked folder: check, preflight, then the stages not done."""
-    check_outputs(state)
-    if state.selection:  # a named selection is made afresh from finished scores
-        if not stage_done(state, "score"):
+def _run_todo(
+    folder: RunFolder, opts: RunOptions, plan: ExecutionPlan, stages: tuple[str, ...]
+) -> list[str]:
+    """Rank 0's part in the locked folder: check, preflight, then the stages not done;
+    returns the stages found done."""
+    folder.check_outputs(opts.run.verify)
+    if folder.selection:  # a named selection is made afresh from finished scores
+        if not folder.done("score"):
             raise UsageError(
-                f"--name {state.selection}: {state.out} has no finished scores yet; run "
+                f"--name {folder.selection}: {folder.path} has no finished scores yet; run "
                 "`gdig run` (or `gdig score`) first"
             )
         todo = list(stages)
     else:
-        todo = [s for s in stages if not stage_done(state, s)]
-    state.reused = [s for s in stages if s not in todo]
+        todo = [s for s in stages if not folder.done(s)]
+    reused = [s for s in stages if s not in todo]
+    inputs = RunInputs(opts, folder, plan)
     if any(s in todo for s in ("fit", "score")):
-        inputs.preflight(state)
-    state.dist.share((state.manifest, todo))
+        plan = preflight(folder, inputs, opts, plan, stages)
+        inputs.plan = plan
+    plan.dist.share((folder.manifest, todo))
     if not todo:
-        say(f"nothing to do: every stage is already done in {state.out}")
-        return
-    _model_stages(state, todo)
+        say(f"nothing to do: every stage is already done in {folder.path}")
+        return reused
+    _model_stages(folder, inputs, opts, plan, todo)
     for stage in todo:
         if stage not in ("fit", "score"):
-            _start_line(state, stage)
-            STAGE_FUNCS[stage](state)
+            _start_line(folder, opts, plan, stage)
+            STAGE_FUNCS[stage](folder, inputs, opts, plan)
+    return reused
 
 
-def _with_saved_selection(opts: RunOptions, old: dict[str, Any]) -> RunOptions:
+def _with_saved_selection(opts: RunOptions, old: Manifest | None) -> RunOptions:
     """``opts`` with the run folder's saved select and report options."""
-    import dataclasses
+    from gdig.run.config import ReportConfig
 
-    saved = old.get("config", {})
-    kept = {}
-    for section in ("select", "report"):
-        cls = type(getattr(opts, section))
-        names = {f.name for f in dataclasses.fields(cls)}
-        if section in saved:
-            kept[section] = cls(**{k: v for k, v in saved[section].items() if k in names})
-    return dataclasses.replace(opts, **kept)
+    saved = old.config if old else {}
+    where = "the run folder's manifest"
+    select = (
+        SelectConfig(**read_saved(SelectConfig, saved["select"], where))
+        if ("select" in saved)
+        else opts.select
+    )
+    report = (
+        ReportConfig(**read_saved(ReportConfig, saved["report"], where))
+        if ("report" in saved)
+        else opts.report
+    )
+    return dataclasses.replace(opts, select=select, report=report)
 
 
-def _start_line(state: RunState, stage: str) -> None:
+def _start_line(folder: RunFolder, opts: RunOptions, plan: ExecutionPlan, stage: str) -> None:
     """What a stage is about to do, when no progress bar shows it (stderr not a terminal)."""
-    if state.opts.run.progress:
+    if plan.progress:
         return
-    opts = state.opts
     what = {
         "fit": f"loading {opts.inputs.model}, then fitting the factors on up to "
         f"{opts.factors.factor_samples} pool pairs",
         "score": "preparing the seeds, then scoring the pool against them",
         "select": f"{opts.select.selector} selector, budget {opts.select.budget}",
-        "report": f"writing {state.sel_out / 'report.html'}",
+        "report": f"writing {folder.out / REPORT_FILE}",
     }[stage]
     say(f"{stage}: {what}")
 
 
-def _model_stages(state: RunState, todo: list[str]) -> None:
+def _model_stages(
+    folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan, todo: list[str]
+) -> None:
     """fit and score, on every rank (each waits for the others at the end of each)."""
     for stage in ("fit", "score"):
         if stage in todo:
-            _start_line(state, stage)
-            STAGE_FUNCS[stage](state)
-            state.dist.barrier()
-
-
-def _fixed_batch_tokens(state: RunState) -> None:
-    """The batch size rank 0's preflight fixed in the manifest (a shard's numbers depend
-    on its batches: every rank must use the same)."""
-    exe = state.opts.execution
-    if exe.batch_size is None and exe.max_batch_tokens is None:
-        fixed = state.manifest.get("execution", {}).get("max_batch_tokens")
-        exe.max_batch_tokens = int(fixed) if fixed is not None else None
+            _start_line(folder, opts, plan, stage)
+            STAGE_FUNCS[stage](folder, inputs, opts, plan)
+            plan.dist.barrier()
