@@ -161,8 +161,8 @@ def finetune(
         try:
             t0 = time.perf_counter()
             step, losses, dev_losses, wall_before, resumed_at = 0, [], [], 0.0, []
-            # examples trained on, and tokens of the batches, padding included and alone
-            # and the seconds spent on dev losses
+            # examples trained on, batch tokens (padding included), padding tokens, and
+            # the seconds spent on dev losses (not training time)
             counts = {"examples": 0, "tokens": 0, "padded": 0, "dev_s": 0.0}
             if resume is not None:
                 model.load_state_dict(resume["model"])
