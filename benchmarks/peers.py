@@ -129,19 +129,20 @@ class Setup:
     cands: list
     cfg: object
     names: list[str]
+    layers: str  # what the tracked layers are, for the table
 
     def small(self, n_seeds: int = 2) -> Setup:
         """A few examples for the warm-up run."""
         bs = self.cfg.execution.batch_size
         return Setup(self.model, self.tok, self.seeds[:n_seeds], self.cands[:bs], self.cfg,
-                     self.names)  # fmt: skip
+                     self.names, self.layers)  # fmt: skip
 
 
 def setup(spec: dict) -> Setup:
     import torch
     from helpers_models import engine_config
 
-    from gdig.engine.layers import select_layers
+    from gdig.engine.layers import select_layers, tracked_layers
     from gdig.model import ensure_smollm2, load_model
 
     torch.set_num_threads(spec["threads"])
@@ -156,14 +157,9 @@ def setup(spec: dict) -> Setup:
     cands = real_pairs(DATA_FILE, spec["seeds"], spec["candidates"], spec["data_dir"])
     cfg = engine_config(factor_samples=0, batch_size=spec["batch_size"], rank=RANK)
     names = select_layers(model, cfg.factors.layers, cfg.factors.layer_stride)
-    return Setup(model, tok, seeds, cands, cfg, names)
-
-
-def layers_text(s: Setup) -> str:
-    from gdig.engine.layers import tracked_layers
-
-    first = tracked_layers(s.model, s.names)[0]
-    return f"{len(s.names)} {s.names[0].split('.')[-1]} layers ({first.d_out}x{first.d_in})"
+    first = tracked_layers(model, names)[0]
+    layers = f"{len(names)} {names[0].split('.')[-1]} layers ({first.d_out}x{first.d_in})"
+    return Setup(model, tok, seeds, cands, cfg, names, layers)
 
 
 def encode(s: Setup, pairs) -> list:
@@ -548,7 +544,7 @@ def child(spec: dict) -> dict:
     times, scores = runner(spec, s)
     if scores is not None and spec.get("save_scores"):
         np.save(Path(spec["work"]) / f"{spec['method']}.npy", scores)
-    return {"times": times, "peak_mib": peak_mib(), "layers": layers_text(s)}
+    return {"times": times, "peak_mib": peak_mib(), "layers": s.layers}
 
 
 # ---------------------------------------------------------------- the parent: run, compare
@@ -705,9 +701,11 @@ def render(results: dict, args, work: Path) -> str:
         if r is None:
             continue
         if m in REFERENCE:
-            peak = r["rounds"][0].get("peak_mib", 0)
+            first = r["rounds"][0]
             note = f"agreement reference, first {args.exact_seeds} seeds, one run"
-            rows.append(f"| {m} | | | | | | | {peak:.0f} | | {note} |")
+            if "failed" in first:
+                note = f"failed: {first['failed'][:120]}"
+            rows.append(f"| {m} | | | | | | | {first.get('peak_mib', 0):.0f} | | {note} |")
             continue
         ok = per_round(m)
         if not ok:

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_models import data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = data_dir()
 PHASES = {"read_validate", "lengths", "store_synth", "select", "writers", "report"}
 
 
