@@ -462,7 +462,7 @@ def test_resumed_run_says_what_it_kept(tiny_llama_dir, data, tmp_path, monkeypat
     calls = {"n": 0}
 
     def dies_at_the_third(self, *a, **k):
-        calls["n"] += 1
+        calls["n"] += self.root.name == "store"  # the run's store (not the estimate's scratch)
         if calls["n"] == 3:
             raise KeyboardInterrupt  # as if stopped while scoring
         return real(self, *a, **k)
@@ -477,31 +477,37 @@ def test_resumed_run_says_what_it_kept(tiny_llama_dir, data, tmp_path, monkeypat
     assert "resuming: 16/42 candidates already scored" in capsys.readouterr().err
 
 
-def test_a_resumed_scoring_pass_reuses_the_prepared_seeds(run_copy, monkeypatch):
+def test_a_resumed_scoring_pass_reuses_the_prepared_seeds(
+    finished, tiny_llama_dir, data, tmp_path, monkeypatch
+):
     import gdig.engine
+    from gdig.engine.seeds import load_seeds
+    from gdig.engine.store import StoreWriter
 
-    before = _digests(run_copy)
-    assert (run_copy / "seeds.pt").is_file()
-    # an interrupted scoring pass: the store's last shard gone, the stage not recorded
-    manifest = json.loads((run_copy / "manifest.json").read_text())
-    manifest["stages"]["score"]["done"] = False
-    (run_copy / "manifest.json").write_text(json.dumps(manifest))
-    store = json.loads((run_copy / "store" / "manifest.json").read_text())
-    last = sorted(store["shards"])[-1]
-    del store["shards"][last]
-    store["complete"] = False
-    (run_copy / "store" / "manifest.json").write_text(json.dumps(store))
-    shutil.rmtree(run_copy / "store" / last)
+    real = StoreWriter.write_shard
+
+    def stopped(self, *a, **k):
+        if self.root.name == "store":  # the run's store, not the start's estimate
+            raise KeyboardInterrupt  # as if stopped once the seeds were prepared
+        return real(self, *a, **k)
+
+    out = tmp_path / "run"
+    args = ["run", *_args(tiny_llama_dir, data, out, "--budget", "10", "--tau", "0.5"),
+            "--on-short", "fill", "--label-field", "noise"]  # fmt: skip
+    monkeypatch.setattr(StoreWriter, "write_shard", stopped)
+    assert main(args) == 130
+    monkeypatch.undo()
+    assert (out / "seeds.pt").is_file()  # an unfinished scoring pass keeps them
+    key = json.loads((out / "manifest.json").read_text())["fingerprints"]["score"]
+    assert load_seeds(out / "seeds.pt", key, "cpu") is not None
+    assert load_seeds(out / "seeds.pt", "another key", "cpu") is None  # other options
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    assert load_seeds(tmp_path / "bad.pt", key, "cpu") is None
 
     def no_preparing(*args, **kwargs):
         raise AssertionError("the seeds were prepared again")
 
     monkeypatch.setattr(gdig.engine, "prepare_seeds", no_preparing)
-    assert main(["score", "--out", str(run_copy), "--no-progress"]) == 0
-    assert _digests(run_copy) == before  # the same bytes as the uninterrupted run
-    # seeds prepared from other options are not reused
-    from gdig.engine.seeds import load_seeds
-
-    assert load_seeds(run_copy / "seeds.pt", "another key", "cpu") is None
-    (run_copy / "seeds.pt").write_bytes(b"not a torch file")
-    assert load_seeds(run_copy / "seeds.pt", manifest["fingerprints"]["score"], "cpu") is None
+    assert main(args) == 0
+    assert _digests(out) == _digests(finished)  # the same bytes as the uninterrupted run
+    assert not (out / "seeds.pt").exists()  # a finished scoring pass keeps no copy

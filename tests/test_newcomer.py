@@ -48,10 +48,10 @@ def _run_args(model: Path, inputs: tuple[Path, Path], out: Path) -> list[str]:
 def defaults_run(tiny_llama_dir, inputs, tmp_path_factory):
     """`gdig run` with no selection option but --budget: every default as shipped."""
     out = tmp_path_factory.mktemp("runs") / "first"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         status = main([*_run_args(tiny_llama_dir, inputs, out), "--budget", "30"])
-    return out, status, stdout.getvalue()
+    return out, status, stdout.getvalue(), stderr.getvalue()
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def _one_error(err: str, verb: str) -> str:
 
 
 def test_default_run_finishes_and_says_what_was_filled(defaults_run):
-    out, status, text = defaults_run
+    out, status, text, _ = defaults_run
     assert status == 0
     rows = _csv(out / "scores.csv")
     passed = sum(int(r["passed_quality"]) for r in rows)
@@ -279,3 +279,124 @@ def test_budget_share_in_a_config_file(run, tmp_path):
 def test_a_count_budget_is_a_whole_number(run, capsys):
     assert main(["select", "--out", str(run), "--budget", "2.5"]) == 2
     assert "a fraction must be in (0, 1]" in _one_error(capsys.readouterr().err, "select")
+
+
+# ------------------------------------------------------------------ 8: cost before a long run
+
+
+def test_dry_run_estimates_and_writes_nothing(tiny_llama_dir, inputs, tmp_path, capsys):
+    out = tmp_path / "runs" / "x"
+    assert main([*_run_args(tiny_llama_dir, inputs, out), "--budget", "10", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "the inputs pass every check; nothing was written" in text
+    for stage in ("fit    ~", "score  ~", "disk   ~"):
+        assert stage in text, text
+    assert "(40 pool pairs, ekfac)" in text and f"{POOL} candidates" in text  # --factor-samples
+    assert not (tmp_path / "runs").exists()  # no run folder, no scratch folder left
+
+
+def test_dry_run_leaves_a_finished_run_as_it_is(run, tiny_llama_dir, inputs, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    manifest = (run / "manifest.json").read_bytes()
+    args = [*_run_args(tiny_llama_dir, inputs, run), "--budget", "20", "--dry-run"]
+    assert main(args) == 0
+    assert (run / "manifest.json").read_bytes() == manifest
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_a_run_says_what_it_will_cost_and_each_stage_start(defaults_run):
+    """stderr not a terminal (a log, a CI job): the estimate, then a line as each stage
+    starts (loading the model first), then the line it ends with."""
+    lines = [x for x in defaults_run[3].splitlines() if x.startswith("gdig: ")]
+    order = [
+        next(i for i, x in enumerate(lines) if x.startswith(prefix))
+        for prefix in ("gdig: estimate: fit", "gdig: estimate: score", "gdig: estimate: disk",
+                       "gdig: fit: loading", "gdig: fit: factors of", "gdig: score: preparing",
+                       "gdig: select: gdig selector, budget 30", "gdig: report: writing")
+    ]  # fmt: skip
+    assert order == sorted(order)
+
+
+def test_verbose_shows_no_faiss_loader_lines(run):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from gdig.cli import main\n"
+        "status = main(sys.argv[1:])\n"
+        "assert 'faiss' in sys.modules, 'k-means never loaded faiss'\n"
+        "sys.exit(status)\n"
+    )
+    argv = [sys.executable, "-c", code, "select", "--out", str(run), "--budget", "9", "-v"]
+    got = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr
+    assert "faiss.loader" not in got.stderr and "Could not load library" not in got.stderr
+
+
+# ------------------------------------------------------------------ 11: the report's table
+
+
+def test_report_lists_the_selected_pairs_with_their_label(run):
+    import re
+
+    assert main(["select", "--out", str(run), "--budget", "10", "--label-field", "noise"]) == 0
+    page = (run / "report.html").read_text()
+    table = page[page.index('id="selected-pairs"') :]
+    table = table[: table.index("</table>")]
+    head = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    assert head[:6] == ["rank", "id", "mean benefit", "n_pos", "cluster", "filled"]
+    assert head[6:] == ["noise", "source", "target"]
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows]
+    selected = {r["id"]: r for r in _lines(run / "selected.jsonl")}
+    assert sorted(c[1] for c in cells) == sorted(selected)
+    for c in cells:  # the label beside each pair is the pool's
+        assert c[6] == selected[c[1]]["noise"]
+        assert c[5] == ("filled" if selected[c[1]].get("filled") else "")
+    ranks = [int(c[0]) for c in cells]
+    assert ranks == sorted(ranks)  # best first
+    assert "gdigFilter" in page and "gdigSort" in page  # filter box, sortable columns
+
+
+# ------------------------------------------------------------------ 9: the run folder's size
+
+
+def test_factors_are_kept_at_the_precision_scoring_uses(tiny_llama_dir, tmp_path):
+    """Scoring in float32 casts the eigenbases to float32: stored so, they give it the
+    same bits at half the bytes; the eigen-diagonal and damping agree to float32."""
+    import torch
+    from helpers_models import engine_config
+
+    from gdig.engine import Factors, fit_factors
+    from gdig.model import load_model
+
+    model, tok = load_model(tiny_llama_dir)
+    cfg = engine_config(factor_samples=12, k_in=4, k_out=4)
+    factors = fit_factors(model, tok, toy_pairs(12, seed=2), cfg, progress=False)
+    wide = Factors.load(factors.save(tmp_path / "f64.safetensors"), model, cfg.factors)
+    path = factors.save(tmp_path / "f32.safetensors", dtype=torch.float32)
+    narrow = Factors.load(path, model, cfg.factors)
+    values = sum(
+        getattr(lf, k).numel() for lf in wide.layers + wide.projected for k in ("q_a", "q_s", "lam")
+    )
+    saved = (tmp_path / "f64.safetensors").stat().st_size - path.stat().st_size
+    assert saved >= 4 * values  # 4 bytes a value fewer (the small eigenvalue vectors too)
+    for a, b in zip(wide.layers + wide.projected, narrow.layers + narrow.projected, strict=True):
+        assert b.q_a.dtype == torch.float64  # load gives float64 back either way
+        for x, y in zip(a.bases("cpu", torch.float32), b.bases("cpu", torch.float32), strict=True):
+            assert torch.equal(x, y)
+        da, db = (
+            a.denominator(cfg.scoring, "cpu", torch.float32),
+            b.denominator(cfg.scoring, "cpu", torch.float32),
+        )
+        torch.testing.assert_close(da, db, rtol=1e-6, atol=0)
+
+
+def test_a_finished_run_keeps_float32_factors_and_no_prepared_seeds(defaults_run):
+    from safetensors import safe_open
+
+    out = defaults_run[0]
+    with safe_open(str(out / "factors.safetensors"), framework="pt") as f:
+        dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
+    assert dtypes == {"torch.float32"}
+    assert not (out / "seeds.pt").exists()  # only an unfinished scoring pass needs them

@@ -366,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # FAISS logs each build it tries to load ("Could not load library with AVX512 support
+    # due to: ModuleNotFoundError"): routine, yet it reads like a failure under -v.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         if args.command in TOOL_SECTIONS:
             return run_tool(args)
@@ -373,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = options_from_args(args)
         outcome = execute(args.command, opts).outcome
+        if opts.run.dry_run:
+            return 0
     except GdigError as exc:
         if args.debug:
             raise

@@ -136,8 +136,12 @@ class Factors:
         return self.projected
 
     # --- persistence ---
-    def save(self, path: str | Path) -> Path:
-        """Write one safetensors file (atomic rename) holding tensors and metadata."""
+    def save(self, path: str | Path, dtype: torch.dtype = torch.float64) -> Path:
+        """Write one safetensors file (atomic rename) holding tensors and metadata.
+
+        ``dtype`` is the precision kept on disk: scoring in float32 casts the bases to
+        float32 anyway, so a run stores them so (half the bytes of float64); :meth:`load`
+        gives float64 back either way."""
         from safetensors.torch import save
 
         from gdig.io.atomic import atomic_write_bytes
@@ -148,7 +152,7 @@ class Factors:
         for prefix, group in (("", self.layers), ("proj.", self.projected or [])):
             for i, lf in enumerate(group):
                 for key in _TENSORS:
-                    tensors[f"{prefix}{i}.{key}"] = getattr(lf, key).contiguous()
+                    tensors[f"{prefix}{i}.{key}"] = getattr(lf, key).to(dtype).contiguous()
         meta = {
             "format": "gdig-factors",
             "version": FORMAT_VERSION,
@@ -181,7 +185,10 @@ class Factors:
                 if prefix and meta.get("projection") is None:
                     continue
                 groups[prefix] = [
-                    LayerFactors(name, **{k: f.get_tensor(f"{prefix}{i}.{k}") for k in _TENSORS})
+                    LayerFactors(
+                        name,
+                        **{k: f.get_tensor(f"{prefix}{i}.{k}").to(torch.float64) for k in _TENSORS},
+                    )
                     for i, name in enumerate(meta["layers"])
                 ]
         factors = cls(

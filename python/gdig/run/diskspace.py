@@ -3,8 +3,9 @@
 The store holds, per candidate, its benefit on every seed (``S`` floats), its projected
 gradient (``D`` float32 or float16 values) and a few statistics: the bytes per candidate
 the store's manifest records (``gdig.engine.store.bytes_per_candidate``). The factors
-hold each tracked layer's eigenbases and eigen-diagonal in float64. Running out of disk
-half-way through a pool wastes hours, so the run checks first and stops with the numbers.
+hold each tracked layer's eigenbases and eigen-diagonal in float32 (float64 in exact mode).
+Running out of disk half-way through a pool wastes hours, so the run checks first and stops
+with the numbers.
 """
 
 from __future__ import annotations
@@ -53,12 +54,16 @@ def store_bytes(
     return n * per_row + (n * n_seeds * 4 if export_matrix else 0) + 4 * n_seeds * (dim + 1)
 
 
-def factor_bytes(dims: Sequence[tuple[int, int]], k_in: int, k_out: int, exact: bool) -> int:
-    """Bytes of the factors file: per layer ``Q_A, Q_S, λ_A, λ_S, Λ`` in float64, plus the
-    same in the projected space unless exact."""
+def factor_bytes(
+    dims: Sequence[tuple[int, int]], k_in: int, k_out: int, exact: bool, float64: bool = False
+) -> int:
+    """Bytes of the factors file: per layer ``Q_A, Q_S, λ_A, λ_S, Λ`` at the precision
+    scoring uses (float32; float64 in exact mode or for a float64 model), plus the same in
+    the projected space unless exact."""
+    size = 8 if exact or float64 else 4
 
     def one(d_out: int, d_in: int) -> int:
-        return 8 * (d_in * d_in + d_out * d_out + d_in + d_out + d_out * d_in)
+        return size * (d_in * d_in + d_out * d_out + d_in + d_out + d_out * d_in)
 
     total = sum(one(d_out, d_in) for d_out, d_in in dims)
     if not exact:

@@ -272,10 +272,15 @@ def preflight(
             exe.export_benefit_matrix,
             opts.scoring.feature_dtype,
         ),
-        factor_bytes=factor_bytes(dims, fac.k_in, fac.k_out, fac.exact),
+        factor_bytes=factor_bytes(
+            dims, fac.k_in, fac.k_out, fac.exact, float64=opts.read.dtype == "float64"
+        ),
         existing_bytes=folder_bytes(folder.path / STORE_DIR, folder.path / FACTORS_FILE),
     )
     check_free_space(folder.path, estimate)
+    folder.set_check(
+        "disk_estimate_bytes", {"store": estimate.store_bytes, "factors": estimate.factor_bytes}
+    )
 
     # Auto batch sizing depends on free memory, and batch composition changes the last bits
     # of the scores: fix it at the first run so that a resumed run computes the same bytes.

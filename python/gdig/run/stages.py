@@ -74,6 +74,8 @@ def say(message: str) -> None:
 
 
 def stage_fit(folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan) -> None:
+    import torch
+
     from gdig.engine import fit_factors
 
     folder.begin("fit")
@@ -86,7 +88,9 @@ def stage_fit(folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: Exec
     )
     if not folder.main:  # rank 0 saves and records what every rank computed
         return
-    factors.save(folder.path / FACTORS_FILE)
+    # Kept at the precision scoring uses: float64 only in exact mode or for a float64 model.
+    wide = opts.factors.exact or next(model.parameters()).dtype == torch.float64
+    factors.save(folder.path / FACTORS_FILE, dtype=torch.float64 if wide else torch.float32)
     fault_point("fit:saved")
     bad = _note_nonfinite(folder, inputs, opts, "fit", factors.stats.get("nonfinite_ids", []))
     folder.record(
@@ -163,6 +167,8 @@ def stage_score(
     folder.record(
         "score", time.perf_counter() - t, candidates=store.n, seeds=store.n_seeds, nonfinite=bad
     )
+    # The prepared seeds serve an unfinished scoring pass only: a finished one keeps no copy.
+    (folder.path / SEEDS_FILE).unlink(missing_ok=True)
     say(f"score: {store.n} candidates against {store.n_seeds} seeds")
 
 
@@ -351,6 +357,10 @@ def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunOutcome
             "torchrun) and pass its folder as --model"
         )
     progress = sys.stderr.isatty() if opts.run.progress is None else bool(opts.run.progress)
+    if opts.run.dry_run:
+        if distributed.from_env().active:
+            raise UsageError("--dry-run runs in one process: run it without torchrun")
+        return dry_run(opts, stages, ExecutionPlan(opts.run.device, progress))
     dist = distributed.start(opts.run.device)
     plan = ExecutionPlan(opts.run.device, progress, dist)
     if dist.active:  # each rank on its own device; one set of bars: rank 0's
@@ -425,6 +435,13 @@ def _run_todo(
     if any(s in todo for s in ("fit", "score")):
         plan = preflight(folder, inputs, opts, plan, stages)
         inputs.plan = plan
+        fresh = not any(folder.stage_record(s) for s in ("fit", "score"))
+        if "fit" in stages and "score" in stages and fresh:  # a new run: what it will cost
+            from gdig.run import estimate
+
+            est = estimate.measure(inputs, opts, plan, folder.path, n=4, warm_up=False)
+            for line in estimate.summary(folder, inputs, opts, est, todo):
+                say(f"estimate: {line}")
     plan.dist.share((folder.manifest, todo))
     if not todo:
         say(f"nothing to do: every stage is already done in {folder.path}")
@@ -435,6 +452,31 @@ def _run_todo(
             _start_line(folder, opts, plan, stage)
             STAGE_FUNCS[stage](folder, inputs, opts, plan)
     return reused
+
+
+def dry_run(opts: RunOptions, stages: tuple[str, ...], plan: ExecutionPlan) -> RunOutcome:
+    """``--dry-run``: check the inputs as a run does, time the model passes on a few pairs
+    and print the estimate, all in a scratch folder beside ``--out``: nothing is written
+    to ``--out``."""
+    import tempfile
+
+    from gdig.run import estimate
+
+    out = check_out_folder(opts.run.out)
+    parent = next(p for p in [out.parent, *out.parent.parents] if p.is_dir())
+    scratch = Path(tempfile.mkdtemp(prefix=".gdig-dry-run-", dir=parent))
+    try:
+        folder = RunFolder.open(opts, scratch, stages, identities(opts, stages, {}))
+        inputs = RunInputs(opts, folder, plan)
+        plan = preflight(folder, inputs, opts, plan, stages)
+        est = estimate.measure(inputs, opts, plan, scratch, n=16)
+        lines = estimate.summary(folder, inputs, opts, est, list(stages))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"gdig run --dry-run: the inputs pass every check; nothing was written to {out}")
+    for line in lines:
+        print("  " + line.replace(str(scratch), str(out)))
+    return RunOutcome(RunFolder(out, folder.manifest), opts, stages)
 
 
 def _with_saved_selection(opts: RunOptions, old: Manifest | None) -> RunOptions:
