@@ -55,7 +55,7 @@ def options_for(
     does not take is refused with the names it does."""
     from gdig.run.config import VERB_SECTIONS, VERB_SKIPS
     from gdig.run.folder import saved_options
-    from gdig.run.options import check_values, known_keys, read_config_file, resolve
+    from gdig.run.options import check_values, flag, known_keys, read_config_file, resolve
 
     keys = known_keys(VERB_SECTIONS[verb]) - VERB_SKIPS[verb]
     given = dict(flags or {})
@@ -73,7 +73,8 @@ def options_for(
         file_values.update(read_config_file(config))
         file_name = str(config)
     out = given.get("out", file_values.get("out"))
-    return resolve(given, file_values, file_name, saved_options(out))
+    named = (lambda name: f"gdig.{verb}(): {name}") if values and not flags else flag
+    return resolve(given, file_values, file_name, saved_options(out), flag_name=named)
 
 
 def execute(verb: str, opts: RunOptions, stages: tuple[str, ...] | None = None) -> Run:

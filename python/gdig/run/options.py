@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -224,10 +225,13 @@ def resolve(
     file_name: str | None,
     saved: dict[str, dict[str, Any]],
     classes: dict[str, type] | None = None,
+    flag_name: Callable[[str], str] = flag,
 ) -> Any:
     """Build every section from flags > config file > saved manifest config > defaults,
-    checking each value and naming its source when it is bad. Returns :class:`RunOptions`,
-    or a dict of the built sections when ``classes`` is given (the model tools)."""
+    checking each value and naming its source when it is bad (a flag as ``flag_name``
+    spells it: ``--budget``, or ``gdig.run(): budget`` for the API). Returns
+    :class:`RunOptions`, or a dict of the built sections when ``classes`` is given (the
+    model tools)."""
     built: dict[str, Any] = {}
     for section, cls in (classes or SECTIONS).items():
         types_ = _field_types(cls)
@@ -237,7 +241,7 @@ def resolve(
         for f in dataclasses.fields(cls):
             name = f.name
             if name in flags:
-                kwargs[f.name], origin[f.name] = flags[name], flag(name)
+                kwargs[f.name], origin[f.name] = flags[name], flag_name(name)
             elif name in file_values:
                 value = _checked(f, types_[f.name], file_values[name], f"{file_name}: {name}")
                 kwargs[f.name], origin[f.name] = value, f"{file_name}: {name}"
