@@ -132,3 +132,18 @@ def engine_config(**flat):
 def with_options(cfg, **changes):
     """``cfg`` with some flat options changed."""
     return cfg.with_options(**changes)
+
+
+def toy_run_files(folder, n_seeds: int, n_pool: int, seed: int = 0, noise_every: int = 4):
+    """``(seeds.jsonl, pool.jsonl)`` of toy pairs in ``folder``; every ``noise_every``-th
+    pool pair is made untranslated (target = source) and labelled in its ``noise`` field."""
+    from gdig.data.pairs import write_jsonl
+
+    pairs = toy_pairs(n_seeds + n_pool, seed=seed)
+    seeds, pool = folder / "seeds.jsonl", folder / "pool.jsonl"
+    write_jsonl(seeds, [p.to_record() for p in pairs[:n_seeds]])
+    records = [dict(p.to_record(), noise="clean") for p in pairs[n_seeds:]]
+    for rec in records[::noise_every]:
+        rec["tgt"], rec["noise"] = rec["src"], "untranslated"
+    write_jsonl(pool, records)
+    return seeds, pool

@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers_models import toy_pairs
-
-from gdig.data.pairs import write_jsonl
+from helpers_models import toy_run_files
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "API.md"
 
@@ -25,13 +23,7 @@ def test_the_doc_has_a_setup_cell_then_the_session():
 
 
 def test_the_notebook_session_runs(tiny_llama_dir, tmp_path, monkeypatch, capsys):
-    pairs = toy_pairs(60, seed=5)
-    seeds, pool = tmp_path / "seeds.jsonl", tmp_path / "pool.jsonl"
-    write_jsonl(seeds, [p.to_record() for p in pairs[:8]])
-    records = [dict(p.to_record(), noise="clean") for p in pairs[8:]]
-    for rec in records[::3]:
-        rec["tgt"], rec["noise"] = rec["src"], "untranslated"
-    write_jsonl(pool, records)
+    seeds, pool = toy_run_files(tmp_path, n_seeds=8, n_pool=52, seed=5, noise_every=3)
     setup = (
         "import gdig\n"
         f"seeds, pool = {str(seeds)!r}, {str(pool)!r}\n"
