@@ -41,8 +41,9 @@ def _spy(monkeypatch, seen: dict[str, set]):
         monkeypatch.setattr(gdig_ext, name, wrapped)
 
 
-def _run(autocast, tmp_path, monkeypatch=None, seen=None, n_pool=48, n_seeds=6):
+def _run(autocast, tmp_path, monkeypatch=None, seen=None, n_pool=48, n_seeds=6, device="cpu"):
     model, tok = tiny_model("llama", hidden=16, inter=48, blocks=2)
+    model = model.to(device)
     pool = toy_pairs(n_pool, seed=3)
     cfg = engine_config(
         layers=PATTERN, factor_samples=0, k_in=4, k_out=4, rank=4, batch_size=8,
@@ -68,9 +69,10 @@ def _run(autocast, tmp_path, monkeypatch=None, seen=None, n_pool=48, n_seeds=6):
     [(None, torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)],
     ids=["fp32", "bf16", "fp16"],
 )
-def test_ops_receive_the_captured_dtype(tmp_path, monkeypatch, autocast, want):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_ops_receive_the_captured_dtype(tmp_path, monkeypatch, device, autocast, want):
     seen: dict[str, set] = {}
-    _, benefit = _run(autocast, tmp_path, monkeypatch, seen, n_pool=12, n_seeds=3)
+    _, benefit = _run(autocast, tmp_path, monkeypatch, seen, n_pool=12, n_seeds=3, device=device)
     assert set(seen) == set(SPIED), f"ops not called: {set(SPIED) - set(seen)}"
     for name, dtypes in seen.items():
         assert dtypes == {want}, f"{name} received {dtypes} under autocast={autocast}"

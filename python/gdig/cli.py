@@ -249,11 +249,12 @@ def run_tool(args: argparse.Namespace) -> int:
 
 def _tool_pairs(flag: str, path: str) -> list:
     """The pairs of a file given by ``flag``; a missing file or a folder is a UsageError."""
+    from gdig.data.formats import formats_text, input_files
     from gdig.data.pairs import read_pairs
 
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{flag} {path}: is a folder; give a file of pairs (JSONL or TSV)")
+    if p.exists() and not input_files(p):
+        raise UsageError(f"{flag} {path}: is a folder; give a file of pairs ({formats_text()})")
     if not p.exists():
         raise UsageError(f"{flag} {path}: file not found")
     return read_pairs(p)

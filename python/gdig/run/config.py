@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from gdig.data.formats import formats_text
 from gdig.engine.config import EngineConfig, ExecutionConfig, FactorConfig, ScoreConfig
 from gdig.io.validate import at_least, folder_name, one_of, parse_device
 from gdig.select.config import SelectConfig
@@ -103,7 +104,7 @@ class Inputs:
         default=None,
         metadata={
             "metavar": "FILE",
-            "help": "candidate pairs to select from: JSONL or TSV (plain or .gz), or Parquet",
+            "help": f"candidate pairs to select from: {formats_text()}",
         },
     )
     finetune_first: bool = field(
@@ -121,7 +122,7 @@ class Seeds:
 
     seeds: str | None = field(
         default=None,
-        metadata={"metavar": "FILE", "help": "trusted seed pairs, JSONL or TSV (was --seed)"},
+        metadata={"metavar": "FILE", "help": f"trusted seed pairs: {formats_text()} (was --seed)"},
     )
 
 
@@ -150,8 +151,12 @@ class ReadConfig:
             "choices": TOO_LONG,
         },
     )
-    src_field: str = field(default="src", metadata={"help": "JSONL field of the source text"})
-    tgt_field: str = field(default="tgt", metadata={"help": "JSONL field of the target text"})
+    src_field: str = field(
+        default="src", metadata={"help": "field (JSONL key, TSV header, column) of the source text"}
+    )
+    tgt_field: str = field(
+        default="tgt", metadata={"help": "field (JSONL key, TSV header, column) of the target text"}
+    )
     src_lang: str | None = field(
         default=None,
         metadata={"help": "source language code for pairs without src_lang (e.g. TSV)"},
@@ -256,16 +261,16 @@ class TrainJob:
         metadata={"metavar": "MODEL", "help": "local folder, cached hub id, or smollm2"},
     )
     data: str | None = field(
-        default=None, metadata={"metavar": "FILE", "help": "pairs (JSONL or TSV) to train on"}
+        default=None, metadata={"metavar": "FILE", "help": "pairs to train on (as --pool reads)"}
     )
     test: str | None = field(
-        default=None, metadata={"metavar": "FILE", "help": "test pairs (JSONL or TSV)"}
+        default=None, metadata={"metavar": "FILE", "help": "test pairs (as --pool reads)"}
     )
     dev: str | None = field(
         default=None,
         metadata={
             "metavar": "FILE",
-            "help": "dev pairs (JSONL or TSV) whose loss is printed while training (no weight "
+            "help": "dev pairs (as --pool reads) whose loss is printed while training (no weight "
             "changes with it)",
         },
     )
