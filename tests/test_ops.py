@@ -501,7 +501,8 @@ def test_fp32_ops_ignore_the_callers_tf32(device, op, caller_tf32):
     if device == "cuda" and torch.cuda.get_device_capability()[0] >= 8:
         ref = _fp32_result(reference, op, args)
         err = rel_err(ref, want)
-        assert err > 10 * REL_TOL[F32], f"TF32 seems off: the reference's error is {err:.1e}"
+        # TF32 rounds inputs to 10 bits: about 4e-4 here, against about 1e-7 in full fp32.
+        assert err > 2 * REL_TOL[F32], f"TF32 seems off: the reference's error is {err:.1e}"
 
 
 # ---------------------------------------------------------------- layouts and edges

@@ -499,7 +499,9 @@ def test_ekfac_accumulate_low_precision_unaligned_d_out_over_row_tiles(dtype):
     lam = torch.zeros(d_out, d_in, device="cuda")
     gdig_ext.ekfac_accumulate(acts, out_grads, mask, q_a, q_s, lam)
     want = oracle_ekfac_by_example(acts, out_grads, mask, q_a, q_s)
-    assert_close(lam, want, EKFAC_LOWP_TOL[dtype], "unaligned d_out over row tiles")
+    # k = 1024 rotations: the suite-wide bound (see the pipeline's shapes below); a tile
+    # read or written at the wrong rows would be off by far more.
+    assert_close(lam, want, REL_TOL[dtype], "unaligned d_out over row tiles")
 
 
 # ---------------------------------------------------------------- the pipeline's shapes
@@ -532,8 +534,9 @@ def test_token_ops_at_the_pipelines_shapes(dtype):
     q_a, q_s = orthogonal(p["d_in"], dtype, "cuda"), orthogonal(p["d_out"], dtype, "cuda")
     lam = torch.zeros(p["d_out"], p["d_in"], device="cuda")
     gdig_ext.ekfac_accumulate(*tok, q_a, q_s, lam)
-    tol = EKFAC_LOWP_TOL.get(dtype, REL_TOL[dtype])
-    assert_close(lam, oracle_ekfac(*tok, q_a, q_s), tol, "ekfac_accumulate")
+    # Rotations with k = 1536 may use cuBLAS's reduced-precision split-K for bf16 (torch's
+    # default): the suite-wide bound, as in test_ekfac_accumulate_several_row_and_example_tiles.
+    assert_close(lam, oracle_ekfac(*tok, q_a, q_s), REL_TOL[dtype], "ekfac_accumulate")
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
