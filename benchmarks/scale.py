@@ -147,14 +147,13 @@ def _pipeline(spec: dict[str, Any], anon: AnonPeak) -> dict[str, Any]:
     import numpy as np
     from transformers import AutoTokenizer
 
-    from gdig.data.checks import check_label_field
+    from gdig.data.labels import check_label_field, label_values, noise_kinds
     from gdig.data.pool import open_pool
     from gdig.engine.config import FactorConfig
     from gdig.model import resolve_model
     from gdig.report import sample_map_rows, write_report
     from gdig.run.lengths import token_lengths
-    from gdig.run.poolrows import PairTexts, label_values, pool_rows
-    from gdig.run.stages import noise_kinds
+    from gdig.run.poolrows import PairTexts, pool_rows
     from gdig.select import SelectConfig, Selection, select
     from gdig.select.metrics import noise_summary
     from gdig.select.selectors import finite_source
@@ -207,7 +206,8 @@ def _pipeline(spec: dict[str, Any], anon: AnonPeak) -> dict[str, Any]:
     prow = pool_rows(pool, sel.ids, where)  # stage_report maps the ids again
     texts, values = PairTexts(pool, prow), label_values(pool, prow, "noise")
     summary = {"seeds": store.n_seeds, "noise": noise_summary(source, sel, noisy)}
-    feats, kinds = source.feature_rows(rows), noise_kinds(values, noisy, sel)
+    feats = source.feature_rows(rows)
+    kinds = noise_kinds(values, noisy, sel.passed_quality, sel.selected)
     write_report(out, sel, texts, feats, summary, map_rows=rows, noise_kinds=kinds)
     done("report")
     res.update(selected=int(sel.selected.sum()), passed_quality=int(sel.passed_quality.sum()))

@@ -14,7 +14,8 @@ from helpers_models import data_dir
 import gdig.data.demo
 from gdig.data import Pair, PairsError, demo_paths, iter_pairs, read_pairs, write_jsonl
 from gdig.data.build_demo import NOISE_KINDS, DemoConfig, DemoError, build_demo, main
-from gdig.data.checks import check_label_field, compare_seeds_pool, is_noise
+from gdig.data.checks import compare_seeds_pool
+from gdig.data.labels import check_label_field, is_noise
 from gdig.data.pairs import FILE_FIELD, LINE_FIELD
 from gdig.io.errors import GdigError, UsageError
 

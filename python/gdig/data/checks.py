@@ -1,7 +1,6 @@
-"""Checks of input pairs that a run makes before any model pass.
-
-* :func:`is_noise` / :func:`check_label_field`: the ``--label-field`` noise labels.
-* :func:`compare_seeds_pool`: warnings about seeds that do not fit the pool.
+"""Checks of input pairs that a run makes before any model pass: :func:`compare_seeds_pool`
+warns about seeds that do not fit the pool. (The ``--label-field`` noise labels are
+:mod:`gdig.data.labels`'.)
 
 Pure functions: they raise :class:`~gdig.io.errors.UsageError` or return messages, and
 print nothing.
@@ -9,80 +8,14 @@ print nothing.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from gdig.data.pairs import Pair
-from gdig.io.errors import UsageError
 
-__all__ = ["check_label_field", "compare_seeds_pool", "is_noise"]
+__all__ = ["compare_seeds_pool"]
 
-_CLEAN = "clean"
-_TRUE_STRINGS = ("true", "1")
-_FALSE_STRINGS = ("false", "0")
-_LABEL_HINT = (
-    "a noise label is 'clean' (not noise) or the kind of noise as a string (e.g. "
-    "'misaligned'), true/false, or 1/0"
-)
 _MAX_IDS = 5
-
-
-def is_noise(value: Any, where: str) -> bool:
-    """Whether a ``--label-field`` value marks noise; ``where`` names the pair in errors.
-
-    * a string: ``"clean"`` is not noise; ``"true"``/``"1"`` is, ``"false"``/``"0"`` is
-      not; any other non-empty string is the kind of noise (``"misaligned"``). These
-      words are matched ignoring case and surrounding whitespace.
-    * a boolean, or the number 0 or 1: true/1 is noise, false/0 is not.
-
-    Anything else (None, an empty string, other numbers, lists, objects) raises
-    UsageError naming ``where`` and the value.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
-        if value in (0, 1):
-            return value == 1
-    elif isinstance(value, str) and value.strip():
-        word = value.strip().lower()
-        if word in _TRUE_STRINGS:
-            return True
-        return not (word == _CLEAN or word in _FALSE_STRINGS)
-    raise UsageError(f"{where}: noise label {value!r} is not usable; {_LABEL_HINT}")
-
-
-def _where(pair: Pair, path: str) -> str:
-    return f"{path}:{pair.line}" if pair.line is not None else f"{path}: pair {pair.id!r}"
-
-
-def check_label_field(pairs: Sequence[Pair], field: str, path: str) -> list[bool]:
-    """Check that every pair has a usable noise label in ``field``; return the labels.
-
-    ``field`` may be any input field (usually one kept in ``Pair.extra``). The first
-    pair that lacks it or holds a bad value raises UsageError naming ``path``:line (or
-    the pair's id when its line is unknown), the field, and the fields that pair has.
-    Returns :func:`is_noise` of every pair, in order.
-    """
-    if not isinstance(field, str) or not field:
-        raise UsageError(f"--label-field {field!r}: give the name of the pool's label field")
-    labels = []
-    for pair in pairs:
-        value = pair.extra[field] if field in pair.extra else pair.to_record().get(field)
-        where = f"{_where(pair, path)}: field '{field}'"
-        if value is None:
-            rec = pair.to_record()  # leaves out unknown languages: src_lang=None is missing
-            raise UsageError(
-                f"{where}: {'null' if field in rec else 'missing'}; fields found: "
-                f"{', '.join(rec)}; give every pool pair a label, or pass --label-field "
-                "with the field that holds them"
-            )
-        try:
-            labels.append(is_noise(value, where))
-        except UsageError as err:
-            raise UsageError(f"{err} (fields found: {', '.join(pair.to_record())})") from None
-    return labels
 
 
 def _direction(counts: Counter) -> tuple[tuple[str, str], int, int] | None:

@@ -222,6 +222,7 @@ def score_candidates(
         seed_ids=seed_grads.ids,
         seed_features=seed_grads.features,
         seed_norm=seed_grads.norm,
+        seed_raw_features=seed_grads.raw_features,
         layers=[{"name": ly.name, "d_out": ly.d_out, "d_in": ly.d_in} for ly in layers],
         top_k=cfg.scoring.top_k,
         feature_dtype=cfg.scoring.feature_dtype,
@@ -256,12 +257,12 @@ def score_candidates(
                 got = cap.run(collate(encoded, rows, pad_id, device))
                 benefit, feats, norm = scorer(got)
                 ok = finite_rows(benefit, feats, norm) & torch.isfinite(got.losses)
-                return benefit, feats, norm, ok
+                return benefit, feats, norm, got.losses, ok
 
             for batch in plan_batches(
                 [len(e) for e in encoded], cfg.execution.batch_size, max_tokens
             ):
-                for rows, (benefit, feats, norm, ok) in run_with_backoff(
+                for rows, (benefit, feats, norm, loss, ok) in run_with_backoff(
                     score_rows, batch, "scoring batch"
                 ):
                     if not bool(ok.all()):  # NaN/Inf: zero the row, list the candidate
@@ -270,9 +271,11 @@ def score_candidates(
                         benefit = benefit.masked_fill(bad[:, None], 0)
                         feats = feats.masked_fill(bad[:, None], 0)
                         norm = norm.masked_fill(bad, 0)
+                        loss = loss.masked_fill(bad, 0)
                     arrays["benefit"][rows] = benefit.float().cpu().numpy()
                     arrays["features"][rows] = feats.float().cpu().numpy()
                     arrays["cand_norm"][rows] = norm.float().cpu().numpy()
+                    arrays["loss"][rows] = loss.detach().float().cpu().numpy()
                     for key, val in batch_stats(benefit, k).items():
                         arrays[key][rows] = val.cpu().numpy()
                     bar.update(len(rows))
@@ -303,6 +306,7 @@ def _empty_shard(n: int, s: int, projections: list[Projection], k: int) -> dict[
         "benefit": np.zeros((n, s), dtype=np.float32),
         "features": np.zeros((n, dim), dtype=np.float32),
         "cand_norm": np.zeros(n, dtype=np.float32),
+        "loss": np.zeros(n, dtype=np.float32),
         "n_pos": np.zeros(n, dtype=np.int64),
         "mean": np.zeros(n, dtype=np.float32),
         "min": np.zeros(n, dtype=np.float32),

@@ -38,6 +38,8 @@ class SeedGradients:
     d_in), or the full rank when ``rank == 0``). ``features`` ``[S, D]`` are the seeds'
     projected gradients preconditioned by the projected-space factors, so that
     ``candidate_features @ features.T`` approximates the benefits; ``norm`` is ``||Ĝ_s||_F``.
+    ``raw_features`` ``[S, D]`` are the seeds' projected gradients without the Hessian, in
+    the candidates' feature space (LESS-style similarity, ``--selector less``).
     """
 
     ids: list[str]
@@ -48,6 +50,7 @@ class SeedGradients:
     norm: np.ndarray  # [S] float32
     rank: int
     proj_key: dict[str, Any]
+    raw_features: np.ndarray | None = None  # [S, D] float32; None in seeds.pt of older runs
 
     @property
     def n(self) -> int:
@@ -178,6 +181,7 @@ def prepare_seeds(
     us: list[list[torch.Tensor | None]] = [[None] * n for _ in layers]
     vs: list[list[torch.Tensor | None]] = [[None] * n for _ in layers]
     feats = [np.zeros((n, p.dim), dtype=np.float32) for p in projections]
+    raw_feats = [np.zeros((n, p.dim), dtype=np.float32) for p in projections]
     sq_norm = np.zeros(n, dtype=np.float64)
     with (
         GradientCapture(model, names, cfg.factors.autocast) as cap,
@@ -199,10 +203,12 @@ def prepare_seeds(
                 x = lf.precondition_tokens(a, g, cfg.scoring)
                 sq_norm[rows] += x.square().sum(dim=(1, 2)).cpu().numpy()
                 q_s, q_a = lf.bases(device, compute)
+                # The seed's gradient in the candidates' feature space, no Hessian (LESS).
+                raw = gdig_ext.project_grads(a, g, keep, proj.p_in, proj.p_out)
+                raw_feats[i][rows] = raw.reshape(len(rows), -1).float().cpu().numpy()
                 if proj_factors is not None:
                     # Projected mode: precondition in the projected space, where the factors
                     # match the features' geometry (far less noisy than projecting H⁻¹G).
-                    raw = gdig_ext.project_grads(a, g, keep, proj.p_in, proj.p_out)
                     seed_feat = proj_factors[i].precondition(raw, cfg.scoring)
                 else:  # P_outᵀ H⁻¹G P_in with H⁻¹G = Q_S x Q_Aᵀ
                     seed_feat = (q_s.T @ proj.p_out).T @ x @ (q_a.T @ proj.p_in)
@@ -224,6 +230,7 @@ def prepare_seeds(
         norm=np.sqrt(sq_norm).astype(np.float32),
         rank=rank,
         proj_key=projection_key(cfg.factors),
+        raw_features=np.concatenate(raw_feats, axis=1),
     )
 
 
@@ -241,6 +248,9 @@ def save_seeds(seeds: SeedGradients, path: str | Path, key: str) -> None:
         "features": torch.from_numpy(np.ascontiguousarray(seeds.features)),
         "norm": torch.from_numpy(np.ascontiguousarray(seeds.norm)),
         "rank": seeds.rank,
+        "raw_features": None
+        if seeds.raw_features is None
+        else torch.from_numpy(np.ascontiguousarray(seeds.raw_features)),
         "proj_key": seeds.proj_key,
     }
     with atomic_open(path) as fh:
@@ -258,6 +268,8 @@ def load_seeds(path: str | Path, key: str, device: Any) -> SeedGradients | None:
         return None
     if not isinstance(data, dict) or data.get("key") != key:
         return None
+    if data.get("raw_features") is None:  # kept by an older gdig: prepare them again
+        return None
     return SeedGradients(
         ids=list(data["ids"]),
         layers=[TrackedLayer(name, d_out, d_in) for name, d_out, d_in in data["layers"]],
@@ -267,6 +279,7 @@ def load_seeds(path: str | Path, key: str, device: Any) -> SeedGradients | None:
         norm=data["norm"].numpy(),
         rank=int(data["rank"]),
         proj_key=data["proj_key"],
+        raw_features=data["raw_features"].numpy(),
     )
 
 

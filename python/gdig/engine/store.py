@@ -196,6 +196,8 @@ class StoreWriter:
         entry = self.manifest["shards"].get(shard_name(index))
         if entry is None or entry["ids_sha256"] != sha256_json(list(ids)):
             return False
+        if any(f"{k}.npy" not in entry["files"] for k in OPTIONAL_SHARD_FILES):
+            return False  # written by an older gdig: scored again to record what it lacks
         return not bad_files(self.root / shard_name(index), entry["files"], self.verify)
 
     def write_shard(

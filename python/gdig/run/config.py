@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gdig.data.formats import formats_text
+from gdig.data.rules import RulesConfig
 from gdig.engine.config import EngineConfig, ExecutionConfig, FactorConfig, ScoreConfig
 from gdig.io.validate import at_least, folder_name, one_of, parse_device
 from gdig.select.config import SelectConfig
@@ -124,6 +125,20 @@ class Seeds:
         default=None,
         metadata={"metavar": "FILE", "help": f"trusted seed pairs: {formats_text()} (was --seed)"},
     )
+    seeds_src_field: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FIELD",
+            "help": "the seeds' source-text field, when not the pool's (default: --src-field)",
+        },
+    )
+    seeds_tgt_field: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FIELD",
+            "help": "the seeds' target-text field, when not the pool's (default: --tgt-field)",
+        },
+    )
 
 
 @dataclass
@@ -197,6 +212,7 @@ SECTIONS: dict[str, type] = {
     "factors": FactorConfig,
     "scoring": ScoreConfig,
     "execution": ExecutionConfig,
+    "rules": RulesConfig,
     "select": SelectConfig,
     "report": ReportConfig,
 }
@@ -214,9 +230,9 @@ VERB_STAGES: dict[str, tuple[str, ...]] = {
 VERB_SECTIONS: dict[str, tuple[str, ...]] = {
     "run": tuple(SECTIONS),
     "demo": tuple(SECTIONS),
-    "fit": ("run", "inputs", "read", "finetune", "factors", "execution"),
+    "fit": ("run", "inputs", "read", "rules", "finetune", "factors", "execution"),
     "score": ("run", "inputs", "seeds", "scoring", "execution"),
-    "select": ("run", "inputs", "select", "report"),  # runs select and report
+    "select": ("run", "inputs", "rules", "select", "report"),  # runs select and report
     "report": ("run", "inputs", "report"),
 }
 # Fields of a verb's sections that the verb does not take (select and report read the
@@ -241,6 +257,7 @@ class RunOptions:
     factors: FactorConfig = field(default_factory=FactorConfig)
     scoring: ScoreConfig = field(default_factory=ScoreConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 

@@ -16,6 +16,7 @@ from gdig.data.formats import formats_text, input_files
 from gdig.io.errors import UsageError
 from gdig.io.integrity import sha256_file, sha256_json, unprinted_fields
 from gdig.run.config import SECTIONS, RunOptions
+from gdig.select.choosers import needs_rules
 
 STAGES = ("fit", "score", "select", "report")
 # What each stage reads (inputs) besides the previous stage's output.
@@ -81,10 +82,19 @@ def _content(identity: dict[str, Any] | None) -> Any:
 
 def sections(stage: str, config: dict[str, Any]) -> tuple[str, ...]:
     """The config sections ``stage`` depends on: fit also depends on the fine-tuning
-    options when the model is fine-tuned on the pool first (``--finetune-first``)."""
-    if stage == "fit" and config["inputs"].get("finetune_first"):
-        return ("finetune", *STAGE_SECTIONS[stage])
-    return STAGE_SECTIONS[stage]
+    options when the model is fine-tuned on the pool first (``--finetune-first``), and on
+    the cleaning rules when they prefilter the pool; select on the rules when its selector
+    draws from the pairs that pass them (``--selector rules``)."""
+    extra: tuple[str, ...] = ()
+    rules = config.get("rules", {})
+    if stage == "fit":
+        if config["inputs"].get("finetune_first"):
+            extra += ("finetune",)
+        if rules.get("prefilter", "none") != "none":
+            extra += ("rules",)
+    if stage == "select" and needs_rules(config["select"]["selector"]):
+        extra += ("rules",)
+    return (*extra, *STAGE_SECTIONS[stage])
 
 
 def stage_fingerprints(opts: RunOptions, identities: dict[str, Any]) -> dict[str, str]:

@@ -62,6 +62,9 @@ def identities(opts: RunOptions, stages: tuple[str, ...], old: dict[str, Any]) -
         ids["pool"] = file_identity(opts.inputs.pool, "pool")
     if "seeds" in wanted:
         ids["seeds"] = file_identity(opts.seeds.seeds, "seeds")
+        fields = [opts.seeds.seeds_src_field, opts.seeds.seeds_tgt_field]
+        if any(fields):  # read through other fields, the same file is another seed set
+            ids["seeds"]["fields"] = fields
     return ids
 
 
@@ -89,7 +92,7 @@ def replace_entries(file: Path, key: str, value: str, records: list[dict]) -> No
 
 class RunInputs:
     """A run's inputs, each read when first asked for and then kept: the pool and the
-    seeds (under the bad-line and too-long policies),
+    seeds (under the bad-line and too-long policies, and the pool under ``--prefilter``),
     the pool's records as select and report read them (no tokenizer), the model and its
     tokenizer. Skipped lines and counts go to the run folder."""
 
@@ -105,7 +108,10 @@ class RunInputs:
     def pool(self) -> PoolIndex:
         """The candidate pairs the model passes read."""
         if self._pool is None:
-            self._pool = self._policed(self.opts.inputs.pool, "pool")
+            pool = self._policed(self.opts.inputs.pool, "pool")
+            if self.opts.rules.prefilter == "rules":
+                pool = self._prefiltered(pool)
+            self._pool = pool
         return self._pool
 
     @property
@@ -142,6 +148,18 @@ class RunInputs:
         """Load the model again when next asked (it was fine-tuned on the pool)."""
         self._model = None
 
+    def rule_flags(self, pool: PoolIndex):
+        """The cleaning rules' verdict on every pair of ``pool`` (kept in the run folder)."""
+        from gdig.run.prefilter import pool_rule_flags, rules_key
+
+        opts = self.opts
+        key = rules_key(
+            self.folder.input_identity("pool")["sha256"],
+            opts.rules,
+            {"read": dataclasses.asdict(opts.read), "pairs": len(pool)},
+        )
+        return pool_rule_flags(pool, opts.rules, self.folder.path, key)
+
     def _read(self, path: str | None, which: str) -> tuple[PoolIndex, list[dict]]:
         """``(pairs, skip records)`` of a pairs file under the bad-line policy. The pairs
         stay in the file: the index holds a few numbers a pair (``gdig.data.pool``)."""
@@ -152,8 +170,8 @@ class RunInputs:
             progress=self.plan.progress and which == "pool",
             bad_lines=read.bad_lines,
             skipped=skipped,
-            src_field=read.src_field,
-            tgt_field=read.tgt_field,
+            src_field=(which == "seeds" and self.opts.seeds.seeds_src_field) or read.src_field,
+            tgt_field=(which == "seeds" and self.opts.seeds.seeds_tgt_field) or read.tgt_field,
             src_lang=read.src_lang,
             tgt_lang=read.tgt_lang,
         )
@@ -197,6 +215,20 @@ class RunInputs:
             replace_entries(folder.path / SKIPPED_FILE, "file", str(path), skipped)
         return got
 
+    def _prefiltered(self, pool: PoolIndex) -> PoolIndex:
+        """``--prefilter rules``: the pool less the pairs that fail a cleaning rule,
+        counted per rule in the manifest; they never reach a model pass."""
+        flags = self.rule_flags(pool)
+        counts = flags.counts()
+        self.folder.set_check("prefilter", counts)
+        if counts["removed"] == len(pool):
+            raise UsageError(
+                f"--prefilter rules: every pair of the pool fails a rule ({flags.summary()}); "
+                "loosen the --rule-* thresholds or drop rules with --rules"
+            )
+        self.folder.warn(f"--prefilter rules: {flags.summary()}; they are not scored")
+        return pool.subset(flags.ok)
+
 
 def preflight(
     folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan,
@@ -227,7 +259,7 @@ def preflight(
     if "select" in stages:
         check_budget(opts.select.budget, len(pool), f"the pool ({paths.pool}: {len(pool)} pairs)")
     if opts.report.label_field and "report" in stages:
-        from gdig.data.checks import check_label_field
+        from gdig.data.labels import check_label_field
 
         check_label_field(pool, opts.report.label_field, str(paths.pool))
 

@@ -1,10 +1,10 @@
 """What select and report need from a pool of millions without holding it: the pool
-rows of the scored candidates, their texts on demand and their noise labels."""
+rows of the scored candidates and their texts on demand (their noise labels:
+:mod:`gdig.data.labels`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -38,21 +38,3 @@ class PairTexts(Sequence[tuple[str, str, str]]):
     def __getitem__(self, i):  # type: ignore[override]
         pair = self.pool.take([int(self.rows[i])])[0]
         return pair.id, pair.src, pair.tgt
-
-
-def label_values(pool: PoolIndex, rows: np.ndarray, field: str) -> list[Any]:
-    """The ``field`` value of each candidate's pair, in candidate order: one pass over the
-    pool in file order, keeping one shared object per distinct value."""
-    order = np.argsort(rows, kind="stable")
-    out: list[Any] = [None] * len(rows)
-    shared: dict[Any, Any] = {}
-    for start in range(0, len(order), 4096):
-        part = order[start : start + 4096]
-        for k, pair in zip(part.tolist(), pool.take(rows[part]), strict=True):
-            value = pair.extra[field] if field in pair.extra else pair.to_record().get(field)
-            try:
-                value = shared.setdefault(value, value)
-            except TypeError:  # unhashable (a list): kept as it is; is_noise rejects it
-                pass
-            out[k] = value
-    return out

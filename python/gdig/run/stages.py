@@ -43,7 +43,7 @@ from gdig.run.folder import (
 )
 from gdig.run.inputs import ExecutionPlan, RunInputs, identities, model_path, preflight
 from gdig.run.inputs import replace_entries as replace_jsonl_entries
-from gdig.run.poolrows import PairTexts, label_values, pool_rows
+from gdig.run.poolrows import PairTexts, pool_rows
 from gdig.select.config import SelectConfig
 
 Stage = Callable[[RunFolder, RunInputs, RunOptions, ExecutionPlan], None]
@@ -226,6 +226,21 @@ def _pool_rows(
     return inputs.records, pool_rows(inputs.records, ids, str(folder.path / STORE_DIR))
 
 
+def _rule_verdict(
+    folder: RunFolder, inputs: RunInputs, opts: RunOptions, store
+) -> tuple[np.ndarray | None, dict[str, int]]:
+    """For a selector that draws from the pairs passing the cleaning rules: which store rows
+    pass, and how many candidates each rule removed (else ``(None, {})``)."""
+    from gdig.select.choosers import needs_rules
+
+    if not needs_rules(opts.select.selector):
+        return None, {}
+    pool, rows = _pool_rows(folder, inputs, list(store.ids))
+    flags = inputs.rule_flags(pool).take(rows)
+    say(f"select: cleaning rules: {flags.summary()}")
+    return flags.ok, flags.counts()
+
+
 def stage_select(
     folder: RunFolder, inputs: RunInputs, opts: RunOptions, plan: ExecutionPlan
 ) -> None:
@@ -238,8 +253,9 @@ def stage_select(
     out = folder.out
     out.mkdir(parents=True, exist_ok=True)
     check_budget(opts.select.budget, store.n, f"the scored pool ({store.n} pairs)")
+    rule_ok, rule_counts = _rule_verdict(folder, inputs, opts, store)
     try:
-        sel = select(store, opts.select, device=plan.device)
+        sel = select(store, opts.select, device=plan.device, rule_ok=rule_ok)
     except ShortfallError as exc:
         if exc.selection is not None:  # the scores still help to choose --tau
             top = store.top_seeds(exc.selection.ids)
@@ -266,21 +282,9 @@ def stage_select(
         time.perf_counter() - t,
         sha256=folder.digests(SELECT_OUTPUTS),
         **sel.summary(),
+        **({"rules": rule_counts} if rule_counts else {}),
     )
     say(f"select: {int(sel.selected.sum())} of {sel.n} candidates ({sel.config.selector})")
-
-
-def noise_kinds(values: list[Any], labels: np.ndarray, sel) -> dict[str, dict[str, int]]:
-    """Per label value (the noise kind; booleans as clean/noise): how many pairs the pool
-    has, how many passed quality, how many were selected."""
-    kinds: dict[str, dict[str, int]] = {}
-    for i, (value, noisy) in enumerate(zip(values, labels, strict=True)):
-        kind = str(value).strip() if isinstance(value, str) else ("noise" if noisy else "clean")
-        row = kinds.setdefault(kind, {"pool": 0, "passed quality": 0, "selected": 0})
-        row["pool"] += 1
-        row["passed quality"] += int(sel.passed_quality[i])
-        row["selected"] += int(sel.selected[i])
-    return dict(sorted(kinds.items()))
 
 
 def stage_report(
@@ -303,21 +307,20 @@ def stage_report(
     # Counts (pool, passed quality, clusters, selected) come from Selection.summary() in the
     # report itself; only what the selection does not know is added here.
     summary: dict[str, Any] = {"seeds": store.n_seeds, "stage seconds": folder.stage_seconds()}
+    prefilter = folder.check("prefilter")
+    if prefilter:
+        summary["prefilter: pool pairs failing each rule (never scored)"] = prefilter
+    rules = folder.stage_record("select").get("rules")
+    if rules:
+        summary["cleaning rules: candidates failing each rule"] = rules
     noise, values = None, None
     field_name = opts.report.label_field
     if field_name:
-        from gdig.data.checks import check_label_field, is_noise
+        from gdig.data.labels import noise_kinds, pool_labels
 
-        path = opts.inputs.pool
-        values = label_values(pool, pool_row, field_name)
-        lines = pool.lines[pool_row]
-        labels = np.empty(len(values), dtype=bool)
-        for i, value in enumerate(values):
-            if value is None:  # a pair without the field: the error lists the fields it has
-                check_label_field(pool.take(pool_row[i : i + 1]), field_name, str(path))
-            labels[i] = is_noise(value, f"{path}:{lines[i]}")
+        values, labels = pool_labels(pool, pool_row, field_name, str(opts.inputs.pool))
         noise = noise_summary(source, sel, labels)
-        noise["kinds"] = noise_kinds(values, labels, sel)
+        noise["kinds"] = noise_kinds(values, labels, sel.passed_quality, sel.selected)
         summary["noise detection"] = {k: v for k, v in noise.items() if k != "kinds"}
     write_report(
         out,

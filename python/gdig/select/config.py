@@ -13,8 +13,10 @@ from gdig.io.validate import (
     one_of,
 )
 
-SELECTORS = ("gdig", "quality", "diversity", "random")
-SCORINGS = ("raw", "zscore", "cosine")
+from .choosers import SELECTORS, selector_help
+from .scorings import SCORINGS, scoring_help
+
+LESS_REDUCE = ("mean", "max")
 ON_SHORT = ("stop", "fill")
 WITHIN_CLUSTER = ("random", "best")
 
@@ -35,11 +37,8 @@ class SelectConfig:
     selector: str = field(
         default="gdig",
         metadata={
-            "choices": SELECTORS,
-            "help": "gdig: quality filter then diversity resampling (the method); "
-            "quality: quality filter then top by mean benefit; "
-            "diversity: k-means on all candidates then resampling; "
-            "random: uniform random baseline.",
+            "choices": SELECTORS,  # the table itself: a registered selector is a choice
+            "help": selector_help(),
         },
     )
     tau: float = field(
@@ -60,10 +59,8 @@ class SelectConfig:
     scoring: str = field(
         default="raw",
         metadata={
-            "choices": SCORINGS,
-            "help": "raw: benefit as is (the paper); zscore: each seed's benefits "
-            "standardised over the pool (positive = better than the pool average for "
-            "that seed); cosine: benefit / (|grad m| * |H^-1 grad s|), the store's norms.",
+            "choices": SCORINGS,  # the table itself: a registered scoring is a choice
+            "help": scoring_help(),
         },
     )
     on_short: str = field(
@@ -97,6 +94,14 @@ class SelectConfig:
             "0 = never; default: 256 when the feature size exceeds 1024, else none."
         },
     )
+    less_reduce: str = field(
+        default="mean",
+        metadata={
+            "choices": LESS_REDUCE,
+            "help": "--selector less: mean (LESS's average over the target examples) or max "
+            "of a candidate's cosines to the seeds.",
+        },
+    )
     kmeans_iters: int = field(
         default=25,
         metadata={"help": "k-means iterations (FAISS niter)."},
@@ -111,8 +116,9 @@ class SelectConfig:
     )
 
     def __post_init__(self) -> None:
-        one_of("selector", self.selector, SELECTORS)
-        one_of("scoring", self.scoring, SCORINGS)
+        one_of("selector", self.selector, tuple(SELECTORS))
+        one_of("scoring", self.scoring, tuple(SCORINGS))
+        one_of("less_reduce", self.less_reduce, LESS_REDUCE)
         one_of("on_short", self.on_short, ON_SHORT)
         one_of("within_cluster", self.within_cluster, WITHIN_CLUSTER)
         check_count_or_fraction("budget", self.budget)
