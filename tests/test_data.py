@@ -542,9 +542,10 @@ def test_compare_seeds_pool_direction():
     pool = (
         _pairs("p", 4, ("en", "zh")) + _pairs("q", 1, ("zh", "en")) + _pairs("n", 2, (None, None))
     )
-    (msg,) = compare_seeds_pool(seeds, pool)
+    msg, no_target = compare_seeds_pool(seeds, pool)
     assert "zh->en (3 of 4" in msg and "en->zh (4 of 5)" in msg
     assert msg.index("zh->en") < msg.index("en->zh")  # seeds first, then the pool
+    assert no_target.startswith("2 of 7 pool pairs name no target language")
     # same most common direction: no warning even though both are mixed
     assert (
         compare_seeds_pool(seeds, _pairs("p", 4, ("zh", "en")) + _pairs("q", 1, ("en", "zh"))) == []

@@ -400,3 +400,35 @@ def test_a_finished_run_keeps_float32_factors_and_no_prepared_seeds(defaults_run
         dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
     assert dtypes == {"torch.float32"}
     assert not (out / "seeds.pt").exists()  # only an unfinished scoring pass needs them
+
+
+# ------------------------------------------------------------------ 11: inputs said plainly
+
+
+def test_seeds_have_field_options_of_their_own(tiny_llama_dir, inputs, tmp_path, capsys):
+    seeds = tmp_path / "seeds.jsonl"
+    write_jsonl(seeds, [{"id": r["id"], "source": r["src"], "target": r["tgt"]}
+                        for r in _lines(inputs[0])])  # fmt: skip
+    args = [*_run_args(tiny_llama_dir, (seeds, inputs[1]), tmp_path / "r"), "--budget", "5"]
+    assert main(args) == 2  # the pool's fields do not fit the seeds: the fields are listed
+    line = _one_error(capsys.readouterr().err, "run")
+    assert str(seeds) in line and "source" in line and "target" in line
+    assert main([*args, "--seeds-src-field", "source", "--seeds-tgt-field", "target"]) == 0
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["inputs"]["seeds"]["fields"] == ["source", "target"]  # part of its identity
+
+
+def test_a_pool_without_target_language_is_said(tiny_llama_dir, tmp_path, caplog):
+    pairs = toy_pairs(20, seed=7)
+    seeds, pool = tmp_path / "seeds.tsv", tmp_path / "pool.tsv"
+    seeds.write_text("".join(f"{p.src}\t{p.tgt}\n" for p in pairs[:3]))
+    pool.write_text("".join(f"{p.src}\t{p.tgt}\n" for p in pairs[3:]))
+    for out, langs in (("r", []), ("r2", ["--src-lang", "de", "--tgt-lang", "en"])):
+        caplog.clear()
+        args = [*_run_args(tiny_llama_dir, (seeds, pool), tmp_path / out), "--budget", "4"]
+        assert main([*args, *langs]) == 0
+        said = [r.message for r in caplog.records if "name no target language" in r.message]
+        if langs:
+            assert not said
+        else:
+            assert said and said[0].startswith("17 of 17 pool pairs") and "--tgt-lang" in said[0]

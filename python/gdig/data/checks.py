@@ -37,6 +37,8 @@ def compare_seeds_pool(seeds: Sequence[Pair], pool: Iterable[Pair]) -> list[str]
 
     * When seeds and pool both carry languages and the seeds' most common direction
       (src_lang->tgt_lang) differs from the pool's, one message naming both.
+    * When pool pairs name no target language, one message: the prompt then asks for
+      English (a TSV pool without --tgt-lang, say).
     * When seeds also occur in the pool (same src and same tgt after stripping
       whitespace at both ends), one message with their number and up to 5 ids.
 
@@ -46,7 +48,10 @@ def compare_seeds_pool(seeds: Sequence[Pair], pool: Iterable[Pair]) -> list[str]
     seed_keys = {_key(s) for s in seeds}
     pool_langs: Counter = Counter()
     pool_id: dict[tuple[str, str], str] = {}  # first pool pair with a seed's texts
+    n_pool = no_target = 0
     for p in pool:
+        n_pool += 1
+        no_target += not p.tgt_lang
         if p.src_lang and p.tgt_lang:
             pool_langs[(p.src_lang, p.tgt_lang)] += 1
         if (key := _key(p)) in seed_keys:
@@ -61,6 +66,12 @@ def compare_seeds_pool(seeds: Sequence[Pair], pool: Iterable[Pair]) -> list[str]
             f"the pool translates {p_src}->{p_tgt} ({p_n} of {p_all}); the gradients of one "
             "direction say little about the other: check that seeds and pool match (swap "
             "src/tgt or fix --src-lang/--tgt-lang)"
+        )
+    if no_target:  # the prompt then names no language: "into English" by default
+        warnings.append(
+            f"{no_target} of {n_pool} pool pairs name no target language (tgt_lang): their "
+            "prompt asks for a translation into English; pass --tgt-lang (and --src-lang), "
+            "or add the fields, if that is wrong"
         )
     shared = [(s.id, pool_id[key]) for s in seeds if (key := _key(s)) in pool_id]
     if shared:
