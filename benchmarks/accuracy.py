@@ -29,7 +29,9 @@ prepared seeds' memory, and fit + seeds + score of this run against r = 32's.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,15 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from harness import (
-    ROOT,
-    Machine,
-    add_common_args,
-    command,
-    real_pairs,
-    run_child,
-    write_section,
-)
+from harness import ROOT, Machine, add_common_args, child_main, command, real_pairs, write_section
 
 DATA_FILE = "tatoeba.zh-en.jsonl"
 TAU = 0.9
@@ -122,9 +116,10 @@ def seed_mib(sg) -> float:
                for u, v in zip(sg.u, sg.v, strict=True)) / 2**20  # fmt: skip
 
 
-def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray], str]:
+def load(args: argparse.Namespace):
+    """SmolLM2, the seeds, the candidates and the default config of this study."""
     import torch
-    from helpers_models import engine_config, with_options
+    from helpers_models import engine_config
 
     from gdig.model import ensure_smollm2, load_model
 
@@ -133,20 +128,50 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray],
     model, tok = load_model(ensure_smollm2(), progress=False)
     seeds = real_pairs(DATA_FILE, 0, args.seeds, args.data_dir)
     cands = real_pairs(DATA_FILE, args.seeds, args.candidates, args.data_dir)
-    base = engine_config(factor_samples=0, batch_size=args.batch_size)
-    work = Path(tempfile.mkdtemp(prefix="gdig-accuracy-"))
-    refs: dict[str, np.ndarray] = {}
+    return model, tok, seeds, cands, engine_config(factor_samples=0, batch_size=args.batch_size)
 
+
+def gdig_exact_child(spec: dict) -> dict:
+    """gdig's exact mode, in its own process (it holds gigabytes): benefits to an .npy.
+    Small batches and shards, since a shard's full-gradient features stay in memory."""
+    from helpers_models import with_options
+
+    args = argparse.Namespace(**spec)
+    model, tok, seeds, cands, base = load(args)
+    cfg = with_options(base, exact=True, batch_size=4, shard_size=4)
+    work = Path(spec["work"])
+    *_, store, fit_s, seeds_s, score_s = run_gdig(model, tok, seeds, cands, cfg, work / "exact")
+    np.save(work / "gdig-exact.npy", benefits(store))
+    return {"fit_s": fit_s, "seeds_s": seeds_s, "score_s": score_s}
+
+
+def start_references(args: argparse.Namespace, work: Path) -> dict[str, tuple]:
+    """The exact references, each in a child process running beside the main one."""
+    common = {
+        "seeds": args.seeds, "candidates": args.candidates, "batch_size": args.batch_size,
+        "threads": args.threads, "work": str(work), "data_dir": args.data_dir,
+    }  # fmt: skip
+    jobs: dict[str, tuple] = {}
+    env = {**os.environ, "TQDM_DISABLE": "1"}
     if not args.no_gdig_exact:
-        exact = with_options(base, exact=True, export_benefit_matrix=False)
-        *_, store, _, _, _ = run_gdig(model, tok, seeds, cands, exact, work / "exact")
-        refs["gdig exact"] = benefits(store)
-        del store  # its features are the full gradients: gigabytes
-        import shutil
+        cmd = [sys.executable, __file__, "--child", json.dumps(common)]
+        jobs["gdig exact"] = (subprocess.Popen(cmd, env=env), work / "gdig-exact.npy")
+    if not args.no_kronfluence:
+        if not (ROOT / ".peers" / "kronfluence").is_dir():
+            raise SystemExit("accuracy: kronfluence is not in .peers/; run `make peers` first")
+        spec = {**common, "method": "kronfluence-exact", "subset": 2, "exact_seeds": args.seeds,
+                "model": "smollm2", "official_bq": 1, "save_scores": True}  # fmt: skip
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--child", json.dumps(spec)]
+        jobs["kronfluence exact"] = (subprocess.Popen(cmd, env=env), work / "kronfluence-exact.npy")
+    return jobs
 
-        shutil.rmtree(work / "exact")
-        print("gdig exact done", flush=True)
 
+def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray], str]:
+    from helpers_models import with_options
+
+    work = Path(tempfile.mkdtemp(prefix="gdig-accuracy-"))
+    jobs = start_references(args, work)
+    model, tok, seeds, cands, base = load(args)
     rows: list[Row] = []
     factors32 = None
     for r in args.ranks:
@@ -170,20 +195,12 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray],
         rows.append(Row(f"k = {k} (r = 32)", benefits(store), rescored, feats, fit_s, seeds_s,
                         score_s, seed_mib(sg), {"dim": feats.shape[1]}))  # fmt: skip
         print(f"k = {k}", f"fit {fit_s:.1f} seeds {seeds_s:.1f} score {score_s:.1f}", flush=True)
-
-    if not args.no_kronfluence:
-        if not (ROOT / ".peers" / "kronfluence").is_dir():
-            raise SystemExit("accuracy: kronfluence is not in .peers/; run `make peers` first")
-        spec = {
-            "method": "kronfluence-exact", "seeds": args.seeds, "candidates": args.candidates,
-            "batch_size": args.batch_size, "subset": 2, "threads": args.threads,
-            "exact_seeds": args.seeds, "work": str(work), "model": "smollm2", "official_bq": 1,
-            "data_dir": args.data_dir, "save_scores": True,
-        }  # fmt: skip
-        res = run_child(ROOT / "benchmarks" / "peers.py", spec, {"TQDM_DISABLE": "1"})
-        if "failed" in res:
-            raise SystemExit(f"accuracy: kronfluence-exact failed: {res['failed']}")
-        refs["kronfluence exact"] = np.load(work / "kronfluence-exact.npy")
+    refs: dict[str, np.ndarray] = {}
+    for name, (proc, path) in jobs.items():
+        if proc.wait() != 0 or not path.is_file():  # killed (out of memory?) or failed
+            print(f"accuracy: {name} failed (exit {proc.returncode}); left out", file=sys.stderr)
+            continue
+        refs[name] = np.load(path)
     return rows, refs, str(work)
 
 
@@ -263,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-kronfluence", action="store_true", help="skip kronfluence-exact")
     ap.add_argument("--out", default=None, help="write the section into this RESULTS.md")
     add_common_args(ap)
+    argv = sys.argv[1:] if argv is None else argv
+    if child_main(argv, gdig_exact_child):
+        return
     args = ap.parse_args(argv)
     args.ranks = [int(x) for x in args.ranks.split(",") if x.strip()]
     args.k = [int(x) for x in args.k.split(",") if x.strip()]
