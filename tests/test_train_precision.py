@@ -78,6 +78,37 @@ def test_choose_measures_at_the_model_shapes_only_for_auto(monkeypatch):
     assert len(calls) == 1  # an explicit precision is not measured
 
 
+def test_repeats_alternate_until_the_budget_or_a_decisive_bf16_loss():
+    def scripted(fp32, bf16):
+        calls = []
+        seq = {"fp32": iter(fp32), "bf16": iter(bf16)}
+
+        def run(precision):
+            calls.append(precision)
+            return next(seq[precision])
+
+        return run, calls
+
+    def ticking():  # a clock that advances one second a call
+        t = iter(range(1000))
+        return lambda: float(next(t))
+
+    # bf16 over 2x fp32 at the first repeat: stop there, keep fp32's verdict
+    run, calls = scripted([1.0], [2.5])
+    assert precision_mod.repeat(run, 100.0, ticking()) == (1.0, 2.5)
+    assert calls == ["fp32", "bf16"]
+    # otherwise at least MIN_REPEATS, then until the budget: medians resist one outlier
+    run, calls = scripted([1.0, 5.0, 1.0, 1.0, 1.0], [0.5, 0.5, 1.9, 0.5, 0.5])
+    fp32_s, bf16_s = precision_mod.repeat(run, 2.5, ticking())
+    assert (fp32_s, bf16_s) == (1.0, 0.5)
+    assert calls == ["fp32", "bf16"] * 5  # clock 0 at start, 1 after repeat 3, 2, then 3
+    # and never more than MAX_REPEATS
+    n = precision_mod.MAX_REPEATS
+    run, calls = scripted([1.0] * n, [1.0] * n)
+    precision_mod.repeat(run, 1e9, ticking())
+    assert len(calls) == 2 * n
+
+
 def test_measure_returns_two_medians():
     # Whatever the machine: two positive durations, from a few repeats within the budget.
     fp32_s, bf16_s = precision_mod.measure(16, 32, 8, train=True, budget_s=0.05)

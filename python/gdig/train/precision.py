@@ -4,12 +4,13 @@
 Why measure: bf16 autocast pays only where the hardware multiplies bf16 fast (CUDA GPUs
 with bf16 support; CPUs with AMX or avx512_bf16). On an AVX2 CPU PyTorch converts and
 multiplies bf16 slower than fp32: the project measured 1.6-1.8x fp32's time for SmolLM2
-on a Xeon, and a bf16 matmul at 0.5x fp32's rate on a Zen3. So on a CPU ``auto`` times a
-few repeats of the model's MLP block (its hidden and intermediate sizes, at the number of
-tokens one pass holds; forward and backward when training) in fp32 and under bf16
-autocast, fp32 weights in both as in the real passes, and keeps bf16 only when it takes
-under :data:`FASTER` of fp32's time. On CUDA it keeps bf16 where the GPU supports it. The
-decision (:func:`decide`) is a pure function of the timings, so it is tested without timing.
+on a Xeon, and up to 20x for a training step's MLP block on a Zen3. So on a CPU ``auto``
+times a few repeats of the model's MLP block (its hidden and intermediate sizes, at the
+number of tokens one pass holds, up to 128; forward and backward when training) in fp32
+and under bf16 autocast, fp32 weights in both as in the real passes, and keeps bf16 only
+when it takes under :data:`FASTER` of fp32's time. On CUDA it keeps bf16 where the GPU
+supports it. The decision (:func:`decide`) and the repeat loop (:func:`repeat`) are pure
+functions of the timings, so they are tested without timing anything.
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ from gdig.train.config import PRECISIONS
 # bf16 must take under this share of fp32's time to be kept: a difference within the
 # run-to-run spread of a shared machine is not worth bf16's rounding.
 FASTER = 0.9
-# The measurement stops after this many seconds (at least MIN_REPEATS of each precision).
+# The measurement stops after this many seconds (at least MIN_REPEATS of each precision),
+# or after one repeat when bf16 takes over DECISIVE times fp32's time (as on an AVX2 CPU,
+# where one bf16 block at training's shape can take seconds).
 MEASURE_BUDGET_S = 0.8
 MIN_REPEATS, MAX_REPEATS = 3, 15
+DECISIVE = 2.0
+# Tokens of the measured block, at most: enough to be bound by the matmuls as the model is.
+MAX_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -109,37 +115,55 @@ def measure(
     *,
     train: bool,
     budget_s: float = MEASURE_BUDGET_S,
-    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float, float]:
-    """Median seconds (fp32, bf16 autocast) of one MLP block on ``tokens`` tokens on the CPU.
+    """Median seconds (fp32, bf16 autocast) of one MLP block on the CPU, on ``tokens``
+    tokens (at most :data:`MAX_TOKENS`: the ratio is what matters, not the size).
 
     The block is up projection, SiLU, down projection with fp32 weights, as the model's
     linear layers are (autocast casts them to bf16 at every call, a cost the real passes
-    pay too); with ``train`` the backward pass is timed as well. Repeats alternate between
-    the precisions so that a change of load on a shared machine hits both alike.
+    pay too); with ``train`` the backward pass is timed as well.
     """
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(tokens, hidden, generator=g)
+    x_full = torch.randn(min(tokens, MAX_TOKENS), hidden, generator=g).requires_grad_(train)
     w_up = (torch.randn(inter, hidden, generator=g) / hidden**0.5).requires_grad_(train)
     w_down = (torch.randn(hidden, inter, generator=g) / inter**0.5).requires_grad_(train)
-    x.requires_grad_(train)
 
-    def block(precision: str) -> float:
+    def block(precision: str, x: torch.Tensor = x_full) -> float:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else None
-        t0 = clock()
+        t0 = time.perf_counter()
         with ctx or contextlib.nullcontext(), torch.set_grad_enabled(train):
             y = F.linear(F.silu(F.linear(x, w_up)), w_down)
         if train:
             y.float().sum().backward()
             x.grad = w_up.grad = w_down.grad = None
-        return clock() - t0
+        return time.perf_counter() - t0
 
-    block("fp32"), block("bf16")  # warm-up: first calls allocate and pick kernels
+    # Warm-up on a few tokens: the first calls allocate and pick kernels, and where bf16
+    # is very slow a full-size warm-up would cost as much as the measurement.
+    small = x_full[:4].detach().requires_grad_(train)
+    block("fp32", small), block("bf16", small)
+    return repeat(block, budget_s)
+
+
+def repeat(
+    run: Callable[[str], float],
+    budget_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float]:
+    """Median seconds (fp32, bf16) of ``run(precision)``, the precisions alternating so
+    that a change of load on a shared machine hits both alike.
+
+    Repeats stop after ``budget_s`` (with at least :data:`MIN_REPEATS` of each), or at once
+    when bf16 took over :data:`DECISIVE` times fp32's time: a safe verdict (fp32 is kept)
+    that saves the seconds a very slow bf16 would cost.
+    """
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     start = clock()
     while len(times["fp32"]) < MAX_REPEATS:
         for precision in ("fp32", "bf16"):
-            times[precision].append(block(precision))
+            times[precision].append(run(precision))
+        if times["bf16"][-1] > DECISIVE * times["fp32"][-1]:
+            break
         if len(times["fp32"]) >= MIN_REPEATS and clock() - start > budget_s:
             break
     return statistics.median(times["fp32"]), statistics.median(times["bf16"])
