@@ -266,7 +266,7 @@ class RunOptions:
         return EngineConfig(self.factors, self.scoring, self.execution)
 
     def as_manifest(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return dataclasses.asdict(self)  # one dict per section: the fields are SECTIONS
 
 
 @dataclass
