@@ -176,10 +176,13 @@ else
 fi
 
 # ---------------------------------------------------------------- torchrun, 2 ranks
+# fit, then score, each a launch of its own, on the pipeline stage's model and pairs
+RANKS='for verb in fit score; do
+  "$0" -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/gpu_pipeline.py \
+    --ranks "$verb" --device "$1" --work "$2" --json "$3" || exit 1
+done'
 if [ "$DRY" = 1 ] || [ "$GPUS" -ge 2 ]; then
-  stage torchrun 120 5 "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
-    benchmarks/gpu_pipeline.py --ranks --device "$DEVICE" --work "$WORK/pipeline" \
-    --json "$LOGS/torchrun.json"
+  stage torchrun 120 5 bash -c "$RANKS" "$PY" "$DEVICE" "$WORK/pipeline" "$LOGS/torchrun.json"
 else
   skip torchrun "$GPUS GPU(s) visible; needs 2"
 fi

@@ -72,14 +72,24 @@ def merged_busy_us(intervals: list[tuple[float, float]]) -> float:
 
 
 def device_intervals(prof) -> list[tuple[float, float]]:
-    """(start, end) in microseconds of everything the profiler saw run on a GPU."""
+    """(start, end) in microseconds of everything the profiler saw run on a GPU: its
+    device-side events, or (torch versions that leave them out of ``events()``) kineto's."""
     from torch.autograd import DeviceType
 
-    return [
+    spans = [
         (e.time_range.start, e.time_range.end)
         for e in prof.events()
-        if e.device_type == DeviceType.CUDA
+        if getattr(e, "device_type", None) == DeviceType.CUDA
     ]
+    if spans:
+        return spans
+    raw = getattr(getattr(prof, "profiler", None), "kineto_results", None)
+    for e in raw.events() if raw is not None else []:
+        if e.device_type() == DeviceType.CUDA:
+            start = e.start_ns() / 1e3 if hasattr(e, "start_ns") else e.start_us()
+            length = e.duration_ns() / 1e3 if hasattr(e, "duration_ns") else e.duration_us()
+            spans.append((start, start + length))
+    return spans
 
 
 class Timed:
@@ -121,11 +131,14 @@ class Timed:
             fn(*bound.args, **bound.kwargs)
             self._sync()
             wall = time.perf_counter() - t
-        busy = merged_busy_us(device_intervals(prof)) / 1e6 if gpu else None
+        spans = device_intervals(prof) if gpu else []
+        # No GPU event at all means the profiler could not see the GPU (no CUPTI), not idle.
+        busy = merged_busy_us(spans) / 1e6 if spans else None
         sort = "self_device_time_total" if gpu else "self_cpu_time_total"
         with contextlib.suppress(Exception):  # a table is a nicety; older torch names differ
             self.profile["top_ops"] = prof.key_averages().table(sort_by=sort, row_limit=15)
         self.profile.update(
+            gpu_events=len(spans),
             profiled_score_s=wall,
             gpu_busy_s=busy,
             gpu_busy_share=busy / wall if busy is not None else None,
@@ -164,9 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-report", action="store_true", help="leave out gdig report")
     p.add_argument(
         "--ranks",
-        action="store_true",
-        help="under torchrun: fit and score again on every rank, with the model and pairs an "
-        "earlier run left in --work (into WORK/torchrun)",
+        choices=["fit", "score"],
+        help="under torchrun: run this verb on every rank, with the model and pairs an earlier "
+        "run left in --work, into WORK/torchrun (one verb a launch: each process joins the "
+        "process group once)",
     )
     p.add_argument("--work", type=Path, default=Path("/tmp/gdig_gpu_pipeline"))
     p.add_argument("--json", type=Path, help="write the results here")
@@ -199,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         ["fit", "--model", str(model_dir), "--pool", str(pool), "--autocast", "bf16"],
         ["score", "--seeds", str(seeds)],
     ]
-    if not args.ranks:  # selection and the report run on one process anyway
+    if args.ranks:
+        verbs = [v for v in verbs if v[0] == args.ranks]
+    else:  # selection and the report run on one process anyway
         verbs.append(["select", "--budget", str(max(1, args.n_pool // 10)), "--tau", "0.5",
                       "--on-short", "fill"])  # fmt: skip
         try:
@@ -230,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         "engine_s": timed.seconds,
         "stage_s": {k: v.get("seconds") for k, v in manifest["stages"].items()},
         "gpu_busy_share": timed.profile.get("gpu_busy_share"),
+        "gpu_events_profiled": timed.profile.get("gpu_events"),
     }
     # score_candidates ends on a barrier of every rank: rank 0's time is the whole pool's.
     result["candidates_per_s"] = result["candidates"] / score_s if score_s else None

@@ -71,7 +71,7 @@ def _torchrun(logs: Path) -> list[str]:
     r = json.loads(path.read_text())
     rate = r.get("candidates_per_s")
     return [
-        f"torchrun, {r['ranks']} ranks: fit and score again; "
+        f"torchrun, {r['ranks']} ranks: score again; "
         + (f"{rate:.1f} candidates/s; " if rate else "")
         + "engine seconds "
         + ", ".join(f"{k} {v:.1f}" for k, v in r["engine_s"].items())
