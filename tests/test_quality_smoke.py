@@ -119,6 +119,12 @@ def test_smoke_run(tmp_path):
     assert arms == ARMS.split(",")
     assert report["status"] == {"done": 20, "planned": 20, "partial": False}
     assert [e["direction"] for e in report["experiments"]] == ["zh-en", "de-en"]
+    # precision auto is decided once: every run trains with the same numerics
+    chosen = report["precision"]["train"]
+    assert chosen in ("fp32", "bf16") and report["precision"]["why"].startswith("auto")
+    assert {
+        r["finetune"]["precision"]["name"] for e in report["experiments"] for r in e["runs"]
+    } == {chosen}
     for exp in report["experiments"]:
         rows = {r["arm"]: r for r in exp["table"]}
         assert list(rows) == arms, exp["direction"]

@@ -75,26 +75,39 @@ DEFAULT_ARMS = (
     "gdig,quality-raw,quality-cosine,diversity,random,rules,loss,less,coverage-cosine," + WHOLE
 )
 
-# Time arithmetic of the defaults. Measured on this 2-core CPU (AMD EPYC Zen3, avx2, no fast
-# bf16: `auto` precision picks fp32) with SmolLM2-135M-Instruct and the current gdig.train
-# (length-grouped batches, key-value-cache decoding), one fine-tune of 150 zh-en pool pairs
-# (2 epochs, batch 8: 38 steps) and the decoding of 100 in-domain test sentences (batch 32,
-# max 64 new tokens); see SECONDS below for the rates and the load they were taken at.
-#   training: SECONDS["train_example"] per example seen (2 epochs: 2 x the subset)
-#   decoding: SECONDS["decode_sentence"] per sentence, + SECONDS["model_load"] per call
-#   gdig run: ~0.12 s per pool pair (1,000 took 161 s: fit 47 s, score 104 s; the seed
-#     profile gives 0.135 s/candidate): ~6 min for a pool of 3,000, per direction
-# Defaults: zh-en pool 3,000 at budgets 5% and 10% (150 and 300 pairs) and de-en at 10%,
-# 9 selector arms x 3 training seeds, the whole pool once, 300 + 300 test sentences:
-#   a 150-pair run: train 300 examples, decode 600 sentences; a 300-pair run: 600 and 600;
-#   a whole-pool run: 6,000 examples; a dev trial: the 150-pair training + 200 dev sentences
+# Time arithmetic of the defaults. Measured with `run_quality.py --measure-rates` (commit
+# 11b92d5 + this driver; SmolLM2-135M-Instruct, the current gdig.train: length-grouped
+# batches, key-value-cache decoding, precision auto -> fp32 here, bf16 autocast measured
+# 21x slower for training) on the 2-core AMD EPYC Zen3 (avx2, fma; no avx512/bf16) while it
+# was shared (1-minute load 13.5), so with one torch thread, where CPU seconds are what one
+# core delivers (with two threads on a loaded machine the spin-waiting threads inflated
+# them ~4x):
+#   one fine-tune of 150 zh-en pool pairs, 2 epochs, batch 8 (38 steps, 300 examples, 7%
+#     padding): 249 CPU s = 0.83 s per example (983 s wall at that load)
+#   decoding 100 in-domain test sentences, batch 32, max 64 new tokens (8.7 on average):
+#     24 CPU s = 0.24 s per sentence (85 s wall), model load ~3 s
+#   gdig run: 0.12 s per pool pair on two quiet cores (earlier measurement: 1,000 pairs in
+#     161 s, fit 47 s + score 104 s); ~0.2 s on one core
+# The plan below takes these one-core rates as the wall time of a run, i.e. a machine with a
+# core to spare; two quiet cores should take roughly 0.6x of it (an estimate: not measured,
+# the machine was never quiet), and a machine loaded as it was when measured ~4x (983 s wall
+# against 249 CPU s).
+# Defaults: zh-en pool 3,000 at budgets 10% and 5% (300 and 150 pairs) and de-en at 10%;
+# 9 selector arms x 3 training seeds; the whole pool once; 300 + 300 test sentences; dev
+# choice 2 taus x 3 scorings (6 trials at most; a trial choosing the subset of an earlier
+# one reuses it), 150 pairs + 200 dev sentences each:
+#   a 300-pair run: 600 examples x 0.83 + 600 sentences x 0.24 + 3 loads = ~11 min
+#   a 150-pair run: 300 x 0.83 + 600 x 0.24 + 9 = ~6.7 min; whole pool: 6,000 x 0.83 = ~86 min
+#   zh-en: 27 x 11 min (4.9 h) + 27 x 6.7 min (3.0 h) + whole pool 1.4 h + gdig run 0.2 h
+#     + dev choice <= 0.5 h = ~10 h; de-en: 4.9 + 1.4 + 0.2 + dev choice at 300 pairs
+#     <= 0.9 h = ~7.5 h; total ~17.6 h (two quiet cores: ~11 h; loaded as measured: days)
 # `planned_parts` does this sum for any settings; TIME_BUDGET is its figure for the defaults
 # (printed at the start and written into RESULTS.md beside the measured times).
 SECONDS = {
-    "train_example": 0.30,
-    "decode_sentence": 0.10,
+    "train_example": 0.83,
+    "decode_sentence": 0.24,
     "model_load": 3.0,
-    "gdig_run_pair": 0.12,
+    "gdig_run_pair": 0.2,
     "select": 10.0,
 }
 SMOKE = {
@@ -114,7 +127,6 @@ SMOKE = {
     "layer_stride": 1,
     "gdig_args": "--k-in 4 --k-out 4 --rank 4",
     "bootstrap_n": 50,
-    "precision": "fp32",
     "dev_taus": "0.9",
     "dev_scorings": "raw,cosine",  # the same gdig subset: the second trial reuses the first
 }
@@ -229,8 +241,10 @@ def time_budget(args: argparse.Namespace) -> str:
     }
     total = sum(sum(p.values()) for p in plans.values())
     return (
-        f"at {SECONDS['train_example']} s per training example, {SECONDS['decode_sentence']} "
-        f"s per decoded sentence, {SECONDS['gdig_run_pair']} s per pool pair scored: "
+        f"at one core's rates ({SECONDS['train_example']} s per training example, "
+        f"{SECONDS['decode_sentence']} s per decoded sentence, {SECONDS['gdig_run_pair']} s "
+        "per pool pair scored; not measured: two quiet cores should take roughly 0.6x, a "
+        "loaded machine took 4x): "
         + " + ".join(
             f"{d} ({', '.join(f'{k} {v / 3600:.2f} h' for k, v in p.items())})"
             for d, p in plans.items()
@@ -869,6 +883,32 @@ class Experiment:
 
         return resolve_model(self.args.model, progress=self.args.progress)
 
+    def resolve_precision(self) -> None:
+        """``auto`` decided once per work folder (gdig.train's measurement, kept in
+        ``precision.json``): every arm trains and decodes with the same numerics, whatever
+        the load at the moment, and a resumed experiment keeps the first decision."""
+        a, path = self.args, self.out / "precision.json"
+        if a.precision != "auto":
+            self.precision = {"train": a.precision, "eval": a.precision, "why": "as asked"}
+            return
+        if path.is_file():
+            self.precision = _read_json(path)
+            return
+        from gdig.model.load import load_model
+        from gdig.train.precision import choose
+
+        model, _ = load_model(self.base, device=a.device, dtype="float32", progress=False)
+        tokens = a.train_batch_size * 40  # a batch of typical pairs (about 40 tokens each)
+        train = choose("auto", model, tokens=tokens, train=True)
+        decode = choose("auto", model, tokens=a.eval_batch_size, train=False)
+        self.precision = {
+            "train": train.name,
+            "eval": decode.name,
+            "why": f"auto, decided once: training {train.reason}; decoding {decode.reason}",
+        }
+        _write_json(path, self.precision)
+        log(f"precision: {self.precision}")
+
     def finetune_cfg(self, seed: int):
         from gdig.train.config import FinetuneConfig
 
@@ -880,7 +920,7 @@ class Experiment:
             train_batch_size=a.train_batch_size,
             grad_accum=a.grad_accum,
             warmup_ratio=a.warmup_ratio,
-            precision=a.precision,
+            precision=self.precision["train"],
             train_seed=seed,
         )
 
@@ -891,7 +931,7 @@ class Experiment:
         return EvalConfig(
             max_new_tokens=a.max_new_tokens,
             eval_batch_size=a.eval_batch_size,
-            precision=a.precision,
+            precision=self.precision["eval"],
         )
 
     def train(self, pairs, out: Path, seed: int) -> Path:
@@ -931,6 +971,7 @@ class Experiment:
         d = self.directions[0]
         d.build_data()
         self.base = self.base_model()
+        self.resolve_precision()
         pairs = d.splits["pool"][: min(d.budgets)]
         out = self.out / "rates"
         shutil.rmtree(out, ignore_errors=True)
@@ -972,6 +1013,7 @@ class Experiment:
     def run(self) -> dict[str, Any]:
         log(f"planned: {self.n_planned()} runs; {time_budget(self.args)}")
         self.base = self.base_model()
+        self.resolve_precision()
         report = None
         for d in self.directions:
             d.run()
@@ -1032,6 +1074,7 @@ class Experiment:
             },
             "arms": [vars(arm) for arm in self.arms],
             "reference": REFERENCE,
+            "precision": self.precision,
             "time": {
                 "budget": TIME_BUDGET,
                 "rates": SECONDS,

@@ -102,7 +102,7 @@ def _row(arm: str, budget: int | None, runs: list[dict[str, Any]], refs) -> dict
     row["train_cpu_s"] = _mean(r.get("train_cpu_s") for r in runs)
     row["seconds_per_example"] = _mean(r["finetune"].get("seconds_per_example") for r in runs)
     row["precision"] = sorted(
-        {str((r["finetune"].get("precision") or {}).get("dtype", "?")) for r in runs}
+        {str((r["finetune"].get("precision") or {}).get("name", "?")) for r in runs}
     )
     row["loadavg"] = _mean(r.get("loadavg_1min_at_start") for r in runs)
     row["reused"] = sum(bool(r.get("same_as")) for r in runs)
@@ -577,6 +577,21 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
         "## Summary (generated from the tables below)",
         "",
         *(f"- {s}" for s in report["summary"]),
+        "",
+    ]
+    p = report["precision"]
+    lines += [
+        "## Settings",
+        "",
+        f"- fine-tuning (gdig.train): epochs {a['epochs']}, max steps {a['max_steps']}, "
+        f"learning rate {a['learning_rate']}, batch {a['train_batch_size']} x accumulation "
+        f"{a['grad_accum']}, warm-up {a['warmup_ratio']}, template {a['template']}, longest "
+        f"example {a['max_length']} tokens; training seeds {a['train_seeds']} (whole pool: "
+        f"{a['whole_seeds']}); a fresh copy of the base model for every run.",
+        f"- decoding: greedy, max new tokens {a['max_new_tokens']}, batch {a['eval_batch_size']}.",
+        f"- precision: training {p['train']}, decoding {p['eval']} ({p['why']}).",
+        f"- choices on dev only: taus {a['dev_taus'] or a['tau']}, scorings "
+        f"{a['dev_scorings'] or a['scoring']}; the test sets choose nothing.",
         "",
     ]
     for exp in report["experiments"]:
