@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gdig.data.pair import _META_FIELDS, LINE_FIELD, Pair, PairsError
+from gdig.data.pair import LINE_FIELD, META_FIELDS, Pair, PairsError
 from gdig.io.errors import UsageError
 
 
@@ -15,16 +15,16 @@ def _field_list(rec: dict[str, Any]) -> str:
     return ", ".join(str(k) for k in rec) if rec else "none"
 
 
-def _check_field_names(src_field: Any, tgt_field: Any) -> None:
+def check_field_names(src_field: Any, tgt_field: Any) -> None:
     for flag, value in (("src_field", src_field), ("tgt_field", tgt_field)):
         if not isinstance(value, str) or not value.strip():
             raise UsageError(
                 f"{flag}={value!r} (--{flag.replace('_', '-')}): must be a non-empty field name"
             )
-        if value in _META_FIELDS:
+        if value in META_FIELDS:
             raise UsageError(
                 f"{flag}={value!r} (--{flag.replace('_', '-')}): {value!r} is a reserved "
-                f"field ({', '.join(_META_FIELDS)}); name the field that holds the text"
+                f"field ({', '.join(META_FIELDS)}); name the field that holds the text"
             )
     if src_field == tgt_field:
         raise UsageError(
@@ -33,7 +33,7 @@ def _check_field_names(src_field: Any, tgt_field: Any) -> None:
         )
 
 
-def _check_lang(name: str, value: Any) -> str | None:
+def check_lang(name: str, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
@@ -44,7 +44,7 @@ def _check_lang(name: str, value: Any) -> str | None:
     return value.strip() or None
 
 
-class _LineParser:
+class LineParser:
     """Turns one decoded line into a Pair; raises PairsError naming the field."""
 
     def __init__(
@@ -65,7 +65,7 @@ class _LineParser:
         self.src_field = src_field
         self.tgt_field = tgt_field
         self.default_lang = {"src_lang": src_lang, "tgt_lang": tgt_lang}
-        self.core = (*_META_FIELDS, src_field, tgt_field)
+        self.core = (*META_FIELDS, src_field, tgt_field)
         # a TSV header's names, lower-cased, that mean one of the core fields
         self.core_by_lower = {name.lower(): name for name in self.core}
 

@@ -10,8 +10,8 @@ from gdig.io.errors import UsageError
 LINE_FIELD = "<line>"  # field name for problems of a whole line (bad JSON, too long, ...)
 FILE_FIELD = "<file>"  # field name for problems of the whole file (no pairs at all)
 
-_META_FIELDS = ("id", "src_lang", "tgt_lang")  # the fields besides the two texts
-_BAD_LINE_POLICIES = ("error", "skip")
+META_FIELDS = ("id", "src_lang", "tgt_lang")  # the fields besides the two texts
+BAD_LINE_POLICIES = ("error", "skip")
 
 
 @dataclass(slots=True)

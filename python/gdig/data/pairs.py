@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from gdig.data.formats import FORMATS, InputFormat, Unit, format_from_name, formats_text, sniff
-from gdig.data.lineparser import _check_field_names, _check_lang, _LineParser
-from gdig.data.pair import _BAD_LINE_POLICIES, FILE_FIELD, LINE_FIELD, Pair, PairsError
+from gdig.data.lineparser import LineParser, check_field_names, check_lang
+from gdig.data.pair import BAD_LINE_POLICIES, FILE_FIELD, LINE_FIELD, Pair, PairsError
 from gdig.io.atomic import atomic_open
 
 __all__ = [
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-def _parse_unit(parser: _LineParser, unit: Unit, max_line_bytes: int) -> Pair | None:
+def parse_unit(parser: LineParser, unit: Unit, max_line_bytes: int) -> Pair | None:
     """The unit's Pair; None for a blank line or a TSV header; PairsError when bad."""
     line_no, _, content = unit
     if content is None:
@@ -97,25 +97,25 @@ class ReadOptions:
     tgt_lang: str | None = None
 
     def checked(self) -> ReadOptions:
-        if self.bad_lines not in _BAD_LINE_POLICIES:
-            raise ValueError(f"bad_lines={self.bad_lines!r}: use one of {_BAD_LINE_POLICIES}")
+        if self.bad_lines not in BAD_LINE_POLICIES:
+            raise ValueError(f"bad_lines={self.bad_lines!r}: use one of {BAD_LINE_POLICIES}")
         if self.fmt is not None and self.fmt not in FORMATS:
             raise ValueError(f"fmt={self.fmt!r}: use one of {', '.join(FORMATS)} or None (detect)")
         if self.max_line_bytes < 1:
             raise ValueError(f"max_line_bytes={self.max_line_bytes}: must be positive")
-        _check_field_names(self.src_field, self.tgt_field)
+        check_field_names(self.src_field, self.tgt_field)
         return replace(
             self,
-            src_lang=_check_lang("src_lang", self.src_lang),
-            tgt_lang=_check_lang("tgt_lang", self.tgt_lang),
+            src_lang=check_lang("src_lang", self.src_lang),
+            tgt_lang=check_lang("tgt_lang", self.tgt_lang),
         )
 
     @property
     def format(self) -> InputFormat:
         return FORMATS[self.fmt or "jsonl"]
 
-    def parser(self, path: Path) -> _LineParser:
-        return _LineParser(
+    def parser(self, path: Path) -> LineParser:
+        return LineParser(
             path,
             self.fmt or "jsonl",
             src_field=self.src_field,
@@ -149,13 +149,13 @@ def open_input(path: str | os.PathLike[str], opts: ReadOptions) -> tuple[Path, R
 
 
 def scan_pairs(
-    path: Path, opts: ReadOptions, parser: _LineParser, skips: list[dict[str, Any]]
+    path: Path, opts: ReadOptions, parser: LineParser, skips: list[dict[str, Any]]
 ) -> Iterator[tuple[Pair, int]]:
     """``(pair, offset)`` of every good unit, in file order, duplicates of ids included;
     bad units raise (``bad_lines="error"``) or are appended to ``skips``."""
     for unit in opts.format.scan(path, opts.max_line_bytes):
         try:
-            pair = _parse_unit(parser, unit, opts.max_line_bytes)
+            pair = parse_unit(parser, unit, opts.max_line_bytes)
         except PairsError as err:
             if opts.bad_lines == "error":
                 raise

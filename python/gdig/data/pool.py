@@ -26,14 +26,14 @@ import numpy as np
 
 from gdig.data.formats import UnitReader
 from gdig.data.idlist import IdList
-from gdig.data.lineparser import _LineParser
+from gdig.data.lineparser import LineParser
 from gdig.data.pair import Pair, PairsError
 from gdig.data.pairs import (
     ReadOptions,
-    _parse_unit,
     duplicate_id_error,
     finish_scan,
     open_input,
+    parse_unit,
     scan_pairs,
 )
 
@@ -49,7 +49,7 @@ class PoolIndex(Sequence[Pair]):
         self,
         path: Path,
         opts: ReadOptions,
-        parser: _LineParser,
+        parser: LineParser,
         id_blob: bytes,
         id_start: np.ndarray,
         lines: np.ndarray,
@@ -129,7 +129,7 @@ class PoolIndex(Sequence[Pair]):
 
     def _parse(self, r: int, unit: Any) -> Pair:
         try:
-            pair = _parse_unit(self._parser, unit, self.opts.max_line_bytes)
+            pair = parse_unit(self._parser, unit, self.opts.max_line_bytes)
         except PairsError:
             pair = None
         if pair is None or pair.id != self.id(r):
