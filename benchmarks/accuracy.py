@@ -119,8 +119,8 @@ def seed_mib(sg) -> float:
 def load(args: argparse.Namespace):
     """SmolLM2, the seeds, the candidates and the default config of this study."""
     import torch
-    from helpers_models import engine_config
 
+    from gdig.engine.config import EngineConfig
     from gdig.model import ensure_smollm2, load_model
 
     torch.set_num_threads(args.threads)
@@ -128,17 +128,17 @@ def load(args: argparse.Namespace):
     model, tok = load_model(ensure_smollm2(), progress=False)
     seeds = real_pairs(DATA_FILE, 0, args.seeds, args.data_dir)
     cands = real_pairs(DATA_FILE, args.seeds, args.candidates, args.data_dir)
-    return model, tok, seeds, cands, engine_config(factor_samples=0, batch_size=args.batch_size)
+    cfg = EngineConfig.from_flat(factor_samples=0, batch_size=args.batch_size)
+    return model, tok, seeds, cands, cfg
 
 
 def gdig_exact_child(spec: dict) -> dict:
     """gdig's exact mode, in its own process (it holds gigabytes): benefits to an .npy.
     Small batches and shards, since a shard's full-gradient features stay in memory."""
-    from helpers_models import with_options
 
     args = argparse.Namespace(**spec)
     model, tok, seeds, cands, base = load(args)
-    cfg = with_options(base, exact=True, batch_size=4, shard_size=4)
+    cfg = base.with_options(exact=True, batch_size=4, shard_size=4)
     work = Path(spec["work"])
     *_, store, fit_s, seeds_s, score_s = run_gdig(model, tok, seeds, cands, cfg, work / "exact")
     np.save(work / "gdig-exact.npy", benefits(store))
@@ -167,7 +167,6 @@ def start_references(args: argparse.Namespace, work: Path) -> dict[str, tuple]:
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray], str]:
-    from helpers_models import with_options
 
     work = Path(tempfile.mkdtemp(prefix="gdig-accuracy-"))
     jobs = start_references(args, work)
@@ -176,7 +175,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray],
     factors32 = None
     for r in args.ranks:
         # r = 0: no compression; the dense order gives the same numbers, and fast
-        cfg = with_options(base, rank=r, **({"dense_seeds_mb": 1 << 16} if r == 0 else {}))
+        cfg = base.with_options(rank=r, **({"dense_seeds_mb": 1 << 16} if r == 0 else {}))
         factors32, sg, store, fit_s, seeds_s, score_s = run_gdig(
             model, tok, seeds, cands, cfg, work / f"r{r}", factors32
         )
@@ -186,7 +185,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray],
         rows.append(Row(label, benefits(store), None, feats, fit_s, seeds_s, score_s, seed_mib(sg)))
         print(label, f"fit {fit_s:.1f} seeds {seeds_s:.1f} score {score_s:.1f}", flush=True)
     for k in args.k:
-        cfg = with_options(base, k_in=k, k_out=k)
+        cfg = base.with_options(k_in=k, k_out=k)
         _, sg, store, fit_s, seeds_s, score_s = run_gdig(
             model, tok, seeds, cands, cfg, work / f"k{k}"
         )

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from harness import Machine, add_common_args, real_pairs, spread, timed_rounds, write_section
-from helpers_models import engine_config, with_options
 
 from gdig.engine import (
     collate,
@@ -51,6 +50,7 @@ from gdig.engine import (
     prepare_seeds,
     score_candidates,
 )
+from gdig.engine.config import EngineConfig
 
 DATA_FILE = "ding.de-en.jsonl"  # in --data-dir
 
@@ -101,7 +101,7 @@ def bench_model(name, model, tok, pool, seeds, fit_set, cfg, repeats: int) -> di
     same_set = [p.id for p in fit_set] == [p.id for p in pool]
     fit_batches = batches if same_set else batches_of(fit_set)
     # autocast is a factor option: bf16 scoring needs factors fitted under bf16 autocast.
-    cfgs = {"fp32": cfg, "bf16": with_options(cfg, autocast="bf16")}
+    cfgs = {"fp32": cfg, "bf16": cfg.with_options(autocast="bf16")}
     seed_grads = {}
     for prec, c in cfgs.items():
         factors = fit_factors(model, tok, fit_set, c, progress=False)
@@ -187,7 +187,7 @@ def main() -> None:
     seeds = real_pairs(DATA_FILE, 0, args.seeds, args.data_dir)
     pool = real_pairs(DATA_FILE, args.seeds, args.candidates, args.data_dir)
     fit_set = real_pairs(DATA_FILE, args.seeds, args.fit, args.data_dir)  # the first --fit
-    cfg = engine_config(factor_samples=0, batch_size=args.batch_size)
+    cfg = EngineConfig.from_flat(factor_samples=0, batch_size=args.batch_size)
     results = []
 
     from helpers_models import tiny_model

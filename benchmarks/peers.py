@@ -140,8 +140,8 @@ class Setup:
 
 def setup(spec: dict) -> Setup:
     import torch
-    from helpers_models import engine_config
 
+    from gdig.engine.config import EngineConfig
     from gdig.engine.layers import select_layers, tracked_layers
     from gdig.model import ensure_smollm2, load_model
 
@@ -155,7 +155,7 @@ def setup(spec: dict) -> Setup:
         model, tok = load_model(ensure_smollm2(), progress=False)
     seeds = real_pairs(DATA_FILE, 0, spec["seeds"], spec["data_dir"])
     cands = real_pairs(DATA_FILE, spec["seeds"], spec["candidates"], spec["data_dir"])
-    cfg = engine_config(factor_samples=0, batch_size=spec["batch_size"], rank=RANK)
+    cfg = EngineConfig.from_flat(factor_samples=0, batch_size=spec["batch_size"], rank=RANK)
     names = select_layers(model, cfg.factors.layers, cfg.factors.layer_stride)
     first = tracked_layers(model, names)[0]
     layers = f"{len(names)} {names[0].split('.')[-1]} layers ({first.d_out}x{first.d_in})"
@@ -228,11 +228,10 @@ def elapsed(t0: float) -> float:
 
 
 def run_gdig(spec: dict, s: Setup) -> tuple[dict, np.ndarray]:
-    from helpers_models import with_options
 
     from gdig.engine import fit_factors, prepare_seeds, score_candidates
 
-    cfg = with_options(s.cfg, autocast="bf16") if spec["method"] == "gdig-bf16" else s.cfg
+    cfg = s.cfg.with_options(autocast="bf16") if spec["method"] == "gdig-bf16" else s.cfg
     t, t0 = {}, time.perf_counter()
     factors = fit_factors(s.model, s.tok, s.cands, cfg, progress=False)
     t["fit"], t0 = elapsed(t0), time.perf_counter()
@@ -433,7 +432,6 @@ def run_official(spec: dict, s: Setup) -> tuple[dict, None]:
 def run_emulation(spec: dict, s: Setup) -> tuple[dict, None]:
     """The batch-1 per-seed emulation (see the module docstring); per-example times."""
     import torch
-    from helpers_models import with_options
 
     from gdig.engine import fit_factors
 
@@ -444,7 +442,7 @@ def run_emulation(spec: dict, s: Setup) -> tuple[dict, None]:
     for w in weights.values():
         w.requires_grad_(True)
     t, t0 = {}, time.perf_counter()
-    factors = fit_factors(model, s.tok, s.cands, with_options(s.cfg, method="kfac"), progress=False)
+    factors = fit_factors(model, s.tok, s.cands, s.cfg.with_options(method="kfac"), progress=False)
     t["fit"] = elapsed(t0)
 
     def grads_of(batches):

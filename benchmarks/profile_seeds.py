@@ -56,11 +56,11 @@ def main() -> None:
         ap.error(f"--repeats must be at least 3, got {args.repeats}")
 
     import torch
-    from helpers_models import engine_config, with_options
 
     import gdig.engine.capture as capture
     import gdig.engine.seeds as seeds_mod
     from gdig.engine import fit_factors, prepare_seeds, score_candidates
+    from gdig.engine.config import EngineConfig
     from gdig.engine.factors import LayerFactors
     from gdig.model import ensure_smollm2, load_model
 
@@ -75,7 +75,7 @@ def main() -> None:
     n = args.seeds
     seeds = real_pairs(DATA_FILE, 0, n, args.data_dir)
     pool = real_pairs(DATA_FILE, 2000, n, args.data_dir)
-    cfg = with_options(engine_config(factor_samples=0, batch_size=16), autocast=args.autocast)
+    cfg = EngineConfig.from_flat(factor_samples=0, batch_size=16, autocast=args.autocast)
     fit_set = real_pairs(DATA_FILE, 1000, 64, args.data_dir)
     factors = fit_factors(model, tok, fit_set, cfg, progress=False)
     prepare_seeds(model, tok, seeds[:4], factors, cfg, progress=False)  # warm-up
