@@ -57,7 +57,8 @@ def score_stats(
     """Per-candidate statistics of scores = cand [N,D] @ seeds [S,D]^T, streamed.
 
     Returns (n_pos int64 [N], mean [N], min [N], topk_val [N,k], topk_idx int64 [N,k]),
-    top-k sorted by descending score. Only a tile of the N x S matrix exists at a
+    top-k sorted by descending score, NaN first, equal scores by lower seed index: the first
+    k of a stable descending sort, on every device. Only a tile of the N x S matrix exists at a
     time, so ``cand`` may be a memory-mapped array wrapped by ``torch.from_numpy``.
     """
     return _ops.score_stats.default(cand, seeds, k)

@@ -58,7 +58,10 @@ def lowrank_benefit(
 def score_stats(
     cand: torch.Tensor, seeds: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per candidate of ``cand @ seeds^T``: (n_pos, mean, min, topk_val, topk_idx)."""
+    """Per candidate of ``cand @ seeds^T``: (n_pos, mean, min, topk_val, topk_idx).
+
+    torch.topk: the compiled op's top-k values; its indices may order equal scores
+    differently (the op breaks ties by lower seed index)."""
     acc = _acc_dtype(cand)
     chunk = 1 << 16  # a memory-mapped pool is read in pieces; everything else is whole
     n_pos, mean, mn, tv, ti = [], [], [], [], []
