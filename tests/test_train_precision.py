@@ -9,6 +9,7 @@ import importlib
 import json
 
 import pytest
+import torch
 from helpers_models import save_tiny, toy_pairs
 
 from gdig.io.validate import OptionError
@@ -110,8 +111,15 @@ def test_repeats_alternate_until_the_budget_or_a_decisive_bf16_loss():
 
 
 def test_measure_returns_two_medians():
-    # Whatever the machine: two positive durations, from a few repeats within the budget.
-    fp32_s, bf16_s = precision_mod.measure(16, 32, 8, train=True, budget_s=0.05)
+    # Whatever the machine: two positive durations, from a few repeats within the budget,
+    # measured in one thread, the caller's thread count restored.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fp32_s, bf16_s = precision_mod.measure(16, 32, 8, train=True, budget_s=0.05)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert fp32_s > 0 and bf16_s > 0
 
 

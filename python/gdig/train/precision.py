@@ -121,7 +121,8 @@ def measure(
 
     The block is up projection, SiLU, down projection with fp32 weights, as the model's
     linear layers are (autocast casts them to bf16 at every call, a cost the real passes
-    pay too); with ``train`` the backward pass is timed as well.
+    pay too); with ``train`` the backward pass is timed as well. It runs in one thread
+    (the caller's thread count is restored).
     """
     g = torch.Generator().manual_seed(0)
     x_full = torch.randn(min(tokens, MAX_TOKENS), hidden, generator=g).requires_grad_(train)
@@ -138,11 +139,20 @@ def measure(
             x.grad = w_up.grad = w_down.grad = None
         return time.perf_counter() - t0
 
-    # Warm-up on a few tokens: the first calls allocate and pick kernels, and where bf16
-    # is very slow a full-size warm-up would cost as much as the measurement.
-    small = x_full[:4].detach().requires_grad_(train)
-    block("fp32", small), block("bf16", small)
-    return repeat(block, budget_s)
+    # One thread: on a shared machine, threads waiting on each other inflate whichever
+    # precision runs more parallel regions (here, with 2 threads at load 14, fp32 came out
+    # at 0.94x bf16's decoding time, against 20x faster in one thread), and the ratio of
+    # the kernels is what decides.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # Warm-up on a few tokens: the first calls allocate and pick kernels, and where
+        # bf16 is very slow a full-size warm-up would cost as much as the measurement.
+        small = x_full[:4].detach().requires_grad_(train)
+        block("fp32", small), block("bf16", small)
+        return repeat(block, budget_s)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def repeat(
