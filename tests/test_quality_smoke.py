@@ -111,7 +111,7 @@ def test_smoke_run(tmp_path):
     end to end on a tiny model; relative paths only; a lost result is redone on resume."""
     out = tmp_path / "q"
     cmd = [sys.executable, str(QUALITY / "run_quality.py"), "--smoke", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = (out / "results.json").read_text()
     report = json.loads(text)
@@ -170,7 +170,7 @@ def test_smoke_run(tmp_path):
     # resume: a lost result is redone, every other run is skipped
     lost = out / "de-en" / "runs" / "b10-random-s0" / "result.json"
     lost.unlink()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trained = [line for line in proc.stdout.splitlines() if "fine-tuning on" in line]
     assert len(trained) == 1 and "de-en b10-random-s0" in trained[0], trained

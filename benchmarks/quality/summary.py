@@ -337,7 +337,7 @@ def _machine_line(report: dict[str, Any]) -> str:
     return (
         f"Commit {g['commit']} at the start of this invocation{dirty}{ran_on}. "
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['cpus_usable']} usable), torch "
-        f"{m['torch']} with {m['torch_threads']} threads, Python {m['python']}, device "
+        f"{m['torch']} (threads: {m['torch_threads']}), Python {m['python']}, device "
         f"{m['device']}; 1-minute load {m['loadavg_at_start']} at the start, "
         f"{m['loadavg_now'][0]} when this file was written ({report['written']}; started "
         f"{report['started']})."
