@@ -5,7 +5,7 @@
 #   tests      every CUDA test (tests/ -m cuda), each under a per-test timeout
 #   ops        the GPU's ceilings (copy, host-to-device, matmul) and each op against them
 #              (benchmarks/gpu_ceilings.py)
-#   pipeline   gdig fit/score/select --device cuda on the SmolLM2-135M architecture with
+#   pipeline   gdig fit/score(/select) --device cuda on the SmolLM2-135M architecture with
 #              random weights, 4,000 candidates x 256 seeds: candidates/s and the GPU-busy
 #              share of scoring (benchmarks/gpu_pipeline.py)
 #   sanitize   compute-sanitizer memcheck, racecheck, synccheck over benchmarks/gpu_smoke.py,
@@ -46,7 +46,7 @@ printf 'stage\tstatus\tseconds\tnote\n' >"$LOGS/stages.tsv"
 
 if [ "$DRY" = 1 ]; then
   # Toy sizes on a shared CPU: each stage may take several times its GPU budget.
-  DEVICE=cpu N_POOL=24 N_SEEDS=4 PIPELINE_ARGS=(--shrink --no-report) STRETCH=4
+  DEVICE=cpu N_POOL=24 N_SEEDS=4 PIPELINE_ARGS=(--shrink) STRETCH=4
 else
   DEVICE=cuda N_POOL="${N_POOL:-4000}" N_SEEDS="${N_SEEDS:-256}" PIPELINE_ARGS=() STRETCH=1
 fi
@@ -158,7 +158,7 @@ stage ops 80 100 "$PY" benchmarks/gpu_ceilings.py "${OPS_ARGS[@]}" \
   --json "$LOGS/ops.json" --md "$LOGS/ops_vs_ceilings.md"
 
 # ---------------------------------------------------------------- the pipeline
-stage pipeline 120 20 "$PY" benchmarks/gpu_pipeline.py --config "$CARRY/smollm2-config" \
+stage pipeline 150 20 "$PY" benchmarks/gpu_pipeline.py --config "$CARRY/smollm2-config" \
   --pairs "$CARRY/pairs" --n-pool "$N_POOL" --n-seeds "$N_SEEDS" --device "$DEVICE" \
   --work "$WORK/pipeline" --json "$LOGS/pipeline.json" ${PIPELINE_ARGS[@]+"${PIPELINE_ARGS[@]}"}
 

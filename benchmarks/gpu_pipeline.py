@@ -8,9 +8,8 @@ scored per second and the share of the scoring time the GPU is busy (torch.profi
 The model is built from ``--config`` (a Hugging Face folder with config.json and the
 tokenizer; no weights travel) with random weights: throughput does not depend on them.
 ``--shrink`` cuts it to 2 blocks of width 64 (the dry run on a CPU). The run is gdig's own
-command line, in this process: ``gdig fit``, ``gdig score``, ``gdig select`` (and
-``gdig report`` when matplotlib is installed, unless ``--no-report``), with
-``--autocast bf16``.
+command line, in this process: ``gdig fit``, ``gdig score`` and, when matplotlib is
+installed (its report draws with it), ``gdig select``, with ``--autocast bf16``.
 
 Timed, by wrapping the engine's entry points: the factor fit, the seed preparation and the
 scoring of the pool (device synchronised before and after). Scoring is then run a second
@@ -154,8 +153,9 @@ def pairs_file(src: Path, n: int, dst: Path) -> Path:
     return dst
 
 
-def run_verbs(verbs: list[list[str]], common: list[str]) -> float:
-    """gdig's command line, verb after verb, in this process; returns the wall seconds."""
+def run_verbs(verbs: list[list[str]], common: list[str], after=None) -> float:
+    """gdig's command line, verb after verb, in this process, calling ``after(seconds)``
+    after each; returns the wall seconds."""
     from gdig.cli import main as gdig_main
 
     t0 = time.perf_counter()
@@ -163,6 +163,8 @@ def run_verbs(verbs: list[list[str]], common: list[str]) -> float:
         status = gdig_main([verb[0], *common, *verb[1:]])
         if status:
             raise SystemExit(f"gpu_pipeline: gdig {verb[0]} exited with {status}")
+        if after is not None:
+            after(time.perf_counter() - t0)
     return time.perf_counter() - t0
 
 
@@ -174,7 +176,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-seeds", type=int, default=256)
     p.add_argument("--device", default="cuda")
     p.add_argument("--shrink", action="store_true", help="2 blocks of width 64 (dry run)")
-    p.add_argument("--no-report", action="store_true", help="leave out gdig report")
     p.add_argument(
         "--ranks",
         choices=["fit", "score"],
@@ -216,23 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.ranks:
         verbs = [v for v in verbs if v[0] == args.ranks]
     else:  # selection and the report run on one process anyway
-        verbs.append(["select", "--budget", str(max(1, args.n_pool // 10)), "--tau", "0.5",
-                      "--on-short", "fill"])  # fmt: skip
         try:
             import matplotlib  # noqa: F401
 
-            if not args.no_report:
-                verbs.append(["report"])
-        except ImportError:
-            print("gpu_pipeline: no matplotlib here: the report stage is left out")
-    wall = run_verbs(verbs, ["--out", str(run), "--device", args.device, "--no-progress"])
-    if os.environ.get("RANK", "0") != "0":
-        return  # rank 0 speaks for the run
-
-    manifest = json.loads((run / "manifest.json").read_text())
-    score_s = timed.seconds.get("score_candidates")
+            verbs.append(["select", "--budget", str(max(1, args.n_pool // 10)), "--tau", "0.5",
+                          "--on-short", "fill"])  # fmt: skip
+        except ImportError:  # gdig select also writes the report, which draws with it
+            print("gpu_pipeline: no matplotlib here: select (and its report) left out")
     gpu = args.device.startswith("cuda")
-    result = {
+    head = {
         "device": torch.cuda.get_device_name() if gpu else "cpu (dry run)",
         "torch": torch.__version__,
         "ranks": int(os.environ.get("WORLD_SIZE", "1")),
@@ -242,23 +235,35 @@ def main(argv: list[str] | None = None) -> None:
         "candidates": sum(1 for _ in open(pool, encoding="utf-8")),
         "seeds": sum(1 for _ in open(seeds, encoding="utf-8")),
         "autocast": "bf16",
-        "wall_s": wall,
-        "engine_s": timed.seconds,
-        "stage_s": {k: v.get("seconds") for k, v in manifest["stages"].items()},
-        "gpu_busy_share": timed.profile.get("gpu_busy_share"),
-        "gpu_events_profiled": timed.profile.get("gpu_events"),
     }
-    # score_candidates ends on a barrier of every rank: rank 0's time is the whole pool's.
-    result["candidates_per_s"] = result["candidates"] / score_s if score_s else None
-    if timed.profile:
-        result["candidates_per_s_profiled"] = (
-            result["candidates"] / timed.profile["profiled_score_s"]
-        )
-    print(json.dumps(result, indent=1))
+
+    def report(wall: float) -> None:
+        """The results so far, written after every verb: a stage cut short by its timeout
+        still leaves what the verbs before it measured."""
+        if os.environ.get("RANK", "0") != "0":
+            return  # rank 0 speaks for the run
+        manifest = json.loads((run / "manifest.json").read_text())
+        score_s = timed.seconds.get("score_candidates")
+        result = {
+            **head,
+            "wall_s": wall,
+            "engine_s": timed.seconds,
+            "stage_s": {k: v.get("seconds") for k, v in manifest["stages"].items()},
+            # score_candidates ends on a barrier of every rank: rank 0's time is the pool's
+            "candidates_per_s": head["candidates"] / score_s if score_s else None,
+            "candidates_per_s_profiled": (
+                head["candidates"] / timed.profile["profiled_score_s"] if timed.profile else None
+            ),
+            "gpu_busy_share": timed.profile.get("gpu_busy_share"),
+            "gpu_events_profiled": timed.profile.get("gpu_events"),
+        }
+        print(json.dumps(result, indent=1), flush=True)
+        if args.json:
+            result["top_ops"] = timed.profile.get("top_ops")
+            args.json.write_text(json.dumps(result, indent=1))
+
+    run_verbs(verbs, ["--out", str(run), "--device", args.device, "--no-progress"], report)
     print(timed.profile.get("top_ops", ""))
-    if args.json:
-        args.json.write_text(json.dumps({**result, "top_ops": timed.profile.get("top_ops")},
-                                        indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":
