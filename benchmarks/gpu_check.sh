@@ -15,7 +15,7 @@
 # From the repository root, with .gpu_carry/ prepared by `make gpu-carry` and carried:
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh
-#   GDIG_GPU_DRY_RUN=1 OUT=/tmp/x bash benchmarks/gpu_check.sh   # every stage on the CPU
+#   GDIG_GPU_DRY_RUN=1 OUT=DIR bash benchmarks/gpu_check.sh   # every stage on the CPU
 #
 # Each stage runs under its own `timeout`, at most its budget and never past what the
 # stages after it need before the deadline (GDIG_GPU_BUDGET_S, default 540 s): a stage cut

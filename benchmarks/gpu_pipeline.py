@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         "run left in --work, into WORK/torchrun (one verb a launch: each process joins the "
         "process group once)",
     )
-    p.add_argument("--work", type=Path, default=Path("/tmp/gdig_gpu_pipeline"))
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gdig_gpu_pipeline")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "python"))

@@ -3,7 +3,7 @@ clean human-translated pairs each rule fails (false failures), the share of each
 noise kind of the quality experiment's pool it catches, and its time per pair.
 
     python benchmarks/rules_check.py            # writes its section of benchmarks/RESULTS.md
-    python benchmarks/rules_check.py --n 100 --out /tmp/r.md   # quick look
+    python benchmarks/rules_check.py --n 100 --out ../rules.md   # quick look
 
 The clean samples are random (seeded) lines of the shared data files; the noisy pool is
 ``benchmarks/quality/data.py``'s zh-en pool (the same split seed as the experiment).

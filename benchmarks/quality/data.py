@@ -1,6 +1,6 @@
 """Splits and the noisy pool of the quality experiment, from the real pairs in shared/data.
 
-    python benchmarks/quality/data.py --data-dir ../shared/data --out /tmp/quality-data
+    python benchmarks/quality/data.py --data-dir ../shared/data --out ../quality-data
 
 Deterministic: the same files and :class:`SplitConfig` give byte-identical outputs.
 

@@ -1,7 +1,7 @@
 """Does a gdig-selected subset train a better translator than what an MT engineer tries first?
 
     python benchmarks/quality/run_quality.py                         # the issue's experiment
-    python benchmarks/quality/run_quality.py --smoke --out /tmp/q    # tiny random model, < 2 min
+    python benchmarks/quality/run_quality.py --smoke --out ../q-smoke  # tiny random model, < 2 min
 
 One command runs the whole experiment, resumably (hours on a 2-core CPU: ``TIME_BUDGET``):
 
