@@ -210,7 +210,7 @@ def render(rows: list[Row], refs: dict[str, np.ndarray], args, machine: str) -> 
     lines = [
         "## Accuracy of the default mode against exact EK-FAC (benchmarks/accuracy.py)",
         "",
-        f"`{command('accuracy.py')}`",
+        f"`{command('accuracy.py', getattr(args, 'argv', None))}`",
         "",
         machine,
         "",
@@ -231,8 +231,8 @@ def render(rows: list[Row], refs: dict[str, np.ndarray], args, machine: str) -> 
         + " | ".join(f"vs {name}" for name in refs)
         + " | rescore vs "
         + next(iter(refs), "-")
-        + " | s/seed | score cand/s | seeds MiB | end to end x r=32 |",
-        "|---|" + "---|" * len(refs) + "---:|" * 5,
+        + " | s/seed | score cand/s | score time x r=32 | seeds MiB | end to end x r=32 |",
+        "|---|" + "---|" * len(refs) + "---:|" * 6,
     ]
     for row in rows:
         cells = [row.label]
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-gdig-exact", action="store_true", help="skip gdig's exact mode")
     ap.add_argument("--no-kronfluence", action="store_true", help="skip kronfluence-exact")
     ap.add_argument("--out", default=None, help="write the section into this RESULTS.md")
+    ap.add_argument("--redraw", default=None, help="a finished run's folder: draw its table again")
     add_common_args(ap)
     argv = sys.argv[1:] if argv is None else argv
     if child_main(argv, gdig_exact_child):
@@ -287,14 +288,53 @@ def main(argv: list[str] | None = None) -> None:
     args.k = [int(x) for x in args.k.split(",") if x.strip()]
     if 32 not in args.ranks:
         ap.error("--ranks must include 32 (the default every cost is compared with)")
-    machine = Machine(args.threads, strict=args.strict_load)
-    rows, refs, work = measure(args)
-    text = render(rows, refs, args, machine.line())
+    if args.redraw:  # the table again from a finished run's folder, no model pass
+        work = Path(args.redraw)
+        saved = json.loads((work / "rows.json").read_text())
+        rows, refs = redraw_rows(work, saved["rows"]), load_refs(work)
+        text = render(rows, refs, argparse.Namespace(**saved["args"]), saved["machine"])
+    else:
+        machine = Machine(args.threads, strict=args.strict_load)
+        rows, refs, work = measure(args)
+        line = machine.line()
+        text = render(rows, refs, args, line)
+        keep = [{k: getattr(r, k) for k in ("label", "fit_s", "seeds_s", "score_s", "seed_mib",
+                 "extra")} for r in rows]  # fmt: skip
+        run_args = {"seeds": args.seeds, "candidates": args.candidates, "argv": sys.argv[1:]}
+        (Path(work) / "rows.json").write_text(
+            json.dumps({"rows": keep, "args": run_args, "machine": line}, indent=1)
+        )
+        print(f"stores, scores and rows.json kept in {work} (--redraw {work})", file=sys.stderr)
     print(text)
-    np.savez(Path(work) / "benefits.npz", **{r.label: r.benefit for r in rows}, **refs)
-    print(f"benefits kept in {work}/benefits.npz", file=sys.stderr)
     if args.out:
         write_section(args.out, "accuracy", "accuracy.py", text)
+
+
+def store_dir(label: str) -> str:
+    """The store folder measure() wrote a row's scores to."""
+    if label.startswith("k = "):
+        return "k" + label.split()[2]
+    r = label.split()[2]
+    return "r0" if r == "none" else f"r{r}"
+
+
+def redraw_rows(work: Path, saved: list[dict]) -> list[Row]:
+    from gdig.engine import GradStore
+
+    rows = []
+    for s in saved:
+        store = GradStore.open(work / store_dir(s["label"]))
+        feats = store.feature_rows(np.arange(store.n))
+        seed_feats = store.seed_features() if s["label"].startswith("k = ") else None
+        rescored = feats @ seed_feats.T if seed_feats is not None else None
+        rows.append(Row(s["label"], benefits(store), rescored, feats, s["fit_s"], s["seeds_s"],
+                        s["score_s"], s["seed_mib"], s.get("extra", {})))  # fmt: skip
+    return rows
+
+
+def load_refs(work: Path) -> dict[str, np.ndarray]:
+    names = {"gdig exact": "gdig-exact.npy", "kronfluence exact": "kronfluence-exact.npy"}
+    return {k: np.load(work / f) for k, f in names.items() if (work / f).is_file()}
 
 
 if __name__ == "__main__":
