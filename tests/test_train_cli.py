@@ -115,6 +115,13 @@ def test_format_failures_by_kind():
     assert kind("a text") is None and kind("Tran") is None  # whole words only
     assert kind("Das Haus ist rot") == kind('"das haus ist rot"') == "copy"
     assert kind("Berlin", src="Berlin", ref="Berlin") is None  # the right answer is a copy
+    # another script than the reference's: the source edited, or another language
+    zh = "他的英文作文沒有甚麼錯處。"
+    assert kind("他的英文作文沒有現象。", src=zh, ref="His essay has no mistakes.") == "script"
+    assert kind("Его сочинение", ref="His essay") == "script"
+    assert kind("His essay (作文) has no mistakes", ref="His essay has no mistakes.") is None
+    assert kind("彼の作文にはまちがいがない。", src="x", ref="他的作文沒有錯。") is None  # CJK both
+    assert kind("2024", ref="2024") is None  # no letters: no script to compare
 
 
 def test_well_formed_scores_are_those_of_the_other_outputs():
@@ -124,7 +131,9 @@ def test_well_formed_scores_are_those_of_the_other_outputs():
     hyps = [Hypothesis(p.id, t, 3, not t, False, "eos") for p, t in zip(pairs, texts, strict=True)]
     failures = [None, "label", None, "empty"]
     res = summarize(pairs, hyps, failures)
-    assert res["format_failures"] == {"empty": 1, "runaway": 0, "label": 1, "echo": 0, "copy": 0}
+    assert res["format_failures"] == {
+        "empty": 1, "runaway": 0, "label": 1, "echo": 0, "copy": 0, "script": 0,
+    }  # fmt: skip
     assert res["n_format_failures"] == 2
     alone = score_hypotheses([pairs[0].tgt, pairs[2].tgt], [texts[0], texts[2]], tgt_lang="en")
     assert res["well_formed"] == {"n": 2, "bleu": alone["bleu"], "chrf": alone["chrf"]}

@@ -11,20 +11,27 @@ well-formed outputs on their own too). The first rule that applies names the fai
     label     only a label: one to three words ending with a colon (``English:``)
     echo      whole words of the prompt's own wording (the instruction, ``Text:``), not the source
     copy      the source, untranslated, where the reference differs from it
+    script    mostly letters of another script than the reference's: the source's Chinese
+              edited a little for an English target, say (untranslated or another language)
 
 Quotes and spaces around the output are ignored; echo and copy compare case-insensitively.
+A script is the first word of the Unicode name of most of the letters (LATIN, CYRILLIC,
+CJK; kana count as CJK), so no language identifier is needed.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 from gdig.engine.template import render_prompt
 
-FAILURES = ("empty", "runaway", "label", "echo", "copy")
+FAILURES = ("empty", "runaway", "label", "echo", "copy", "script")
+_SAME_SCRIPT = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "FULLWIDTH": "LATIN"}
 
 _LABEL = re.compile(r"^\W*\w+(?:[ \t]+\w+){0,2}[ \t]*[:：]\W*$")
 _QUOTES = "\"'“”‘’「」『』«» \t"
@@ -55,7 +62,20 @@ def format_failure(text: str, *, runaway: bool, src: str, ref: str, instruction:
         return "echo"
     if bare == _bare(src) and _bare(src) != _bare(ref):
         return "copy"
+    ref_script = script(ref)
+    if ref_script is not None and script(text) not in (None, ref_script):
+        return "script"
     return None
+
+
+def script(text: str) -> str | None:
+    """The script most of ``text``'s letters are written in (None without letters)."""
+    counts: Counter[str] = Counter()
+    for ch in text:
+        if ch.isalpha():
+            name = unicodedata.name(ch, "").split(" ", 1)[0]
+            counts[_SAME_SCRIPT.get(name, name)] += 1
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def format_failures(
