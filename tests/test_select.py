@@ -168,7 +168,7 @@ def test_shortfall_stop_raises_with_numbers() -> None:
     assert err.value.available == n_pass and err.value.budget == budget
     assert str(n_pass) in str(err.value) and str(budget) in str(err.value)
     with pytest.raises(ShortfallError, match="pool has 240"):
-        select(src, SelectConfig(budget=500, selector="random"))
+        select(src, SelectConfig(budget=500, selector="random", on_short="stop"))
 
 
 @pytest.mark.parametrize("selector", ["gdig", "quality"])
