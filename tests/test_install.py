@@ -135,7 +135,16 @@ def _third_party_imports() -> set[str]:
                     mods.add(node.module.split(".")[0])
     # tomli is the Python 3.10 fallback of tomllib, declared only for python_version < 3.11.
     conditional = {"tomli"} if sys.version_info >= (3, 11) else set()
-    return mods - set(sys.stdlib_module_names) - {"gdig", "gdig_ext", "__future__"} - conditional
+    # Optional extras, imported only by the feature that needs them, whose import error
+    # names the extra: opusfilter is [rules] (--selector rules, --prefilter rules).
+    optional = {"opusfilter"}
+    return (
+        mods
+        - set(sys.stdlib_module_names)
+        - {"gdig", "gdig_ext", "__future__"}
+        - conditional
+        - optional
+    )
 
 
 def test_every_imported_module_is_installed(fresh, tmp_path):
