@@ -295,6 +295,22 @@ def test_dry_run_estimates_and_writes_nothing(tiny_llama_dir, inputs, tmp_path, 
     assert not (tmp_path / "runs").exists()  # no run folder, no scratch folder left
 
 
+@pytest.mark.parametrize(
+    ("small", "large", "fixed", "per"),
+    [
+        ((4, 3.0), (8, 5.0), 1.0, 0.5),  # eigendecomposition 1 s, 0.5 s an example
+        ((4, 5.0), (8, 4.0), 0.0, 0.5),  # the larger ran faster (noise): all per example
+        ((4, 0.5), (8, 6.0), 0.0, 0.75),  # a slope above 6/8 means a negative fixed cost
+    ],
+)
+def test_an_estimate_tells_fixed_from_per_item_cost(small, large, fixed, per):
+    from gdig.run.estimate import Line
+
+    line = Line.fit(small, large)
+    assert line.fixed == pytest.approx(fixed) and line.per_item == pytest.approx(per)
+    assert line.at(1000) == pytest.approx(fixed + 1000 * per)
+
+
 def test_dry_run_leaves_a_finished_run_as_it_is(run, tiny_llama_dir, inputs, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     manifest = (run / "manifest.json").read_bytes()

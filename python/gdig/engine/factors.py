@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,9 @@ class Factors:
     # The same factors in the projected space of `projection` (None in exact mode).
     projected: list[LayerFactors] | None = None
     projection: dict[str, Any] | None = None
+    # Seconds of the fit's eigendecompositions (its fixed cost, whatever the sample):
+    # kept apart from `stats`, which the file holds, so that equal fits save equal bytes.
+    eigen_seconds: float = field(default=0.0, compare=False)
 
     @property
     def layer_names(self) -> list[str]:
@@ -411,10 +415,12 @@ def fit_factors(
             raise ValueError("fit_factors: every example's loss or gradient is NaN/Inf")
 
         spaces = full + (proj if projections is not None else [])
+        eigen_start = time.perf_counter()
         for sp in spaces:
             dist.sum_(sp.cov_a)
             dist.sum_(sp.cov_s)
             sp.eigen(n_tokens)
+        eigen_seconds = time.perf_counter() - eigen_start
         if ekfac:  # the bar counts examples, once per pass
             bar.reset(total=len(encoded))
             bar.set_description("fit factors (pass 2/2)")
@@ -442,4 +448,5 @@ def fit_factors(
         },
         projected=[sp.result for sp in proj] if projections is not None else None,
         projection=projection_key(cfg.factors) if projections is not None else None,
+        eigen_seconds=eigen_seconds,
     )

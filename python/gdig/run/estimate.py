@@ -1,7 +1,8 @@
 """How long a run's model passes will take on this machine, and the disk its folder will
 take, measured before the run: the real engine (fit, seed preparation, scoring) is timed
-on a few pool pairs and seeds, each at two sizes, so that its fixed cost (eigendecomposition,
-warm-up) and its cost per item are told apart, and extrapolated to the run's sizes.
+on a few pool pairs and seeds and extrapolated to the run's sizes. A fit's fixed cost (its
+eigendecompositions, which the fit times itself) is told apart from its cost per example;
+seeds and scoring are each timed at two sizes to tell their fixed and per-item costs apart.
 
 An estimate, not a promise: the measured batches are smaller than the run's (per-item
 cost a little high), and a long fit may recompute activations that a short one keeps in
@@ -32,11 +33,15 @@ class Line:
 
     @classmethod
     def fit(cls, small: tuple[int, float], large: tuple[int, float]) -> Line:
+        """The line through two timings. Where noise (another process taking the CPU
+        during one of them) puts the slope outside what the larger timing allows, that is
+        negative or above ``t2 / n2`` (a negative fixed cost), all of ``t2`` is charged per
+        item instead."""
         (n1, t1), (n2, t2) = small, large
         per = (t2 - t1) / (n2 - n1) if n2 > n1 else 0.0
-        if per <= 0:  # timing noise swamped the difference: charge it all per item
+        if not 0 < per <= t2 / max(n2, 1):
             return cls(0.0, t2 / max(n2, 1))
-        return cls(max(t1 - per * n1, 0.0), per)
+        return cls(t2 - per * n2, per)
 
     def at(self, items: int) -> float:
         return self.fixed + self.per_item * items
@@ -72,9 +77,9 @@ def measure(
     """Time fit, seed preparation and scoring on up to ``n`` pool pairs and seeds (each at
     ``n // 2`` and ``n``), in a scratch folder in ``where``; nothing of the run changes.
 
-    ``warm_up`` fits once more first (a fit is dominated by its eigendecompositions on a
-    large model), so that first-call costs land in neither size. Without it the larger size
-    is timed first and takes them: the cost per example comes out high, never low."""
+    ``warm_up`` fits once more, on one example, first: the first call's costs then land
+    in no measurement. Without it they are charged per example: an estimate a little high,
+    never low."""
     model, tok = inputs.model()
     pool, seeds = inputs.pool, inputs.seeds
     n = max(2, min(n, len(pool)))
@@ -98,8 +103,11 @@ def _measure(
     n: int,
     warm_up: bool,
 ) -> Estimate:
-    from gdig.engine import fit_factors, prepare_seeds, score_candidates
-    from gdig.engine.seeds import save_seeds
+    # From their modules: the run's own stages call gdig.engine's names (which a test may
+    # replace to interrupt a stage); the estimate must not be the call that trips it.
+    from gdig.engine.factors import fit_factors
+    from gdig.engine.score import score_candidates
+    from gdig.engine.seeds import prepare_seeds, save_seeds
 
     eng = plan.engine(opts)
     half = max(1, n // 2)
@@ -114,9 +122,9 @@ def _measure(
 
     if warm_up:
         fit(1)
-    t_full, factors = _timed(lambda: fit(n))
-    t_half, _ = _timed(lambda: fit(half))
-    fit_line = Line.fit((half, t_half), (n, t_full))
+    t_fit, factors = _timed(lambda: fit(n))
+    eigen = min(factors.eigen_seconds, t_fit)  # the same whatever the sample
+    fit_line = Line(eigen, (t_fit - eigen) / n)
     eng = eng.with_options(factor_samples=n)  # the options the factors were fitted with
 
     def prepare(k: int):

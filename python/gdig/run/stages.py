@@ -439,7 +439,8 @@ def _run_todo(
         plan = preflight(folder, inputs, opts, plan, stages)
         inputs.plan = plan
         fresh = not any(folder.stage_record(s) for s in ("fit", "score"))
-        if "fit" in stages and "score" in stages and fresh:  # a new run: what it will cost
+        # A new run says what it will cost; a pool of a few pairs needs no estimate.
+        if "fit" in stages and "score" in stages and fresh and len(inputs.pool) >= 8:
             from gdig.run import estimate
 
             est = estimate.measure(inputs, opts, plan, folder.path, n=4, warm_up=False)
