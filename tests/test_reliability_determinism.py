@@ -121,7 +121,8 @@ def test_disk_estimate_covers_the_written_store(env, dtype):
     # the manifest records the bytes per candidate the estimate is made of
     assert store["bytes_per_candidate"] == bytes_per_candidate(s, d, 5, dtype)
     est_store = store_bytes(n, s, d, top_k=5, feature_dtype=dtype)
-    assert est_store == n * store["bytes_per_candidate"] + 4 * s * (d + 1)  # + seed files
+    # + seed files: preconditioned and raw features (S x D each) and the S norms
+    assert est_store == n * store["bytes_per_candidate"] + 4 * s * (2 * d + 1)
     real_store = folder_bytes(out / "store")
     # exactly the arrays' bytes: the rest is npy headers, ids.json and the manifest
     overhead = sum(_npy_header_bytes(p) for p in (out / "store").rglob("*.npy"))

@@ -48,10 +48,12 @@ def store_bytes(
     feature_dtype: str = "float32",
 ) -> int:
     """Bytes of a gradient store: ``N x`` the bytes per candidate its manifest will record
-    (benefit, features, norms, stats, top-k), the float32 seed features and norms, and the
-    optional N x S benefit matrix. npy headers, ids and manifests are left to the margin."""
+    (benefit, features, norms, loss, stats, top-k), the float32 seed features (preconditioned
+    and raw, for ``--selector less``) and norms, and the optional N x S benefit matrix. npy
+    headers, ids and manifests are left to the margin."""
     per_row = bytes_per_candidate(n_seeds, dim, top_k, feature_dtype)
-    return n * per_row + (n * n_seeds * 4 if export_matrix else 0) + 4 * n_seeds * (dim + 1)
+    seeds = 4 * n_seeds * (2 * dim + 1)
+    return n * per_row + (n * n_seeds * 4 if export_matrix else 0) + seeds
 
 
 def factor_bytes(
