@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers_models import toy_pairs
 
 from gdig.cli import main
@@ -133,3 +134,21 @@ def test_disk_estimate_covers_the_written_store(env, dtype):
     real_factors = folder_bytes(out / "factors.safetensors")
     assert 0.5 * real_factors < est_factors * 1.05 + (16 << 10)
     assert est_factors <= real_factors * 1.5
+
+
+def test_resume_with_another_thread_count_is_flagged(env):
+    """Byte-identity across a resume needs the thread count it began with: another count is
+    said in a warning (kept in the manifest), and the kept stages are still reused."""
+    out = _run(env, "threads", "--batch-size", "2")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["versions"]["torch_threads"] == str(torch.get_num_threads())
+    manifest["versions"]["torch_threads"] = "97"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    factors = (out / "factors.safetensors").stat().st_mtime_ns
+    args = ["--model", str(env["model"]), "--seeds", str(env["seed"]),
+            "--pool", str(env["pool"]), "--out", str(out), *FAST, "--batch-size", "2"]  # fmt: skip
+    assert main(["run", *args]) == 0
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    flagged = [w for w in warnings if "thread count" in w]
+    assert flagged and f"torch_threads 97 -> {torch.get_num_threads()}" in flagged[0]
+    assert (out / "factors.safetensors").stat().st_mtime_ns == factors  # reused, not redone

@@ -134,6 +134,8 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "faiss": getattr(faiss, "__version__", "?"),
         "gdig_ext_cuda": str(gdig_ext.cuda_available()),
+        # float32 sums are split across threads: another count reorders them (RELIABILITY.md)
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 
@@ -224,6 +226,18 @@ class RunFolder:
             selections={} if "score" in changed else old.selections,
         )
         folder = cls(path, manifest, selection=selection)
+        kept = [s for s in STAGES if s in manifest.stages]
+        if kept and old.versions and old.versions != manifest.versions:
+            what = [
+                f"{k} {old.versions.get(k, '?')} -> {v}"
+                for k, v in manifest.versions.items()
+                if old.versions.get(k) != v
+            ]
+            folder.warn(
+                f"{path}: resuming ({', '.join(kept)} kept) with other versions or thread "
+                f"count ({'; '.join(what)}): the outputs match an uninterrupted run within "
+                "the float32 tolerance of RELIABILITY.md, not byte for byte"
+            )
         folder.save()
         return folder
 
