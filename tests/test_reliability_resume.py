@@ -154,9 +154,12 @@ def test_killed_run_resumes_to_identical_outputs(inputs, reference, tmp_path):
 
 def _first_difference(got: bytes, want: bytes) -> tuple[str, str] | None:
     """The first line that differs, resumed run's first: what a failure should show."""
-    for a, b in zip(got.decode().splitlines(), want.decode().splitlines()):
+    got_lines, want_lines = got.decode().splitlines(), want.decode().splitlines()
+    for a, b in zip(got_lines, want_lines, strict=False):  # unequal lengths: said below
         if a != b:
             return a, b
+    if len(got_lines) != len(want_lines):
+        return f"{len(got_lines)} lines", f"{len(want_lines)} lines"
     return None
 
 
