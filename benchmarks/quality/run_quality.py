@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-seed", type=int, default=20240520, help="seed of the splits")
     g = ap.add_argument_group("selection (gdig run / gdig select)")
     g.add_argument(
-        "--budgets", default="5%,10%", help="subset sizes: pairs (300) or % of the pool (10%)"
+        "--budgets", default="5%,10%", help="subset sizes: pairs (300) or %% of the pool (10%%)"
     )
     g.add_argument(
         "--arms",
