@@ -151,9 +151,9 @@ def _pipeline(spec: dict[str, Any], anon: AnonPeak) -> dict[str, Any]:
     from gdig.data.pool import open_pool
     from gdig.engine.config import FactorConfig
     from gdig.model import resolve_model
+    from gdig.pipeline.lengths import token_lengths
+    from gdig.pipeline.poolrows import PairTexts, pool_rows
     from gdig.report import sample_map_rows, write_report
-    from gdig.run.lengths import token_lengths
-    from gdig.run.poolrows import PairTexts, pool_rows
     from gdig.select import SelectConfig, Selection, select
     from gdig.select.metrics import noise_summary
     from gdig.select.selectors import finite_source

@@ -122,18 +122,6 @@ def toy_pairs(n: int, seed: int = 0):
     return out
 
 
-def engine_config(**flat):
-    """An EngineConfig from flat option names (``k_in=8, rank=4, batch_size=3``)."""
-    from gdig.engine.config import EngineConfig
-
-    return EngineConfig.from_flat(**flat)
-
-
-def with_options(cfg, **changes):
-    """``cfg`` with some flat options changed."""
-    return cfg.with_options(**changes)
-
-
 def toy_run_files(folder, n_seeds: int, n_pool: int, seed: int = 0, noise_every: int = 4):
     """``(seeds.jsonl, pool.jsonl)`` of toy pairs in ``folder``; every ``noise_every``-th
     pool pair is made untranslated (target = source) and labelled in its ``noise`` field."""

@@ -127,3 +127,11 @@ def test_the_public_names_and_a_light_import():
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent)  # fmt: skip
     assert got.stdout.split()[0] == "False"
+
+
+def test_gdig_run_stays_the_function_after_the_pipeline_is_imported():
+    """No subpackage shadows the API's entry point once the run-folder code is loaded."""
+    import gdig.pipeline.stages
+    from gdig.api import run
+
+    assert gdig.run is run

@@ -79,7 +79,7 @@ def test_user_error_is_one_line_exit_2_and_debug_shows_traceback(tmp_path, capsy
 
 
 def test_unexpected_exception_keeps_its_traceback(tmp_path, monkeypatch):
-    import gdig.run.stages as stages
+    import gdig.pipeline.stages as stages
 
     def boom(*_a, **_k):
         raise RuntimeError("a bug")

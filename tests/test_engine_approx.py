@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from helpers_models import engine_config, tiny_model, toy_pairs
+from helpers_models import tiny_model, toy_pairs
 from scipy.stats import spearmanr
 
 from gdig.engine import fit_factors, prepare_seeds, rescore, score_candidates
+from gdig.engine.config import EngineConfig
 
 PATTERN = r"mlp\.down_proj$"
 
@@ -19,7 +20,7 @@ def test_default_mode_ranks_like_exact_mode(tmp_path):
     seeds, cands = pool[:12], pool[12:]
     results = {}
     for mode, exact in (("exact", True), ("default", False)):
-        cfg = engine_config(layers=PATTERN, exact=exact, factor_samples=0)
+        cfg = EngineConfig.from_flat(layers=PATTERN, exact=exact, factor_samples=0)
         factors = fit_factors(model, tok, pool, cfg, progress=False)
         sg = prepare_seeds(model, tok, seeds, factors, cfg, progress=False)
         store = score_candidates(model, tok, cands, sg, cfg, tmp_path / mode, progress=False)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_models import engine_config, tiny_model, toy_pairs, with_options
+from helpers_models import tiny_model, toy_pairs
 from test_engine_exact import reference_grads
 
 from gdig.engine import fit_factors
+from gdig.engine.config import EngineConfig
 from gdig.engine.layers import tracked_layers
 from gdig.engine.projection import make_projections
 from gdig.engine.seeds import compress, truncated_svd
@@ -117,7 +118,7 @@ def projected_fit(request):
     model, tok = tiny_model("llama", dtype=F64)
     pool = toy_pairs(8, seed=6)
     # k_in != k_out so a swapped or transposed projection cannot pass; batches of 3 are padded.
-    cfg = engine_config(
+    cfg = EngineConfig.from_flat(
         layers=r"mlp\.down_proj$", factor_samples=0, k_in=5, k_out=3, proj_seed=7, batch_size=3,
         method=request.param,
     )  # fmt: skip
@@ -169,10 +170,12 @@ def test_projected_factors_follow_the_projection_options():
     factors offer their projected part only to the projection they were fitted with."""
     model, tok = tiny_model("llama", dtype=F64)
     pool = toy_pairs(4, seed=6)
-    cfg = engine_config(layers=r"layers\.0\.mlp\.down_proj$", factor_samples=0, k_in=5, k_out=3)
+    cfg = EngineConfig.from_flat(
+        layers=r"layers\.0\.mlp\.down_proj$", factor_samples=0, k_in=5, k_out=3
+    )
     f = fit_factors(model, tok, pool, cfg, progress=False)
-    g = fit_factors(model, tok, pool, with_options(cfg, proj_seed=1), progress=False)
+    g = fit_factors(model, tok, pool, cfg.with_options(proj_seed=1), progress=False)
     assert torch.allclose(f.layers[0].lam, g.layers[0].lam, rtol=1e-12)
     assert rel(f.projected[0].lam, g.projected[0].lam) > 1e-3
     assert f.projected_for(cfg.factors) is f.projected
-    assert f.projected_for(with_options(cfg, proj_seed=1).factors) is None
+    assert f.projected_for(cfg.with_options(proj_seed=1).factors) is None

@@ -14,10 +14,11 @@ import copy
 
 import numpy as np
 import torch
-from helpers_models import engine_config, tiny_model, toy_pairs
+from helpers_models import tiny_model, toy_pairs
 from test_engine_exact import dense_hessian, reference_grads
 
 from gdig.engine import fit_factors, prepare_seeds, score_candidates, select_layers
+from gdig.engine.config import EngineConfig
 
 RANK = 32  # the default seed rank (ScoreConfig.rank)
 
@@ -46,7 +47,7 @@ def test_default_mode_matches_dense_float64_ekfac_with_rank_32_seeds(tmp_path):
     model, tok = tiny_model("llama", hidden=40, inter=48, blocks=6)
     pool = toy_pairs(16, seed=3)
     seeds, cands = pool[:3], pool[3:13]
-    cfg = engine_config(factor_samples=0)  # every other option at its default
+    cfg = EngineConfig.from_flat(factor_samples=0)  # every other option at its default
     assert (cfg.scoring.rank, cfg.factors.exact, cfg.factors.method) == (RANK, False, "ekfac")
     names = select_layers(model, cfg.factors.layers, cfg.factors.layer_stride)
     assert len(names) == 2 and min(model.get_submodule(names[0]).weight.shape) > RANK

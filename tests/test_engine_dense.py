@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers_models import engine_config, tiny_model, toy_pairs, with_options
+from helpers_models import tiny_model, toy_pairs
 
 from gdig.engine import fit_factors, prepare_seeds, score_candidates
 from gdig.engine.batching import collate
 from gdig.engine.capture import GradientCapture
+from gdig.engine.config import EngineConfig
 from gdig.engine.projection import make_projections
 from gdig.engine.score import CandidateScorer, dense_wins
 from gdig.engine.template import encode_pair
@@ -34,7 +35,9 @@ def test_dense_wins_on_small_layers_and_long_batches_only():
 def fitted():
     model, tok = tiny_model("llama", hidden=16, inter=48)
     pool = toy_pairs(20, seed=4)
-    cfg = engine_config(layers=PATTERN, factor_samples=0, k_in=4, k_out=4, rank=4, batch_size=8)
+    cfg = EngineConfig.from_flat(
+        layers=PATTERN, factor_samples=0, k_in=4, k_out=4, rank=4, batch_size=8
+    )
     factors = fit_factors(model, tok, pool, cfg, progress=False)
     seeds = prepare_seeds(model, tok, pool[:6], factors, cfg, progress=False)
     return model, tok, pool, cfg, seeds
@@ -59,7 +62,7 @@ def test_store_is_the_same_either_way(fitted, tmp_path, monkeypatch):
             tok,
             pool,
             seeds,
-            with_options(cfg, dense_seeds_mb=mb),
+            cfg.with_options(dense_seeds_mb=mb),
             tmp_path / str(mb),
             progress=False,
         )

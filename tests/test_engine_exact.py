@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_models import ARCHES, engine_config, tiny_model, toy_pairs
+from helpers_models import ARCHES, tiny_model, toy_pairs
 
 from gdig.engine import (
     encode_pair,
@@ -20,6 +20,7 @@ from gdig.engine import (
     score_candidates,
     select_layers,
 )
+from gdig.engine.config import EngineConfig
 
 PATTERN = r"mlp\.(down_proj|c_proj|dense_4h_to_h)$"
 
@@ -92,7 +93,7 @@ def test_exact_mode_matches_dense_float64(arch, method, tmp_path):
     model, tok = tiny_model(arch, dtype=torch.float64)
     pool = toy_pairs(14, seed=1)
     fit_set, seed_set, cands = pool, pool[:3], pool[3:11]
-    cfg = engine_config(
+    cfg = EngineConfig.from_flat(
         layers=PATTERN, exact=True, method=method, factor_samples=0, batch_size=5,
         export_benefit_matrix=True,
     )  # fmt: skip
@@ -139,7 +140,7 @@ def test_exact_float64_benefit_before_float32_store(tmp_path, dense_mb):
 
     model, tok = tiny_model("llama", dtype=torch.float64)
     pool = toy_pairs(12, seed=2)
-    cfg = engine_config(layers=PATTERN, exact=True, factor_samples=0, batch_size=4)
+    cfg = EngineConfig.from_flat(layers=PATTERN, exact=True, factor_samples=0, batch_size=4)
     factors = fit_factors(model, tok, pool, cfg, progress=False)
     seeds = prepare_seeds(model, tok, pool[:4], factors, cfg, progress=False)
     proj = make_projections(seeds.layers, 1, 1, 0, exact=True)

@@ -14,11 +14,11 @@ import dataclasses
 
 import pytest
 import torch
-from helpers_models import engine_config, tiny_model, toy_pairs, with_options
+from helpers_models import tiny_model, toy_pairs
 from test_engine_exact import reference_grads
 
 from gdig.engine import Factors, FactorsMismatchError, fit_factors, prepare_seeds
-from gdig.engine.config import FactorConfig
+from gdig.engine.config import EngineConfig, FactorConfig
 
 PATTERN = r"mlp\.down_proj$"
 F64 = torch.float64
@@ -32,14 +32,14 @@ def fitted():
     model, tok = tiny_model("llama", dtype=F64)
     pool = toy_pairs(10, seed=4)
     # k_in != k_out so a transposed projection cannot pass; batch_size 3 pads every batch.
-    cfg = engine_config(layers=PATTERN, factor_samples=0, k_in=5, k_out=3, batch_size=3)
+    cfg = EngineConfig.from_flat(layers=PATTERN, factor_samples=0, k_in=5, k_out=3, batch_size=3)
     return model, tok, pool, cfg, fit_factors(model, tok, pool, cfg, progress=False)
 
 
 @pytest.fixture(scope="module")
 def kfac(fitted):
     model, tok, pool, cfg, _ = fitted
-    return fit_factors(model, tok, pool, with_options(cfg, method="kfac"), progress=False)
+    return fit_factors(model, tok, pool, cfg.with_options(method="kfac"), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +139,12 @@ def test_damping_default_factor_and_absolute(fitted, oracle):
     for lf, want in zip(f.layers, dense, strict=True):
         mean = want["lam"].mean().item()
         assert lf.damping(cfg.scoring) == pytest.approx(0.1 * mean, rel=TOL)
-        assert lf.damping(with_options(cfg, damping_factor=0.37).scoring) == pytest.approx(
+        assert lf.damping(cfg.with_options(damping_factor=0.37).scoring) == pytest.approx(
             0.37 * mean, rel=TOL
         )
         # Absolute damping overrides the factor, whatever the factor is.
-        assert lf.damping(with_options(cfg, damping=2.5, damping_factor=0.37).scoring) == 2.5
-        assert lf.damping(with_options(cfg, damping=0.0).scoring) == 0.0
+        assert lf.damping(cfg.with_options(damping=2.5, damping_factor=0.37).scoring) == 2.5
+        assert lf.damping(cfg.with_options(damping=0.0).scoring) == 0.0
 
 
 def dense_damped_hessian(want, lam, damping):
@@ -160,7 +160,7 @@ def test_precondition_solves_dense_damped_hessian(fitted, kfac, oracle, method, 
     _, _, _, cfg, ek = fitted
     dense, _ = oracle
     f = ek if method == "ekfac" else kfac
-    scoring = with_options(cfg, damping=damping).scoring
+    scoring = cfg.with_options(damping=damping).scoring
     gen = torch.Generator().manual_seed(5)
     for lf, want in zip(f.layers, dense, strict=True):
         lam = want["lam"] if method == "ekfac" else torch.outer(want["eig_s"], want["eig_a"])
@@ -196,7 +196,7 @@ def test_precondition_tokens_is_the_rotated_solve(fitted, tokens):
 
 def test_cache_does_not_change_the_fit(fitted):
     model, tok, pool, cfg, f = fitted
-    no_cache = with_options(cfg, factor_cache_mb=0)
+    no_cache = cfg.with_options(factor_cache_mb=0)
     g = fit_factors(model, tok, pool, no_cache, progress=False)
     for a, b in zip(f.layers + f.projected, g.layers + g.projected, strict=True):
         assert torch.allclose(a.lam, b.lam, rtol=1e-10)
@@ -241,7 +241,7 @@ def test_load_checks_the_full_factor_config(fitted, tmp_path):
     for name, value in CHANGED_FACTOR_OPTIONS.items():
         old = getattr(cfg.factors, name)
         assert value != old
-        other = with_options(cfg, **{name: value}).factors
+        other = cfg.with_options(**{name: value}).factors
         with pytest.raises(FactorsMismatchError) as err:
             Factors.load(path, model, other)
         msg = str(err.value)
@@ -252,7 +252,7 @@ def test_load_checks_the_full_factor_config(fitted, tmp_path):
         assert f"{name}: {old!r} -> {value!r}" in msg, msg
         assert msg.count(" -> ") == 1, msg
     # The same factor config loads, whatever the scoring and execution options.
-    same = with_options(cfg, damping=1.0, rank=3, top_k=2, batch_size=7, factor_cache_mb=0)
+    same = cfg.with_options(damping=1.0, rank=3, top_k=2, batch_size=7, factor_cache_mb=0)
     g = Factors.load(path, model, same.factors)
     assert torch.equal(g.layers[0].lam, f.layers[0].lam)
     f.check(model, same.factors)  # the in-memory check agrees
@@ -262,9 +262,9 @@ def test_load_refuses_other_model_layers_or_method(fitted, tmp_path):
     model, _, _, cfg, f = fitted
     path = f.save(tmp_path / "factors.safetensors")
     with pytest.raises(FactorsMismatchError, match="layers"):
-        Factors.load(path, model, with_options(cfg, layers=r"layers\.1\.mlp\.down_proj$").factors)
+        Factors.load(path, model, cfg.with_options(layers=r"layers\.1\.mlp\.down_proj$").factors)
     with pytest.raises(FactorsMismatchError, match="method"):
-        Factors.load(path, model, with_options(cfg, method="kfac").factors)
+        Factors.load(path, model, cfg.with_options(method="kfac").factors)
     other_weights, _ = tiny_model("llama", dtype=F64, seed=1)
     with pytest.raises(FactorsMismatchError, match="weights differ"):
         Factors.load(path, other_weights, cfg.factors)
@@ -273,20 +273,20 @@ def test_load_refuses_other_model_layers_or_method(fitted, tmp_path):
         Factors.load(path, bigger, cfg.factors)
     gpt2, _ = tiny_model("gpt2", dtype=F64)
     with pytest.raises(FactorsMismatchError, match="GPT2LMHeadModel"):
-        Factors.load(path, gpt2, with_options(cfg, layers=r"mlp\.c_proj$").factors)
+        Factors.load(path, gpt2, cfg.with_options(layers=r"mlp\.c_proj$").factors)
     with pytest.raises(FileNotFoundError, match="fit_factors"):
         Factors.load(tmp_path / "missing.safetensors", model, cfg.factors)
 
 
 def test_sampled_labels_fit(fitted):
     model, tok, pool, cfg, f = fitted
-    sampled = with_options(cfg, fisher_labels="sampled")
+    sampled = cfg.with_options(fisher_labels="sampled")
     g1 = fit_factors(model, tok, pool, sampled, progress=False)
     g2 = fit_factors(
         model,
         tok,
         pool,
-        with_options(sampled, factor_cache_mb=0),
+        sampled.with_options(factor_cache_mb=0),
         progress=False,
     )
     assert not torch.allclose(g1.layers[0].lam, f.layers[0].lam)
@@ -295,11 +295,11 @@ def test_sampled_labels_fit(fitted):
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="method"):
-        engine_config(method="sgd")
+        EngineConfig.from_flat(method="sgd")
     with pytest.raises(ValueError, match="template"):
-        engine_config(template="no placeholder")
+        EngineConfig.from_flat(template="no placeholder")
     with pytest.raises(ValueError, match="rank"):
-        engine_config(rank=-1)
+        EngineConfig.from_flat(rank=-1)
     with pytest.raises(TypeError, match="rnak"):
-        engine_config(rnak=3)
-    assert engine_config(rank=7).scoring.rank == 7
+        EngineConfig.from_flat(rnak=3)
+    assert EngineConfig.from_flat(rank=7).scoring.rank == 7

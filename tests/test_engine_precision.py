@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers_models import engine_config, tiny_model, toy_pairs
+from helpers_models import tiny_model, toy_pairs
 
 import gdig_ext
 from gdig.engine import fit_factors, prepare_seeds, score_candidates
+from gdig.engine.config import EngineConfig
 from gdig.engine.precision import matmul_acc, op_dtype
 
 PATTERN = r"mlp\.down_proj$"
@@ -45,7 +46,7 @@ def _run(autocast, tmp_path, monkeypatch=None, seen=None, n_pool=48, n_seeds=6, 
     model, tok = tiny_model("llama", hidden=16, inter=48, blocks=2)
     model = model.to(device)
     pool = toy_pairs(n_pool, seed=3)
-    cfg = engine_config(
+    cfg = EngineConfig.from_flat(
         layers=PATTERN, factor_samples=0, k_in=4, k_out=4, rank=4, batch_size=8,
         autocast=autocast, dense_seeds_mb=0,
     )  # fmt: skip

@@ -10,9 +10,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from helpers_models import engine_config, real_pairs
+from helpers_models import real_pairs
 
 from gdig.engine import fit_factors, prepare_seeds, score_candidates
+from gdig.engine.config import EngineConfig
 from gdig.model import ensure_smollm2, load_model, smollm2_available
 
 pytestmark = pytest.mark.skipif(
@@ -35,7 +36,7 @@ def test_identical_candidate_helps_and_corrupted_target_helps_less(smollm2, tmp_
     corrupted = [
         dataclasses.replace(p, id=f"{p.id}-bad", tgt=others[i].tgt) for i, p in enumerate(seeds)
     ]
-    cfg = engine_config(layers=r"layers\.(17|23|29)\.mlp\.down_proj$", factor_samples=0)
+    cfg = EngineConfig.from_flat(layers=r"layers\.(17|23|29)\.mlp\.down_proj$", factor_samples=0)
     factors = fit_factors(model, tok, pairs, cfg, progress=False)
     sg = prepare_seeds(model, tok, seeds, factors, cfg, progress=False)
     store = score_candidates(model, tok, clean + corrupted, sg, cfg, tmp_path, progress=False)

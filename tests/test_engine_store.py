@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers_models import engine_config, tiny_model, toy_pairs, with_options
+from helpers_models import tiny_model, toy_pairs
 
 import gdig_ext
 from gdig.engine import (
@@ -19,6 +19,7 @@ from gdig.engine import (
     rescore,
     score_candidates,
 )
+from gdig.engine.config import EngineConfig
 from gdig.engine.score import run_key
 from gdig.engine.store import (
     OPTIONAL_SHARD_FILES,
@@ -38,7 +39,9 @@ PATTERN = r"mlp\.down_proj$"
 def scored(tmp_path_factory):
     model, tok = tiny_model("llama", hidden=16, inter=48)
     pool = toy_pairs(23, seed=11)
-    cfg = engine_config(layers=PATTERN, factor_samples=16, k_in=8, k_out=4, rank=4, top_k=3)
+    cfg = EngineConfig.from_flat(
+        layers=PATTERN, factor_samples=16, k_in=8, k_out=4, rank=4, top_k=3
+    )
     factors = fit_factors(model, tok, pool, cfg, progress=False)
     seeds = prepare_seeds(model, tok, pool[:5], factors, cfg, progress=False)
     root = tmp_path_factory.mktemp("store")
@@ -115,7 +118,7 @@ def test_resume_skips_good_shards_and_redoes_bad_ones(scored):
     assert redone == ["shard-00002"]
     assert store.n == 23
     # A different configuration invalidates every shard.
-    cfg2 = with_options(cfg, top_k=2)
+    cfg2 = cfg.with_options(top_k=2)
     score_candidates(model, tok, pool, seeds, cfg2, root, shard_size=7, progress=False)
     again = {p: p.stat().st_mtime_ns for p in root.glob("shard-*/benefit.npy")}
     assert all(again[p] != after[p] for p in after)
@@ -167,7 +170,7 @@ def test_manifest_records_bytes_per_candidate_and_file_stats(scored):
 
 def test_float16_store_round_trip(scored, tmp_path):
     model, tok, pool, cfg, seeds, _, _ = scored
-    cfg16 = with_options(cfg, feature_dtype="float16")
+    cfg16 = cfg.with_options(feature_dtype="float16")
     store32 = score_candidates(model, tok, pool, seeds, cfg, tmp_path / "32", 7, progress=False)
     store = score_candidates(model, tok, pool, seeds, cfg16, tmp_path, 7, progress=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())

@@ -11,8 +11,8 @@ import pytest
 
 from gdig.io.errors import UsageError
 from gdig.io.integrity import NOT_FINGERPRINTED, fingerprint_fields, sha256_file
-from gdig.run.config import RunOptions
-from gdig.run.fingerprint import (
+from gdig.pipeline.config import RunOptions
+from gdig.pipeline.fingerprint import (
     STAGES,
     diff,
     file_identity,

@@ -7,7 +7,7 @@ from helpers_models import byte_tokenizer
 
 from gdig.data.pairs import Pair
 from gdig.model import smollm2_available
-from gdig.run.lengths import byte_bounded, token_lengths
+from gdig.pipeline.lengths import byte_bounded, token_lengths
 
 TEXTS = [
     ("Guten Morgen.", "Good morning."),

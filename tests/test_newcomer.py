@@ -16,6 +16,7 @@ from helpers_models import toy_pairs
 
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
+from gdig.engine.config import EngineConfig
 
 FAST = ["--no-progress", "--factor-samples", "40", "--k-in", "4", "--k-out", "4", "--rank", "4"]
 POOL = 42
@@ -304,7 +305,7 @@ def test_dry_run_estimates_and_writes_nothing(tiny_llama_dir, inputs, tmp_path, 
     ],
 )
 def test_an_estimate_tells_fixed_from_per_item_cost(small, large, fixed, per):
-    from gdig.run.estimate import Line
+    from gdig.pipeline.estimate import Line
 
     line = Line.fit(small, large)
     assert line.fixed == pytest.approx(fixed) and line.per_item == pytest.approx(per)
@@ -381,13 +382,12 @@ def test_factors_are_kept_at_the_precision_scoring_uses(tiny_llama_dir, tmp_path
     """Scoring in float32 casts the eigenbases to float32: stored so, they give it the
     same bits at half the bytes; the eigen-diagonal and damping agree to float32."""
     import torch
-    from helpers_models import engine_config
 
     from gdig.engine import Factors, fit_factors
     from gdig.model import load_model
 
     model, tok = load_model(tiny_llama_dir)
-    cfg = engine_config(factor_samples=12, k_in=4, k_out=4)
+    cfg = EngineConfig.from_flat(factor_samples=12, k_in=4, k_out=4)
     factors = fit_factors(model, tok, toy_pairs(12, seed=2), cfg, progress=False)
     wide = Factors.load(factors.save(tmp_path / "f64.safetensors"), model, cfg.factors)
     path = factors.save(tmp_path / "f32.safetensors", dtype=torch.float32)

@@ -16,7 +16,7 @@ from helpers_models import toy_pairs
 from gdig.cli import main
 from gdig.data.pairs import write_jsonl
 from gdig.engine.store import bytes_per_candidate
-from gdig.run.diskspace import factor_bytes, folder_bytes, store_bytes
+from gdig.pipeline.diskspace import factor_bytes, folder_bytes, store_bytes
 
 FAST = ["--no-progress", "--factor-samples", "30", "--k-in", "4", "--k-out", "4", "--rank", "4",
         "--budget", "8", "--tau", "0.5", "--on-short", "fill", "--shard-size", "16"]  # fmt: skip

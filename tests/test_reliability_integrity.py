@@ -158,7 +158,7 @@ def test_selection_save_is_atomic(done_run, tmp_path, monkeypatch):
 
 
 def test_a_second_process_on_the_same_folder_is_refused(done_run, tmp_path, capsys):
-    from gdig.run.lock import run_lock
+    from gdig.pipeline.lock import run_lock
 
     args, out = _copy(done_run, tmp_path)
     with run_lock(out):  # as if another gdig process were running there
@@ -229,7 +229,7 @@ def test_a_copy_that_did_not_keep_mtimes_is_verified_not_recomputed(done_run, tm
 
 def test_verify_is_checked_and_on_the_help(capsys):
     from gdig.io.validate import OptionError
-    from gdig.run.config import RunConfig
+    from gdig.pipeline.config import RunConfig
 
     with pytest.raises(OptionError, match="--verify"):
         RunConfig(verify="sha")

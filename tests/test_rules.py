@@ -120,7 +120,7 @@ def test_prefilter_drops_exactly_the_flagged_pairs_and_resumes(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input_checks"]["prefilter"] == want.counts()
     # a resume judges nothing again and keeps the store
-    import gdig.run.prefilter as prefilter
+    import gdig.pipeline.prefilter as prefilter
 
     monkeypatch.setattr(prefilter, "apply_rules", lambda *a, **k: pytest.fail("re-judged"))
     before = (out / "store" / "manifest.json").read_bytes()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from gdig.io.validate import read_saved
-from gdig.run.options import resolve
+from gdig.pipeline.options import resolve
 from gdig.select.config import SelectConfig
 
 
@@ -32,7 +32,7 @@ def _ids() -> dict:
 def test_run_options_sections_are_its_fields():
     import dataclasses
 
-    from gdig.run.config import SECTIONS, RunOptions
+    from gdig.pipeline.config import SECTIONS, RunOptions
 
     assert [f.name for f in dataclasses.fields(RunOptions)] == list(SECTIONS)
     assert list(RunOptions().as_manifest()) == list(SECTIONS)
@@ -42,8 +42,8 @@ def test_the_folder_writes_its_manifest_as_a_typed_record(tmp_path):
     import dataclasses
     import json
 
-    from gdig.run.config import RunOptions
-    from gdig.run.folder import Manifest, RunFolder
+    from gdig.pipeline.config import RunOptions
+    from gdig.pipeline.folder import Manifest, RunFolder
 
     folder = RunFolder.open(RunOptions(), tmp_path, ("fit", "score"), _ids())
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
@@ -68,7 +68,7 @@ def test_the_folder_writes_its_manifest_as_a_typed_record(tmp_path):
 
 
 def test_a_follower_never_writes(tmp_path):
-    from gdig.run.folder import Manifest, RunFolder
+    from gdig.pipeline.folder import Manifest, RunFolder
 
     follower = RunFolder.follower(tmp_path, Manifest())
     follower.record("fit", 1.0)
@@ -82,8 +82,8 @@ def test_reopening_guards_earlier_stages_and_redoes_select(tmp_path):
     import pytest
 
     from gdig.io.errors import UsageError
-    from gdig.run.config import RunOptions
-    from gdig.run.folder import Manifest, RunFolder
+    from gdig.pipeline.config import RunOptions
+    from gdig.pipeline.folder import Manifest, RunFolder
 
     opts = RunOptions()
     folder = RunFolder.open(opts, tmp_path, ("fit", "score", "select"), _ids())
@@ -108,7 +108,7 @@ def test_a_manifest_from_elsewhere_reads_or_is_named(tmp_path):
     import pytest
 
     from gdig.io.errors import UsageError
-    from gdig.run.folder import Manifest
+    from gdig.pipeline.folder import Manifest
 
     (tmp_path / "manifest.json").write_text('{"stages": {"fit": {"done": true}}, "future": 1}')
     assert Manifest.read(tmp_path).stages == {"fit": {"done": True}}  # unknown keys left out

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers_models import engine_config, tiny_model, toy_pairs
+from helpers_models import tiny_model, toy_pairs
 
+from gdig.engine.config import EngineConfig
 from gdig.engine.factors import fit_factors
 from gdig.engine.score import score_candidates
 from gdig.engine.seeds import prepare_seeds
@@ -36,7 +37,9 @@ def scored(tmp_path_factory):
     seeds = toy_pairs(4, seed=9)
     for i, s in enumerate(seeds):
         s.id = f"seed-{i}"
-    cfg = engine_config(layers=PATTERN, factor_samples=13, k_in=8, k_out=4, rank=4, top_k=2)
+    cfg = EngineConfig.from_flat(
+        layers=PATTERN, factor_samples=13, k_in=8, k_out=4, rank=4, top_k=2
+    )
     factors = fit_factors(model, tok, pool, cfg, progress=False)
     prepared = prepare_seeds(model, tok, seeds, factors, cfg, progress=False)
     root = tmp_path_factory.mktemp("store")

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gdig.io.errors import UsageError
-from gdig.run.folder import REPORT_FILE, SCORES_FILE, SELECTED_FILE, SELECTION_FILE
+from gdig.pipeline.folder import REPORT_FILE, SCORES_FILE, SELECTED_FILE, SELECTION_FILE
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from gdig.run.config import RunOptions
-    from gdig.run.folder import Manifest
+    from gdig.pipeline.config import RunOptions
+    from gdig.pipeline.folder import Manifest
     from gdig.select.selection import Selection
 
 __all__ = ["Run", "execute", "open_run", "options_for", "run", "score"]
@@ -53,9 +53,9 @@ def options_for(
     ``values`` (Python's, type-checked here) > the ``config`` file > ``defaults`` (the
     demo's) > the run folder's saved options > the dataclass defaults. A name the verb
     does not take is refused with the names it does."""
-    from gdig.run.config import VERB_SECTIONS, VERB_SKIPS
-    from gdig.run.folder import saved_options
-    from gdig.run.options import check_values, flag, known_keys, read_config_file, resolve
+    from gdig.pipeline.config import VERB_SECTIONS, VERB_SKIPS
+    from gdig.pipeline.folder import saved_options
+    from gdig.pipeline.options import check_values, flag, known_keys, read_config_file, resolve
 
     keys = known_keys(VERB_SECTIONS[verb]) - VERB_SKIPS[verb]
     given = dict(flags or {})
@@ -80,8 +80,8 @@ def options_for(
 def execute(verb: str, opts: RunOptions, stages: tuple[str, ...] | None = None) -> Run:
     """Run a verb's stages (or ``stages``) with ``opts`` in ``opts.run.out``; the one
     implementation behind the command and the functions here."""
-    from gdig.run.config import VERB_STAGES
-    from gdig.run.stages import run_stages
+    from gdig.pipeline.config import VERB_STAGES
+    from gdig.pipeline.stages import run_stages
 
     outcome = run_stages(opts, stages or VERB_STAGES[verb])
     return Run(outcome.folder.path, outcome=outcome)
@@ -109,7 +109,7 @@ def run(
 
 def open_run(out: PathLike) -> Run:
     """The run in folder ``out`` (made by ``gdig run`` or :func:`run`)."""
-    from gdig.run.folder import Manifest
+    from gdig.pipeline.folder import Manifest
 
     path = Path(out)
     if not path.is_dir() or Manifest.read(path) is None:
@@ -137,7 +137,7 @@ class Run:
     @property
     def manifest(self) -> Manifest:
         """The folder's manifest (options, input identities, stage records), read now."""
-        from gdig.run.folder import Manifest
+        from gdig.pipeline.folder import Manifest
 
         got = Manifest.read(self.out)
         if got is None:
@@ -147,8 +147,8 @@ class Run:
     @property
     def options(self) -> RunOptions:
         """The options the run was last made with."""
-        from gdig.run.folder import saved_options
-        from gdig.run.options import resolve
+        from gdig.pipeline.folder import saved_options
+        from gdig.pipeline.options import resolve
 
         return resolve({}, {}, None, saved_options(self.out))
 
@@ -158,7 +158,7 @@ class Run:
 
     def _file(self, file: str, name: str | None) -> Path:
         """A selection's output: the run's own, or named selection ``name``'s."""
-        from gdig.run.folder import SELECTIONS_DIR
+        from gdig.pipeline.folder import SELECTIONS_DIR
 
         return (self.out / SELECTIONS_DIR / name if name else self.out) / file
 

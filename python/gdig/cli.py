@@ -17,8 +17,8 @@ from typing import Any
 
 from gdig.io.errors import GdigError, UsageError
 from gdig.io.validate import closest
-from gdig.run.config import TOOL_SECTIONS, TOOL_SKIPS, VERB_SECTIONS, VERB_SKIPS
-from gdig.run.options import add_flags, known_keys, read_config_file, resolve
+from gdig.pipeline.config import TOOL_SECTIONS, TOOL_SKIPS, VERB_SECTIONS, VERB_SKIPS
+from gdig.pipeline.options import add_flags, known_keys, read_config_file, resolve
 
 # The embedded demo: sized to finish in minutes on a 2-core CPU; every value can be
 # overridden by a flag (e.g. --budget, --factor-samples, --layers).
@@ -199,7 +199,7 @@ def run_tool(args: argparse.Namespace) -> int:
     file belongs (or the reverse) is one line naming the flag (exit 2).
     """
     from gdig.model.load import resolve_model
-    from gdig.run.options import known_keys
+    from gdig.pipeline.options import known_keys
 
     classes = TOOL_SECTIONS[args.command]
     keys = known_keys(tuple(classes), classes) - TOOL_SKIPS[args.command]
@@ -209,10 +209,10 @@ def run_tool(args: argparse.Namespace) -> int:
     job = built["job"]
     if job.progress is None:
         job.progress = sys.stderr.isatty()
-    what = "data" if args.command == "finetune" else "test"
-    if job.model is None or getattr(job, what) is None or job.out is None:
+    what, given = ("data", job.data) if args.command == "finetune" else ("test", job.test)
+    if job.model is None or given is None or job.out is None:
         raise UsageError(f"gdig {args.command} needs --model, --{what} and --out")
-    pairs = _tool_pairs(f"--{what}", getattr(job, what))
+    pairs = _tool_pairs(f"--{what}", given)
     dev_pairs = _tool_pairs("--dev", job.dev) if args.command == "finetune" and job.dev else None
     out = Path(job.out)
     if args.command == "finetune" and out.exists() and not out.is_dir():
@@ -282,7 +282,7 @@ def selection_flags(cfg: Any) -> str:
     """Every selection option in effect, as the flags that give it (``--tau 0.9 ...``)."""
     import dataclasses
 
-    from gdig.run.options import flag
+    from gdig.pipeline.options import flag
 
     def shown(value: Any) -> str:
         if value is None:
@@ -321,8 +321,8 @@ def _selection_rows(sel: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def print_summary(outcome) -> None:
-    """What a command did (a :class:`gdig.run.stages.RunOutcome`), in a few lines."""
-    from gdig.run.fingerprint import STAGES
+    """What a command did (a :class:`gdig.pipeline.stages.RunOutcome`), in a few lines."""
+    from gdig.pipeline.fingerprint import STAGES
 
     folder = outcome.folder
     records = {s: folder.stage_record(s) for s in STAGES}  # a named selection's own

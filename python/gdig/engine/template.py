@@ -87,7 +87,7 @@ def encode_parts(
 ) -> list[tuple[list[int], list[int]]]:
     """Untruncated ``(prompt ids, target ids + EOS)`` of each pair: the one rule by which an
     example is tokenised. :func:`encode_pair` truncates it; the run's length check
-    (``gdig.run.lengths``) counts it, so "too long" means what the engine would cut."""
+    (``gdig.pipeline.lengths``) counts it, so "too long" means what the engine would cut."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token; set one (tokenizer.eos_token = ...)")
     prompts = [render_prompt(p, template, tokenizer) for p in pairs]

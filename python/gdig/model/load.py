@@ -42,7 +42,7 @@ def load_model(
             "gdig.model.ensure_smollm2() to get one"
         )
     torch_dtype = resolve_dtype(dtype)
-    quiet = contextlib.nullcontext() if progress else _quiet_transformers()
+    quiet = contextlib.nullcontext() if progress else quiet_transformers()
     with quiet:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         kwargs: dict[str, Any] = {"local_files_only": True}
@@ -58,7 +58,7 @@ def load_model(
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and logging below ERROR; restore both after.
 
     transformers' progress-bar switch also flips huggingface_hub's bars, so the hub's own
@@ -115,7 +115,7 @@ def resolve_model(spec: str, progress: bool = True) -> Path:
     if spec == "smollm2":
         from gdig.model.smollm2 import ensure_smollm2
 
-        with contextlib.nullcontext() if progress else _quiet_transformers():
+        with contextlib.nullcontext() if progress else quiet_transformers():
             return _check_model_folder(spec, ensure_smollm2())
     path = Path(spec).expanduser()
     if path.is_dir():

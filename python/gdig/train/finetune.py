@@ -314,9 +314,9 @@ def _write_final(
     if final_tmp.exists():
         shutil.rmtree(final_tmp)
     final_tmp.mkdir(parents=True)
-    from gdig.model.load import _quiet_transformers
+    from gdig.model.load import quiet_transformers
 
-    with contextlib.nullcontext() if progress else _quiet_transformers():
+    with contextlib.nullcontext() if progress else quiet_transformers():
         model.save_pretrained(final_tmp)
         tokenizer.save_pretrained(final_tmp)
     atomic_write_text(final_tmp / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))

@@ -24,9 +24,9 @@ from gdig.data.pool import PoolIndex
 from gdig.engine.faults import fault_point
 from gdig.io.errors import GdigError, UsageError
 from gdig.io.validate import check_budget, read_saved
-from gdig.run.config import RunOptions
-from gdig.run.fingerprint import STAGES
-from gdig.run.folder import (
+from gdig.pipeline.config import RunOptions
+from gdig.pipeline.fingerprint import STAGES
+from gdig.pipeline.folder import (
     FACTORS_FILE,
     FINETUNED_DIR,
     NONFINITE_FILE,
@@ -41,9 +41,9 @@ from gdig.run.folder import (
     RunFolder,
     check_out_folder,
 )
-from gdig.run.inputs import ExecutionPlan, RunInputs, identities, model_path, preflight
-from gdig.run.inputs import replace_entries as replace_jsonl_entries
-from gdig.run.poolrows import PairTexts, pool_rows
+from gdig.pipeline.inputs import ExecutionPlan, RunInputs, identities, model_path, preflight
+from gdig.pipeline.inputs import replace_entries as replace_jsonl_entries
+from gdig.pipeline.poolrows import PairTexts, pool_rows
 from gdig.select.config import SelectConfig
 
 Stage = Callable[[RunFolder, RunInputs, RunOptions, ExecutionPlan], None]
@@ -377,7 +377,7 @@ def run_stages(opts: RunOptions, stages: tuple[str, ...] = STAGES) -> RunOutcome
 
 
 def _run_stages(opts: RunOptions, stages: tuple[str, ...], plan: ExecutionPlan) -> RunOutcome:
-    from gdig.run.lock import run_lock
+    from gdig.pipeline.lock import run_lock
 
     out = check_out_folder(opts.run.out)
     if not plan.dist.main:  # rank 0 checks the folder and fixes the batch size: wait for it
@@ -441,7 +441,7 @@ def _run_todo(
         fresh = not any(folder.stage_record(s) for s in ("fit", "score"))
         # A new run says what it will cost; a pool of a few pairs needs no estimate.
         if "fit" in stages and "score" in stages and fresh and len(inputs.pool) >= 8:
-            from gdig.run import estimate
+            from gdig.pipeline import estimate
 
             est = estimate.measure(inputs, opts, plan, folder.path, n=4, warm_up=False)
             for line in estimate.summary(folder, inputs, opts, est, todo):
@@ -464,7 +464,7 @@ def dry_run(opts: RunOptions, stages: tuple[str, ...], plan: ExecutionPlan) -> R
     to ``--out``."""
     import tempfile
 
-    from gdig.run import estimate
+    from gdig.pipeline import estimate
 
     out = check_out_folder(opts.run.out)
     parent = next(p for p in [out.parent, *out.parent.parents] if p.is_dir())
@@ -485,7 +485,7 @@ def dry_run(opts: RunOptions, stages: tuple[str, ...], plan: ExecutionPlan) -> R
 
 def _with_saved_selection(opts: RunOptions, old: Manifest | None) -> RunOptions:
     """``opts`` with the run folder's saved select and report options."""
-    from gdig.run.config import ReportConfig
+    from gdig.pipeline.config import ReportConfig
 
     saved = old.config if old else {}
     where = "the run folder's manifest"

@@ -16,17 +16,17 @@ from gdig.engine.config import EngineConfig
 from gdig.engine.distributed import SINGLE, Dist
 from gdig.io.errors import UsageError
 from gdig.io.validate import check_budget
-from gdig.run.config import RunOptions
-from gdig.run.diskspace import (
+from gdig.pipeline.config import RunOptions
+from gdig.pipeline.diskspace import (
     SpaceEstimate,
     check_free_space,
     factor_bytes,
     folder_bytes,
     store_bytes,
 )
-from gdig.run.fingerprint import file_identity, model_identity
-from gdig.run.folder import FACTORS_FILE, FINETUNED_DIR, SKIPPED_FILE, STORE_DIR, RunFolder
-from gdig.run.lengths import model_context, token_lengths, too_long_records
+from gdig.pipeline.fingerprint import file_identity, model_identity
+from gdig.pipeline.folder import FACTORS_FILE, FINETUNED_DIR, SKIPPED_FILE, STORE_DIR, RunFolder
+from gdig.pipeline.lengths import model_context, token_lengths, too_long_records
 
 # The input files each stage reads (the pool's records are also what select writes out).
 READS = {"fit": ("model", "pool"), "score": ("model", "pool", "seeds"), "select": ("pool",)}
@@ -150,7 +150,7 @@ class RunInputs:
 
     def rule_flags(self, pool: PoolIndex):
         """The cleaning rules' verdict on every pair of ``pool`` (kept in the run folder)."""
-        from gdig.run.prefilter import pool_rule_flags, rules_key
+        from gdig.pipeline.prefilter import pool_rule_flags, rules_key
 
         opts = self.opts
         key = rules_key(

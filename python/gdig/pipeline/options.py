@@ -25,7 +25,7 @@ from typing import Any
 
 from gdig.io.errors import UsageError
 from gdig.io.validate import OptionError, read_saved
-from gdig.run.config import SECTIONS, RunOptions
+from gdig.pipeline.config import SECTIONS, RunOptions
 
 log = logging.getLogger("gdig")
 

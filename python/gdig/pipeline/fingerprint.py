@@ -15,7 +15,7 @@ from typing import Any
 from gdig.data.formats import formats_text, input_files
 from gdig.io.errors import UsageError
 from gdig.io.integrity import sha256_file, sha256_json, unprinted_fields
-from gdig.run.config import SECTIONS, RunOptions
+from gdig.pipeline.config import SECTIONS, RunOptions
 from gdig.select.choosers import needs_rules
 
 STAGES = ("fit", "score", "select", "report")

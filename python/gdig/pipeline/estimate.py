@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gdig.engine.faults import FAULT_ENV
-from gdig.run.config import RunOptions
-from gdig.run.folder import RunFolder
-from gdig.run.inputs import ExecutionPlan, RunInputs
+from gdig.pipeline.config import RunOptions
+from gdig.pipeline.folder import RunFolder
+from gdig.pipeline.inputs import ExecutionPlan, RunInputs
 
 
 @dataclass

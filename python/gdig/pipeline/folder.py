@@ -26,9 +26,9 @@ from gdig import __version__
 from gdig.io.atomic import atomic_write_text, remove_stale_temps
 from gdig.io.errors import UsageError
 from gdig.io.integrity import bad_files, check_store, file_digests
-from gdig.run.config import RunOptions
-from gdig.run.fingerprint import STAGES, stage_diff, stage_fingerprints
-from gdig.run.lock import LOCK_FILE
+from gdig.pipeline.config import RunOptions
+from gdig.pipeline.fingerprint import STAGES, stage_diff, stage_fingerprints
+from gdig.pipeline.lock import LOCK_FILE
 
 log = logging.getLogger("gdig")
 
