@@ -22,8 +22,11 @@ share of candidates with the same count, and with the same pass/fail at tau = 0.
 overlap of the gdig selection (budget N/4, tau 0.9, fill) made from these benefits with the
 one made from the reference's (same features, so only the benefits differ), and, for the
 k rows, the Spearman of the benefits re-scored from the stored features (``rescore``'s
-route). Cost, timed in this one process: seconds per seed, candidates/s of scoring, the
-prepared seeds' memory, and fit + seeds + score of this run against r = 32's.
+route). Cost, timed in this process after the references have finished (they run first, in
+children, so that nothing shares the cores with a timed row): seconds per seed and
+candidates/s of scoring, each the median of ``--repeats`` rounds (rank order rotated, after
+the untimed first pass that gives the benefits) with its min-max; the prepared seeds'
+memory; and fit + seeds + score against r = 32's (one fit serves every rank).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +43,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from harness import ROOT, Machine, add_common_args, child_main, command, real_pairs, write_section
+from harness import (
+    ROOT,
+    Machine,
+    add_common_args,
+    child_main,
+    command,
+    real_pairs,
+    rotated,
+    spread,
+    write_section,
+)
 
 DATA_FILE = "tatoeba.zh-en.jsonl"
 TAU = 0.9
@@ -54,10 +68,18 @@ class Row:
     rescored: np.ndarray | None  # [N, S] from the projected features (k rows)
     features: np.ndarray  # [N, D] for the selection's clustering
     fit_s: float
-    seeds_s: float
-    score_s: float
+    seeds_s: list[float]  # one per timed round (the first pass alone without --repeats)
+    score_s: list[float]
     seed_mib: float
     extra: dict = field(default_factory=dict)
+
+    @property
+    def seeds_med(self) -> float:
+        return float(np.median(self.seeds_s))
+
+    @property
+    def score_med(self) -> float:
+        return float(np.median(self.score_s))
 
 
 def n_pos(b: np.ndarray) -> np.ndarray:
@@ -167,13 +189,13 @@ def start_references(args: argparse.Namespace, work: Path) -> dict[str, tuple]:
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray], str]:
-
     work = Path(tempfile.mkdtemp(prefix="gdig-accuracy-"))
-    jobs = start_references(args, work)
+    refs = finish_references(start_references(args, work))  # before any timed row
     model, tok, seeds, cands, base = load(args)
     rows: list[Row] = []
+    configs = {}
     factors32 = None
-    for r in args.ranks:
+    for r in args.ranks:  # the first pass: benefits and features, and a warm-up
         # r = 0: no compression; the dense order gives the same numbers, and fast
         cfg = base.with_options(rank=r, **({"dense_seeds_mb": 1 << 16} if r == 0 else {}))
         factors32, sg, store, fit_s, seeds_s, score_s = run_gdig(
@@ -182,8 +204,23 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray],
         fit_s = fit_s if not rows else rows[0].fit_s  # one fit serves every rank
         label = f"r = {r}" if r else "r = none (no compression)"
         feats = store.feature_rows(np.arange(store.n))
-        rows.append(Row(label, benefits(store), None, feats, fit_s, seeds_s, score_s, seed_mib(sg)))
+        rows.append(Row(label, benefits(store), None, feats, fit_s, [seeds_s], [score_s],
+                        seed_mib(sg)))  # fmt: skip
+        configs[label] = cfg
         print(label, f"fit {fit_s:.1f} seeds {seeds_s:.1f} score {score_s:.1f}", flush=True)
+    if args.repeats:
+        by_label = {row.label: row for row in rows}
+        for row in rows:
+            row.seeds_s, row.score_s = [], []
+        for i in range(args.repeats):  # timed rounds, rank order rotated
+            for label in rotated(list(by_label), i):
+                *_, seeds_s, score_s = run_gdig(
+                    model, tok, seeds, cands, configs[label], work / "timed", factors32
+                )
+                by_label[label].seeds_s.append(seeds_s)
+                by_label[label].score_s.append(score_s)
+                shutil.rmtree(work / "timed")
+            print(f"timed round {i + 1} of {args.repeats} done", flush=True)
     for k in args.k:
         cfg = base.with_options(k_in=k, k_out=k)
         _, sg, store, fit_s, seeds_s, score_s = run_gdig(
@@ -191,21 +228,26 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], dict[str, np.ndarray],
         )
         feats = store.feature_rows(np.arange(store.n))
         rescored = feats @ sg.features.T
-        rows.append(Row(f"k = {k} (r = 32)", benefits(store), rescored, feats, fit_s, seeds_s,
-                        score_s, seed_mib(sg), {"dim": feats.shape[1]}))  # fmt: skip
+        rows.append(Row(f"k = {k} (r = 32)", benefits(store), rescored, feats, fit_s, [seeds_s],
+                        [score_s], seed_mib(sg), {"dim": feats.shape[1]}))  # fmt: skip
         print(f"k = {k}", f"fit {fit_s:.1f} seeds {seeds_s:.1f} score {score_s:.1f}", flush=True)
+    return rows, refs, str(work)
+
+
+def finish_references(jobs: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """Wait for the reference children; a failed one is left out, and said so."""
     refs: dict[str, np.ndarray] = {}
     for name, (proc, path) in jobs.items():
         if proc.wait() != 0 or not path.is_file():  # killed (out of memory?) or failed
             print(f"accuracy: {name} failed (exit {proc.returncode}); left out", file=sys.stderr)
             continue
         refs[name] = np.load(path)
-    return rows, refs, str(work)
+    return refs
 
 
 def render(rows: list[Row], refs: dict[str, np.ndarray], args, machine: str) -> str:
     base = next(r for r in rows if r.label == "r = 32")
-    base_e2e = base.fit_s + base.seeds_s + base.score_s
+    base_e2e = base.fit_s + base.seeds_med + base.score_med
     feats32 = base.features
     lines = [
         "## Accuracy of the default mode against exact EK-FAC (benchmarks/accuracy.py)",
@@ -222,10 +264,11 @@ def render(rows: list[Row], refs: dict[str, np.ndarray], args, machine: str) -> 
         "benefit) / n_pos equal (share of candidates) / pass at tau 0.9 equal / gdig "
         f"selection overlap (budget N/4, tau {TAU}, fill; the r = 32 features for every row, "
         "so only the benefits differ). k rows: the same seeds and benefits as r = 32; "
-        "`rescore` = Spearman of the benefits re-scored from the stored features. Cost from "
-        "this one run (shared machine: see the line above): s per seed, scoring candidates/s, "
-        "prepared seeds' memory, scoring time against r = 32's (what dominates a large pool), "
-        "and fit + seeds + score of this run against r = 32's.",
+        "`rescore` = Spearman of the benefits re-scored from the stored features. Cost, timed "
+        "with nothing else running (the references finished first): s per seed and scoring "
+        "candidates/s as the median (min-max) of the timed rounds (rank order rotated; k rows: "
+        "one pass), prepared seeds' memory, scoring time against r = 32's (what dominates a "
+        "large pool), and fit + seeds + score against r = 32's (medians; one fit for all).",
         "",
         "| setting | "
         + " | ".join(f"vs {name}" for name in refs)
@@ -248,10 +291,12 @@ def render(rows: list[Row], refs: dict[str, np.ndarray], args, machine: str) -> 
             ref = next(iter(refs.values()))
             rescore = f"{spearmanr(row.rescored.ravel(), ref.ravel()).statistic:.3f}"
             rescore += f" (D = {row.extra['dim']})"
-        e2e = (row.fit_s + row.seeds_s + row.score_s) / base_e2e
+        e2e = (row.fit_s + row.seeds_med + row.score_med) / base_e2e
+        per_seed = [t / args.seeds for t in row.seeds_s]
+        rate = [args.candidates / t for t in row.score_s]
         cells += [
-            rescore, f"{row.seeds_s / args.seeds:.3f}", f"{args.candidates / row.score_s:.2f}",
-            f"{row.score_s / base.score_s:.2f}", f"{row.seed_mib:.0f}", f"{e2e:.2f}",
+            rescore, spread(per_seed, ".3f"), spread(rate, ".2f"),
+            f"{row.score_med / base.score_med:.2f}", f"{row.seed_mib:.0f}", f"{e2e:.2f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     if len(refs) == 2:
@@ -275,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ranks", default="16,32,64,128,0", help="seed ranks (0 = none); 32 needed")
     ap.add_argument("--k", default="16,64", help="projection sizes k_in = k_out, at r = 32")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds of the rank rows (0: first pass only)"
+    )
     ap.add_argument("--no-gdig-exact", action="store_true", help="skip gdig's exact mode")
     ap.add_argument("--no-kronfluence", action="store_true", help="skip kronfluence-exact")
     ap.add_argument("--out", default=None, help="write the section into this RESULTS.md")
@@ -300,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         text = render(rows, refs, args, line)
         keep = [{k: getattr(r, k) for k in ("label", "fit_s", "seeds_s", "score_s", "seed_mib",
                  "extra")} for r in rows]  # fmt: skip
-        run_args = {"seeds": args.seeds, "candidates": args.candidates, "argv": sys.argv[1:]}
+        run_args = {"seeds": args.seeds, "candidates": args.candidates, "argv": argv}
         (Path(work) / "rows.json").write_text(
             json.dumps({"rows": keep, "args": run_args, "machine": line}, indent=1)
         )
@@ -327,8 +375,9 @@ def redraw_rows(work: Path, saved: list[dict]) -> list[Row]:
         feats = store.feature_rows(np.arange(store.n))
         seed_feats = store.seed_features() if s["label"].startswith("k = ") else None
         rescored = feats @ seed_feats.T if seed_feats is not None else None
-        rows.append(Row(s["label"], benefits(store), rescored, feats, s["fit_s"], s["seeds_s"],
-                        s["score_s"], s["seed_mib"], s.get("extra", {})))  # fmt: skip
+        times = [[t] if isinstance(t, float) else t for t in (s["seeds_s"], s["score_s"])]
+        rows.append(Row(s["label"], benefits(store), rescored, feats, s["fit_s"], *times,
+                        s["seed_mib"], s.get("extra", {})))  # fmt: skip
     return rows
 
 
