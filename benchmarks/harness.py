@@ -192,7 +192,9 @@ class Machine:
             f"{end:%H:%M}; 1-min load {self.load_start:.1f} at the start, {load_end:.1f} at "
             "the end."
         )
-        if self.busy(self.load_start) or self.busy(load_end):
+        # At the end the 1-minute load still counts this script's own threads: only what
+        # exceeds them is another process's.
+        if self.busy(self.load_start) or self.busy(load_end - self.threads):
             text += (
                 f" **WARNING: load above {BUSY_LOAD_PER_CORE} per core: other processes shared "
                 "the cores, so these timings are not comparable with a quiet machine's.**"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -106,3 +107,15 @@ def test_section_gives_medians_spreads_and_ratios_per_round(tmp_path):
     both = md.read_text()
     assert both.count("<!-- peers-tiny: start") == 1 and both.count("<!-- peers: start") == 1
     assert "9.99" in both
+
+
+def test_machine_line_warns_only_for_load_beyond_the_scripts_own_threads(monkeypatch):
+    """The end-of-run load counts the benchmark's own threads; another process's share warns."""
+    cores = os.cpu_count() or 1
+    loads = iter([0.1 * cores, 0.1 * cores + 2])  # start quiet; at the end, our 2 threads
+    monkeypatch.setattr(os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    assert "WARNING" not in harness.Machine(threads=2).line()
+    loads = iter([0.1 * cores, 0.1 * cores + 2 + cores])  # and a whole other job per core
+    assert "WARNING" in harness.Machine(threads=2).line()
+    loads = iter([cores, 0.0])  # busy when it started
+    assert "WARNING" in harness.Machine(threads=2).line()
