@@ -250,7 +250,10 @@ def render(rows: list[Row], refs: dict[str, np.ndarray], args, machine: str) -> 
     base_e2e = base.fit_s + base.seeds_med + base.score_med
     feats32 = base.features
     lines = [
-        "## Accuracy of the default mode against exact EK-FAC (benchmarks/accuracy.py)",
+        "## Accuracy of the default mode against exact EK-FAC (benchmarks/accuracy.py)"
+        if refs
+        else f"## What the seed rank costs at S = {args.seeds} (benchmarks/accuracy.py, no "
+        "exact reference)",
         "",
         f"`{command('accuracy.py', getattr(args, 'argv', None))}`",
         "",
@@ -354,8 +357,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"stores, scores and rows.json kept in {work} (--redraw {work})", file=sys.stderr)
     print(text)
-    if args.out:
-        write_section(args.out, "accuracy", "accuracy.py", text)
+    if args.out:  # a cost-only run (no reference) has a section of its own per seed count
+        costs_only = args.no_gdig_exact and args.no_kronfluence
+        key = f"rank-cost-s{args.seeds}" if costs_only else "accuracy"
+        write_section(args.out, key, "accuracy.py", text)
 
 
 def store_dir(label: str) -> str:

@@ -265,3 +265,23 @@ def test_forgotten_shards_make_the_store_incomplete(scored, tmp_path):
     assert sorted(manifest["shards"]) == ["shard-00000", "shard-00001", "shard-00003"]
     with pytest.raises(ValueError, match="incomplete"):
         GradStore.open(tmp_path / "s")
+
+
+def test_seed_features_digest_survives_large_values_and_last_bit_noise():
+    """The resume key's digest: no float16 overflow for exact-mode sized features, the same
+    digest for a last-bit difference, another one for a real change."""
+    import warnings
+
+    from gdig.engine.score import features_digest
+
+    rng = np.random.default_rng(5)
+    f = (rng.standard_normal((6, 40)) * 1e6).astype(np.float32)  # far beyond float16's 65504
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow in the cast would raise here
+        key = features_digest(f)
+    nudged = np.nextafter(f, np.float32(np.inf), dtype=np.float32)
+    nudged[0, 0] = f[0, 0]  # keep the peak (and so the scale) as it was
+    assert features_digest(nudged) == key
+    changed = f.copy()
+    changed[2, 3] *= 1.5
+    assert features_digest(changed) != key

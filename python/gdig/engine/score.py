@@ -170,9 +170,18 @@ def run_key(model: nn.Module, seeds: SeedGradients, cfg: EngineConfig) -> dict[s
         "config": config,
         "model": sha256_json(model_fingerprint(model, seeds.layer_names)),
         "seeds": seeds.ids,
-        # float16 rounding: a bit-level difference in a recomputation must not block resume.
-        "seed_features": hashlib.sha256(seeds.features.astype(np.float16).tobytes()).hexdigest(),
+        "seed_features": features_digest(seeds.features),
     }
+
+
+def features_digest(features: np.ndarray) -> str:
+    """sha256 of the seed features rounded to float16, so that a bit-level difference in a
+    recomputation does not block a resume. They are first scaled by a power of two (exact)
+    into [-1, 1]: exact-mode features (whole gradients) exceed float16's range."""
+    f = np.asarray(features, dtype=np.float32)
+    peak = float(np.abs(f).max()) if f.size else 0.0
+    exponent = int(np.frexp(peak)[1]) if np.isfinite(peak) and peak > 0 else 0
+    return hashlib.sha256(np.ldexp(f, -exponent).astype(np.float16).tobytes()).hexdigest()
 
 
 def score_candidates(
