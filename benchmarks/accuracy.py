@@ -262,7 +262,8 @@ def render(rows: list[Row], refs: dict[str, np.ndarray], args, machine: str) -> 
         f"SmolLM2-135M-Instruct, 10 down_proj layers (576x1536), S = {args.seeds} Tatoeba "
         f"zh-en seeds, N = {args.candidates} candidates (the next {args.candidates} pairs), "
         "EK-FAC fitted on the N candidates, damping 0.1 x mean eigenvalue. Each row: the "
-        "default mode (r = 32, k = 32, float32) with one setting changed. Against each exact "
+        "default mode at r = 32, k = 32, float32 (r = 32 was the default until this table "
+        "chose 64) with one setting changed. Against each exact "
         "reference: Spearman over all pairs / sign agreement / top-10 % overlap (by mean "
         "benefit) / n_pos equal (share of candidates) / pass at tau 0.9 equal / gdig "
         f"selection overlap (budget N/4, tau {TAU}, fill; the r = 32 features for every row, "
@@ -378,7 +379,7 @@ def redraw_rows(work: Path, saved: list[dict]) -> list[Row]:
     for s in saved:
         store = GradStore.open(work / store_dir(s["label"]))
         feats = store.feature_rows(np.arange(store.n))
-        seed_feats = store.seed_features() if s["label"].startswith("k = ") else None
+        seed_feats = store.seed_features if s["label"].startswith("k = ") else None
         rescored = feats @ seed_feats.T if seed_feats is not None else None
         times = [[t] if isinstance(t, float) else t for t in (s["seeds_s"], s["score_s"])]
         rows.append(Row(s["label"], benefits(store), rescored, feats, s["fit_s"], *times,
