@@ -65,9 +65,10 @@ $(PEERS_STAMP): $(BUILD_STAMP)
 	$(BIN)/pip install -q --no-deps --target .peers kronfluence==1.0.1 einops einconv opt-einsum
 	touch $@
 
-# SmolLM2 in two groups of about 25 min each on 2 quiet cores (3 rounds each), then the
-# agreement references (accuracy.py: the default mode against exact EK-FAC), then the tiny
-# LLaMA. Each prints the machine's load; above 0.5 per core its table carries a warning.
+# SmolLM2 in two groups (3 rounds each; on 2 quiet AMD EPYC cores one round of group 1 took
+# about 20 min, so about 1 h, and group 2 longer), then the agreement references (accuracy.py:
+# 31 min), then the tiny LLaMA: about 3 h in all. Each prints the machine's load; above 0.5
+# per core its table carries a warning.
 PEERS_RUN := $(BIN)/python benchmarks/peers.py --out benchmarks/RESULTS.md --work .peers/work
 peers: $(PEERS_STAMP)
 	$(PEERS_RUN) --fresh --methods gdig-fp32,kronfluence-sorted,kronfluence-file-order $(PEERS_ARGS)
