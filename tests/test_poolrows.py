@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from gdig.engine.score import batch_stats
 from gdig.engine.store import GradStore, StoreWriter
@@ -63,3 +64,24 @@ def test_top_seeds_of_a_subset_of_rows(store, order):
     top = store.top_seeds([store.ids[r] for r in rows])
     assert len(top) == len(rows)
     assert [top[k] for k in range(len(rows))] == [expected(store, r) for r in rows]
+
+
+def test_scoring_top_k_orders_ties_and_nan_as_the_compiled_op_does():
+    """batch_stats (the scoring pass) and score_stats (rescore) give the same top-k order on
+    exact ties, signed zeros and NaN: NaN first, then larger values, ties to the lower seed."""
+    import gdig_ext
+
+    benefit = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # a zeroed (non-finite) row: all ties
+            [1.0, 3.0, 3.0, -0.0, 0.0, 3.0],
+            [2.0, float("nan"), 5.0, float("nan"), 5.0, -1.0],
+        ]
+    )
+    got = batch_stats(benefit, 4)
+    assert got["topk_idx"].tolist() == [[0, 1, 2, 3], [1, 2, 5, 0], [1, 3, 2, 4]]
+    # The compiled op's order on the rows without NaN (seeds = identity, so its scores are
+    # the rows themselves; a NaN would spread over its whole row in the product).
+    *_, val, idx = gdig_ext.score_stats(benefit[:2], torch.eye(6), 4)
+    assert torch.equal(idx.long(), got["topk_idx"][:2].long())
+    assert torch.equal(val, got["topk_val"][:2])

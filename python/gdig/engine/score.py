@@ -46,8 +46,15 @@ def gram_norm_sq(a: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> torch.
 
 
 def batch_stats(benefit: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """n_pos, mean, min and top-k (descending) of each row of a benefit block ``[B, S]``."""
-    val, idx = benefit.topk(min(k, benefit.shape[1]), dim=1)
+    """n_pos, mean, min and top-k (descending) of each row of a benefit block ``[B, S]``.
+
+    The top-k order is the compiled ``score_stats``' (``csrc/topk_order.h``): NaN first, then
+    larger values, ties to the lower seed index, i.e. a stable descending sort. ``topk``
+    leaves the order of ties unspecified, and a row zeroed for a NaN/Inf loss is all ties;
+    S is small enough for a full sort to cost nothing beside the model pass."""
+    keep = min(k, benefit.shape[1])
+    val, idx = benefit.sort(dim=1, descending=True, stable=True)
+    val, idx = val[:, :keep], idx[:, :keep]
     return {
         "n_pos": (benefit > 0).sum(dim=1),
         "mean": benefit.mean(dim=1),
