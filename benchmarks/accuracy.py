@@ -381,9 +381,8 @@ def redraw_rows(work: Path, saved: list[dict]) -> list[Row]:
         feats = store.feature_rows(np.arange(store.n))
         seed_feats = store.seed_features if s["label"].startswith("k = ") else None
         rescored = feats @ seed_feats.T if seed_feats is not None else None
-        times = [[t] if isinstance(t, float) else t for t in (s["seeds_s"], s["score_s"])]
-        rows.append(Row(s["label"], benefits(store), rescored, feats, s["fit_s"], *times,
-                        s["seed_mib"], s.get("extra", {})))  # fmt: skip
+        rows.append(Row(s["label"], benefits(store), rescored, feats, s["fit_s"], s["seeds_s"],
+                        s["score_s"], s["seed_mib"], s.get("extra", {})))  # fmt: skip
     return rows
 
 
