@@ -186,9 +186,10 @@ class Machine:
     def line(self) -> str:
         """The machine line; ends with a WARNING when the machine was busy."""
         end, load_end = datetime.datetime.now(), os.getloadavg()[0]
+        threads = f"{self.threads} thread" + ("" if self.threads == 1 else "s")
         text = (
             f"Machine: {self.model}, {os.cpu_count()} cores, torch {self.torch}, "
-            f"{self.threads} threads; {self.commit}; {self.start:%Y-%m-%d %H:%M} to "
+            f"{threads}; {self.commit}; {self.start:%Y-%m-%d %H:%M} to "
             f"{end:%H:%M}; 1-min load {self.load_start:.1f} at the start, {load_end:.1f} at "
             "the end."
         )
