@@ -56,6 +56,7 @@ DATA_FILE = "ding.de-en.jsonl"  # in --data-dir
 
 
 PRECISIONS = ("fp32", "bf16")
+NOT_RUN = "not run"  # the cell of a precision left out by --precisions
 
 
 def train_loss(model: torch.nn.Module, batch) -> torch.Tensor:
@@ -156,9 +157,6 @@ def agreement(stores: dict) -> dict:
     }
 
 
-NOT_RUN = "not run"
-
-
 def rates(r: dict, method: str) -> list[float]:
     """Candidates/s of ``method`` in each round."""
     return [r["n"] / t for t in r["times"][method]]
@@ -196,9 +194,8 @@ def main() -> None:
     )
     add_common_args(ap)
     args = ap.parse_args()
-    precisions = tuple(p for p in PRECISIONS if p in args.precisions.split(","))
-    unknown = set(args.precisions.split(",")) - set(PRECISIONS)
-    if unknown or "fp32" not in precisions:
+    asked = args.precisions.split(",")
+    if set(asked) - set(PRECISIONS) or "fp32" not in asked:
         ap.error(f"--precisions: fp32 and optionally bf16, got {args.precisions!r}")
     if args.repeats < 3:
         ap.error(f"--repeats must be at least 3 (a median with a spread), got {args.repeats}")
@@ -219,7 +216,7 @@ def main() -> None:
 
     def run(name: str, model, tok) -> None:
         results.append(
-            bench_model(name, model, tok, pool, seeds, fit_set, cfg, args.repeats, precisions)
+            bench_model(name, model, tok, pool, seeds, fit_set, cfg, args.repeats, asked)
         )
 
     models = set(args.models.split(","))
