@@ -734,6 +734,9 @@ def render(results: dict, args, work: Path) -> str:
             "<br>".join(agree), note,
         ]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
+    if absent := [m for m in TIMED if m not in results]:
+        # Said in the table, so that a missing row is not read as a method that lost.
+        rows += ["", f"Not run for this table: {', '.join(absent)}."]
     layers = next((x["layers"] for m in METHODS for x in _ok_rounds(results, m)), "")
     title = "" if args.model == "smollm2" else f", {MODELS[args.model].split(' (')[0]}"
     runs = [f"`{r['command']}`\n\n{r['machine']}" for r in results.get("_runs", [])]

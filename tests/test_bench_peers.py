@@ -93,6 +93,12 @@ def test_section_gives_medians_spreads_and_ratios_per_round(tmp_path):
     assert "kf-sorted r32: 1.000 / 1.000 / 1.000" in cells[8]
     assert "| less-trak | failed: RuntimeError: vmap" in text
     assert "Machine: test." in text
+    # A method that never ran is named, not silently missing (less-trak ran and failed).
+    absent = (
+        "gdig-bf16, gdig-reference-ops, kronfluence-file-order, gdig-official, "
+        "paper-batch1-emulation"
+    )
+    assert f"Not run for this table: {absent}." in text
 
     md = tmp_path / "RESULTS.md"
     md.write_text("# Results\n\nbefore\n")
