@@ -4,6 +4,7 @@
     python benchmarks/peers.py [--seeds 256] [--candidates 128] [--rounds 3] \
         [--methods a,b] [--work DIR] [--out benchmarks/RESULTS.md]
     python benchmarks/peers.py --model tiny --candidates 1024 --subset 64 --out ...
+    python benchmarks/peers.py --section ops --methods gdig-fp32,gdig-reference-ops --out ...
 
 Every method runs in a fresh child process (so its peak resident memory is its own) on
 SmolLM2-135M-Instruct (or ``--model tiny``: the tiny LLaMA of bench_engine.py, 6 blocks of
@@ -51,6 +52,8 @@ The methods:
 * less-trak: LESS/TRAK-style per-example gradients of the tracked layers with torch.func
   (vmap of grad over a batch) and a dense Gaussian projection per layer to 128 dimensions,
   for seeds and candidates alike.
+``--section NAME`` writes a table of its own (section peers-NAME), for methods compared within
+the same rounds (make peers: the compiled ops against the reference ops).
 The per-example methods (gdig-official's seeds and candidates, the emulation, less-trak)
 are timed on a random sample (``--subset``, seeded) of seeds and of candidates.
 
@@ -572,9 +575,9 @@ def rates(t: dict, n: int, s: int) -> tuple[float | None, float, float | None]:
     return n / t["score"], n / (t["score"] + t["seeds"]), t["fit"]
 
 
-def marker(model: str) -> str:
-    """The RESULTS.md section (and PNG) name of a model's table."""
-    return "peers" if model == "smollm2" else f"peers-{model}"
+def marker(model: str, section: str | None = None) -> str:
+    """The RESULTS.md section (and PNG) name of a model's table, or of --section's."""
+    return f"peers-{section}" if section else "peers" if model == "smollm2" else f"peers-{model}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -595,13 +598,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default=None, help="folder for scores and results.json")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results in --work")
     ap.add_argument("--out", default=None, help="write the section into this RESULTS.md")
+    ap.add_argument(
+        "--section", default=None,
+        help="a table of its own (section peers-SECTION), e.g. two methods in the same rounds",
+    )  # fmt: skip
     add_common_args(ap)
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or args.rounds < 1:
         ap.error(f"unknown methods {unknown}" if unknown else "--rounds must be at least 1")
-    work = Path(args.work or Path(tempfile.gettempdir()) / f"gdig-{marker(args.model)}")
+    name = marker(args.model, args.section)
+    work = Path(args.work or Path(tempfile.gettempdir()) / f"gdig-{name}")
     work.mkdir(parents=True, exist_ok=True)
     # A run of some methods updates the results of an earlier run in the same --work folder.
     previous = work / "results.json"
@@ -643,8 +651,8 @@ def main(argv: list[str] | None = None) -> None:
     text = render(results, args, work)
     print(text)
     if args.out:
-        write_section(args.out, marker(args.model), "peers.py", text)
-        plot(results, args, Path(args.out).with_name(f"{marker(args.model)}.png"))
+        write_section(args.out, name, "peers.py", text)
+        plot(results, args, Path(args.out).with_name(f"{name}.png"))
 
 
 def _ok_rounds(results: dict, m: str) -> list[dict]:
@@ -734,11 +742,13 @@ def render(results: dict, args, work: Path) -> str:
             "<br>".join(agree), note,
         ]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
-    if absent := [m for m in TIMED if m not in results]:
+    if not args.section and (absent := [m for m in TIMED if m not in results]):
         # Said in the table, so that a missing row is not read as a method that lost.
         rows += ["", f"Not run for this table: {', '.join(absent)}."]
     layers = next((x["layers"] for m in METHODS for x in _ok_rounds(results, m)), "")
     title = "" if args.model == "smollm2" else f", {MODELS[args.model].split(' (')[0]}"
+    if args.section:  # a comparison within the same rounds, not the full peers table
+        title += ": " + ", ".join(m for m in METHODS if m in results) + " in the same rounds"
     runs = [f"`{r['command']}`\n\n{r['machine']}" for r in results.get("_runs", [])]
     head = [
         f"## The peers side by side{title} (benchmarks/peers.py)",

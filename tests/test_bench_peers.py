@@ -54,7 +54,7 @@ def test_samples_are_seeded_and_spread():
 
 def _args(**kw) -> argparse.Namespace:
     base = {"seeds": 8, "candidates": 4, "subset": 2, "threads": 1, "batch_size": 2}
-    base.update(model="smollm2", exact_seeds=4, official_bq=2)
+    base.update(model="smollm2", exact_seeds=4, official_bq=2, section=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -113,6 +113,13 @@ def test_section_gives_medians_spreads_and_ratios_per_round(tmp_path):
     both = md.read_text()
     assert both.count("<!-- peers-tiny: start") == 1 and both.count("<!-- peers: start") == 1
     assert "9.99" in both
+    # --section: a table of its own beside the others, headed by the methods it compares.
+    ops = peers.render(results, _args(section="ops"), work)
+    assert ops.startswith("## The peers side by side: gdig-fp32, kronfluence-sorted, less-trak")
+    assert "Not run for this table" not in ops
+    harness.write_section(md, peers.marker("smollm2", "ops"), "peers.py", ops)
+    three = md.read_text()
+    assert three.count("<!-- peers-ops: start") == 1 and three.count("<!-- peers: start") == 1
 
 
 def test_machine_line_warns_only_for_load_beyond_the_scripts_own_threads(monkeypatch):
