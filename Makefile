@@ -53,7 +53,7 @@ demo: $(BUILD_STAMP)
 	$(BIN)/gdig demo
 
 # The CPU suite: the ops and the engine against their pure-PyTorch baselines, then the
-# peers side by side (about 30 min in all on 2 cores).
+# peers side by side (hours on 2 cores: see peers below).
 bench: $(BUILD_STAMP) peers
 	$(BIN)/python benchmarks/bench_ops.py
 	$(BIN)/python benchmarks/bench_engine.py
@@ -65,14 +65,20 @@ $(PEERS_STAMP): $(BUILD_STAMP)
 	$(BIN)/pip install -q --no-deps --target .peers kronfluence==1.0.1 einops einconv opt-einsum
 	touch $@
 
-# SmolLM2 in two groups (3 rounds each; on 2 quiet AMD EPYC cores one round of group 1 took
-# about 20 min, so about 1 h, and group 2 longer), then the agreement references (accuracy.py:
-# 31 min), then the tiny LLaMA: about 3 h in all. Each prints the machine's load; above 0.5
-# per core its table carries a warning.
+# SmolLM2 in two groups and a table of the compiled against the reference ops (3 rounds
+# each; on 2 quiet AMD EPYC Zen 3 cores group 1 took 64 min, group 2 without bf16 29 min,
+# the ops table 19 min), then the agreement references (accuracy.py: 31 min), then the
+# tiny LLaMA (17 min). Each prints the machine's load; above 0.5 per core its table carries
+# a warning. On a CPU without bf16 instructions (no avx512_bf16 or AMX) every bf16 op is
+# emulated and gdig-bf16 alone takes hours: `make peers PEERS_BF16=` leaves it out, and the
+# table then names it as not run.
+PEERS_BF16 ?= gdig-bf16,
 PEERS_RUN := $(BIN)/python benchmarks/peers.py --out benchmarks/RESULTS.md --work .peers/work
 peers: $(PEERS_STAMP)
 	$(PEERS_RUN) --fresh --methods gdig-fp32,kronfluence-sorted,kronfluence-file-order $(PEERS_ARGS)
-	$(PEERS_RUN) --methods gdig-bf16,gdig-reference-ops,gdig-official,paper-batch1-emulation,less-trak,kronfluence-exact $(PEERS_ARGS)
+	$(PEERS_RUN) --methods $(PEERS_BF16)gdig-reference-ops,gdig-official,paper-batch1-emulation,less-trak,kronfluence-exact $(PEERS_ARGS)
+	$(BIN)/python benchmarks/peers.py --out benchmarks/RESULTS.md --work .peers/work-ops --fresh \
+		--section ops --methods gdig-fp32,gdig-reference-ops $(PEERS_ARGS)
 	$(BIN)/python benchmarks/accuracy.py --seeds 32 --candidates 128 --out benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/peers.py --model tiny --candidates 1024 --subset 64 \
 		--out benchmarks/RESULTS.md --work .peers/work-tiny --fresh
