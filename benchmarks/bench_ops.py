@@ -486,13 +486,24 @@ def _sizes_text(sizes: dict[str, int]) -> str:
     return " ".join(f"{k}={v:,}" if v >= 10_000 else f"{k}={v}" for k, v in sizes.items())
 
 
-def render(cfg: BenchConfig, rows: list[Row], machine: str) -> str:
-    """The table, under the machine line (``Machine.line()``) and the command."""
+def command_flags(cfg: BenchConfig) -> str:
+    """The options that made this table: --device and --repeats, then any not at its default
+    (so that the command printed above the table reruns exactly it)."""
+    default = BenchConfig()
     flags = f"--device {cfg.device}{' --quick' if cfg.quick else ''} --repeats {cfg.repeats}"
+    for name in ("dtypes", "ops"):
+        if getattr(cfg, name) != getattr(default, name):
+            flags += f" --{name} " + " ".join(getattr(cfg, name))
     if cfg.threads:
         flags += f" --threads {cfg.threads}"
     if cfg.mmap_threshold is not None:
         flags += f" --mmap-threshold {cfg.mmap_threshold}"
+    return flags
+
+
+def render(cfg: BenchConfig, rows: list[Row], machine: str) -> str:
+    """The table, under the machine line (``Machine.line()``) and the command."""
+    flags = command_flags(cfg)
     peak_how = (
         "resident-set high-water mark"
         + (

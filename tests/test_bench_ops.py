@@ -15,7 +15,16 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from bench_ops import OPS, QUICK_SIZES, _make_inputs, compare, implementations, outputs
+from bench_ops import (
+    OPS,
+    QUICK_SIZES,
+    _make_inputs,
+    command_flags,
+    compare,
+    implementations,
+    outputs,
+    parse_args,
+)
 
 from gdig_ext import reference
 
@@ -78,3 +87,17 @@ def test_check_is_elementwise_not_by_norm() -> None:
     check = compare([y, n_pos, idx], [y, torch.tensor([3, 2]), torch.tensor([[0, 1], [3, 2]])])
     assert (check.rel, check.ints_differ, check.ints) == (0.0, 3, 6)
     assert check.text() == "0.0e+00; 3 of 6 ints differ"
+
+
+def test_printed_command_reruns_the_same_table() -> None:
+    # The command above a table names every option that shaped it (a float32-only table
+    # printed without --dtypes would rerun with bf16 rows too).
+    for argv in (
+        ["--device", "cpu", "--repeats", "5", "--dtypes", "float32"],
+        ["--device", "cpu", "--repeats", "3", "--ops", "score_stats", "--threads", "1"],
+        ["--device", "cpu", "--repeats", "5"],
+    ):
+        cfg = parse_args(argv)
+        printed = command_flags(cfg).split()
+        assert parse_args(printed) == cfg
+    assert "--dtypes" not in command_flags(parse_args([]))
