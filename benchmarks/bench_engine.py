@@ -107,8 +107,7 @@ def bench_model(
     same_set = [p.id for p in fit_set] == [p.id for p in pool]
     fit_batches = batches if same_set else batches_of(fit_set)
     # autocast is a factor option: bf16 scoring needs factors fitted under bf16 autocast.
-    cfgs = {"fp32": cfg, "bf16": cfg.with_options(autocast="bf16")}
-    cfgs = {p: c for p, c in cfgs.items() if p in precisions}
+    cfgs = {p: cfg if p == "fp32" else cfg.with_options(autocast="bf16") for p in precisions}
     seed_grads = {}
     for prec, c in cfgs.items():
         factors = fit_factors(model, tok, fit_set, c, progress=False)
@@ -139,7 +138,7 @@ def bench_model(
         "n_fit": len(fit_set),
         "times": times,  # seconds per round, by method
         "fit": {p: (f"fit-{p}", f"{train_on_fit}-{p}") for p in cfgs},
-        "agree": agreement(stores) if len(stores) == 2 else None,
+        "agree": agreement(stores) if "bf16" in stores else None,
     }
 
 
