@@ -167,11 +167,23 @@ def test_smoke_run(tmp_path):
     assert not ABSOLUTE.search(md.replace("](quality.png)", "")), md
     assert "DIR/q" in report["command"]
 
-    # resume: a lost result is redone, every other run is skipped
-    lost = out / "de-en" / "runs" / "b10-random-s0" / "result.json"
-    lost.unlink()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    # resume on two worker processes: the lost results are redone, every other run skipped
+    lost = ["de-en/runs/b10-random-s0", "de-en/runs/b10-loss-s0", "zh-en/runs/b10-less-s0"]
+    for key in lost:
+        (out / key / "result.json").unlink()
+    workers = [*cmd, "--workers", "2", "--threads-per-worker", "1"]
+    proc = subprocess.run(workers, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trained = [line for line in proc.stdout.splitlines() if "fine-tuning on" in line]
-    assert len(trained) == 1 and "de-en b10-random-s0" in trained[0], trained
-    assert json.loads((out / "results.json").read_text())["status"]["done"] == 20
+    assert sorted(line.split("] ")[1].split(":")[0] for line in trained) == sorted(
+        key.replace("/runs/", " ") for key in lost
+    ), trained
+    assert "de-en: 2 runs on 2 worker processes, 1 torch thread(s) each" in proc.stdout
+    again = json.loads((out / "results.json").read_text())
+    assert again["status"]["done"] == 20
+    runs = {(e["direction"], r["key"]): r for e in report["experiments"] for r in e["runs"]}
+    for key in lost:  # the same subset and settings, trained in a one-thread worker
+        direction, _, name = key.split("/")
+        redone = json.loads((out / key / "result.json").read_text())
+        assert redone["torch_threads"] == 1 and redone["key"] == name
+        assert redone["spec"] == runs[direction, name]["spec"]

@@ -37,6 +37,15 @@ Resumable: every finished run leaves ``DIRECTION/runs/KEY/result.json`` under ``
 and is skipped next time when what it depends on (``spec``: the subset's content, training
 and decoding settings, the test data) is unchanged; a run whose spec equals a finished run's
 (two arms or dev trials that chose the same pairs) reuses it. ``gdig run`` resumes by itself.
+
+``--workers N`` trains and decodes N runs at once, each in its own process with
+``--threads-per-worker`` torch threads (default: this process's threads split evenly). On
+two cores two one-thread workers finished a SmolLM2 fine-tune and decoding each in 23 s
+where one two-thread process took 31 s (1.34x the throughput): the small model's matmuls and
+the Python between them scale poorly over threads. Data, ``gdig run``, the dev choice, the
+selections and the reports stay in the main process, in the order above; only the order in
+which runs finish changes. Thread count changes floating-point rounding only, and each
+result records its own.
 """
 
 from __future__ import annotations
@@ -353,6 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars"
     )
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained and decoded at once, each in its own process (see the top)",
+    )
+    ap.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="torch threads of each worker (default: this process's threads / --workers)",
+    )
+    ap.add_argument(
         "--measure-rates",
         action="store_true",
         help="only time one fine-tune on the smallest budget of the pool (training seed 0) and "
@@ -382,6 +403,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(str(e))
     except OptionError as e:  # a budget of 0 or 150%
         ap.error(f"budgets: {e}")
+    if args.workers < 1 or (args.threads_per_worker or 1) < 1:
+        ap.error("--workers and --threads-per-worker: use 1 or more")
     if not any(a.name == REFERENCE for a in args.arm_list):
         ap.error(f"--arms: must hold {REFERENCE!r}, the arm the others are tested against")
     if len({a.name for a in args.arm_list}) != len(args.arm_list):
@@ -520,6 +543,129 @@ def relative_strings(obj: Any, known: dict[str, str]) -> Any:
     if isinstance(obj, (list, tuple)):
         return [relative_strings(v, known) for v in obj]
     return obj
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every fine-tune and decoding of an experiment shares."""
+
+    base: Path
+    template: str
+    max_length: int
+    device: str
+    progress: bool
+    eval_cfg: Any
+
+
+@dataclass
+class RunJob:
+    """One fine-tune and its decodings: everything :func:`execute_run` needs, picklable, so
+    that a worker process can run it."""
+
+    label: str  # "DIRECTION KEY", for the log
+    run_dir: Path
+    spec: dict[str, Any]
+    selection: dict[str, Any]
+    pairs: list
+    eval_sets: dict[str, list]  # split name -> its pairs
+    settings: RunSettings
+    finetune_cfg: Any  # gdig.train.config.FinetuneConfig
+    commit: str | None
+    keep_model: bool
+
+
+def train_model(settings: RunSettings, cfg, pairs, out: Path) -> Path:
+    from gdig.io.errors import UsageError
+    from gdig.train.finetune import finetune
+
+    kw = {
+        "template": settings.template,
+        "max_length": settings.max_length,
+        "device": settings.device,
+        "progress": settings.progress,
+    }
+    try:  # resumes its own checkpoint; a finished model of the same inputs is kept
+        return finetune(settings.base, pairs, out, cfg, **kw)
+    except UsageError as exc:  # the folder holds another run's model or checkpoint
+        log(f"{out.name}: {exc}; starting it over")
+        return finetune(settings.base, pairs, out, cfg, restart=True, **kw)
+
+
+def evaluate_model(settings: RunSettings, model: Path, pairs, out_file: Path) -> dict[str, Any]:
+    from gdig.train.evaluate import evaluate
+
+    res = evaluate(
+        model,
+        pairs,
+        settings.eval_cfg,
+        out_file=out_file,
+        template=settings.template,
+        max_length=settings.max_length,
+        device=settings.device,
+        progress=settings.progress,
+    )
+    return {k: v for k, v in res.items() if k not in ("rows", "model")}  # rows: out_file
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def execute_run(job: RunJob) -> dict[str, Any]:
+    """Fine-tune on ``job.pairs``, decode and score each eval set, write ``result.json``."""
+    import torch
+
+    run = job.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    spec_file = run / "spec.json"
+    if spec_file.is_file() and _read_json(spec_file) != job.spec:  # another run's leftovers
+        shutil.rmtree(run / "model", ignore_errors=True)
+    _write_json(spec_file, job.spec)
+    log(f"{job.label}: fine-tuning on {len(job.pairs)} pairs")
+    t, c, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+    model = train_model(job.settings, job.finetune_cfg, job.pairs, run / "model")
+    train_s, train_cpu = time.perf_counter() - t, time.process_time() - c
+    meta = _finetune_meta(model)
+    result: dict[str, Any] = {
+        "key": run.name,
+        "spec": job.spec,
+        "selection": job.selection,
+        "subset": noise_of(job.pairs),
+        # the fine-tuning's own wall time (over all resumed parts) when it says so
+        "train_s": round(meta.get("wall_s", train_s), 2),
+        "train_s_this_call": round(train_s, 2),
+        "train_cpu_s": round(train_cpu, 2),  # CPU seconds of this call, all threads
+        "loadavg_1min_at_start": load,
+        "torch_threads": torch.get_num_threads(),
+        "commit": job.commit,
+        "finetune": meta,
+        "eval": {},
+    }
+    for split, pairs in job.eval_sets.items():
+        t, c = time.perf_counter(), time.process_time()
+        hyp_file = run / f"hyps_{split}.jsonl"
+        metrics = evaluate_model(job.settings, model, pairs, hyp_file)
+        metrics["eval_s"] = round(time.perf_counter() - t, 2)
+        metrics["eval_cpu_s"] = round(time.process_time() - c, 2)
+        metrics["hyp_file"] = hyp_file.name
+        result["eval"][split] = metrics
+        log(
+            f"{job.label}: {split} BLEU {metrics['bleu']:.2f} chrF "
+            f"{metrics['chrf']:.2f} ({metrics['eval_s']:.0f} s)"
+        )
+    _write_json(run / "result.json", result)
+    if not job.keep_model:
+        shutil.rmtree(run / "model", ignore_errors=True)
+    log(
+        f"{job.label}: train {result['train_s']:.0f} s, noise rate "
+        f"{result['subset']['noise_rate']:.3f}"
+    )
+    return result
 
 
 # --------------------------------------------------------------------------- one direction
@@ -696,61 +842,39 @@ class Direction:
     def one_run(
         self, key: str, spec: dict[str, Any], selection: dict[str, Any], pairs, eval_splits
     ) -> dict[str, Any]:
-        run = self.out / "runs" / key
-        res_file = run / "result.json"
-        if res_file.is_file():
-            old = _read_json(res_file)
-            if old.get("spec") == spec:
-                return {**old, "selection": selection}
+        old = self.finished(key, spec)
+        if old is not None:
+            return {**old, "selection": selection}
         reused = self._reuse(key, spec)
         if reused is not None:
             return {**reused, "selection": selection}
         self.exp.report_if_stale()  # the tables show what is done before the next run starts
-        run.mkdir(parents=True, exist_ok=True)
-        spec_file = run / "spec.json"
-        if spec_file.is_file() and _read_json(spec_file) != spec:  # another run's leftovers
-            shutil.rmtree(run / "model", ignore_errors=True)
-        _write_json(spec_file, spec)
-        log(f"{self.name} {key}: fine-tuning on {len(pairs)} pairs")
-        t, c, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-        model = self.exp.train(pairs, run / "model", spec["train_seed"])
-        train_s, train_cpu = time.perf_counter() - t, time.process_time() - c
-        meta = _finetune_meta(model)
-        result: dict[str, Any] = {
-            "key": key,
-            "spec": spec,
-            "selection": selection,
-            "subset": noise_of(pairs),
-            # the fine-tuning's own wall time (over all resumed parts) when it says so
-            "train_s": round(meta.get("wall_s", train_s), 2),
-            "train_s_this_call": round(train_s, 2),
-            "train_cpu_s": round(train_cpu, 2),  # CPU seconds of this call, all threads
-            "loadavg_1min_at_start": load,
-            "commit": self.exp.git["commit"],
-            "finetune": meta,
-            "eval": {},
-        }
-        for split in eval_splits:
-            t, c = time.perf_counter(), time.process_time()
-            hyp_file = run / f"hyps_{split}.jsonl"
-            metrics = self.exp.evaluate(model, self.splits[split], hyp_file)
-            metrics["eval_s"] = round(time.perf_counter() - t, 2)
-            metrics["eval_cpu_s"] = round(time.process_time() - c, 2)
-            metrics["hyp_file"] = hyp_file.name
-            result["eval"][split] = metrics
-            log(
-                f"{self.name} {key}: {split} BLEU {metrics['bleu']:.2f} chrF "
-                f"{metrics['chrf']:.2f} ({metrics['eval_s']:.0f} s)"
-            )
-        _write_json(res_file, result)
-        if not self.args.keep_models:
-            shutil.rmtree(run / "model", ignore_errors=True)
-        log(
-            f"{self.name} {key}: train {result['train_s']:.0f} s, noise rate "
-            f"{result['subset']['noise_rate']:.3f}"
-        )
+        result = execute_run(self.job(key, spec, selection, pairs, eval_splits))
         self.exp.fresh_runs += 1
         return result
+
+    def finished(self, key: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """The finished result of ``key`` with this spec, else None."""
+        res_file = self.out / "runs" / key / "result.json"
+        if res_file.is_file():
+            old = _read_json(res_file)
+            if old.get("spec") == spec:
+                return old
+        return None
+
+    def job(self, key: str, spec: dict[str, Any], selection, pairs, eval_splits) -> RunJob:
+        return RunJob(
+            label=f"{self.name} {key}",
+            run_dir=self.out / "runs" / key,
+            spec=spec,
+            selection=selection,
+            pairs=list(pairs),
+            eval_sets={split: list(self.splits[split]) for split in eval_splits},
+            settings=self.exp.settings(),
+            finetune_cfg=self.exp.finetune_cfg(spec["train_seed"]),
+            commit=self.exp.git["commit"],
+            keep_model=self.args.keep_models,
+        )
 
     # -- the choice step on dev
     def choose_on_dev(self) -> None:
@@ -792,6 +916,20 @@ class Direction:
         self.build_data()
         self.score_pool()
         self.choose_on_dev()
+        if self.args.workers > 1:
+            self.run_parallel()
+            return
+        for key, arm, budget, seed, selection, pairs in self.main_runs():
+            fresh = self.exp.fresh_runs
+            result = self.one_run(
+                key, self.spec(seed, pairs, TEST_SETS), selection, pairs, TEST_SETS
+            )
+            self.keep(key, arm, budget, seed, result)
+            if self.exp.fresh_runs > fresh:  # a run done now: the tables show it at once
+                self.exp.report_if_stale()
+
+    def main_runs(self):
+        """(key, arm, budget, seed, selection, pairs) of the plan, each subset selected."""
         for key, arm, budget, seed in self.planned():
             scoring = arm.scoring or self.scoring
             pairs = self.subset(arm, budget, seed, self.tau, scoring)
@@ -800,14 +938,57 @@ class Direction:
                 if arm.whole
                 else {"selector": arm.selector, "scoring": scoring, "tau": self.tau}
             )
-            fresh = self.exp.fresh_runs
-            result = self.one_run(
-                key, self.spec(seed, pairs, TEST_SETS), selection, pairs, TEST_SETS
+            yield key, arm, budget, seed, selection, pairs
+
+    def keep(self, key: str, arm: Arm, budget: int | None, seed: int, result) -> None:
+        self.results[key] = {**result, "arm": arm.name, "budget": budget, "train_seed": seed}
+        self.exp.stale = True
+
+    def run_parallel(self) -> None:
+        """The plan's runs on ``--workers`` processes; what is finished or reusable is taken
+        first, a run whose spec equals a pending one's waits for it and reuses it."""
+        import concurrent.futures as cf
+        import multiprocessing
+
+        waiting, pending, specs = [], [], set()
+        for key, arm, budget, seed, selection, pairs in self.main_runs():
+            spec = self.spec(seed, pairs, TEST_SETS)
+            old = self.finished(key, spec) or self._reuse(key, spec)
+            digest = json.dumps(spec, sort_keys=True)
+            if old is not None:
+                self.keep(key, arm, budget, seed, {**old, "selection": selection})
+            elif digest in specs:
+                waiting.append((key, arm, budget, seed, selection, spec))
+            else:
+                specs.add(digest)
+                job = self.job(key, spec, selection, pairs, TEST_SETS)
+                pending.append(((key, arm, budget, seed), job))
+        self.exp.report_if_stale()
+        if pending:
+            threads = self.exp.threads_per_worker()
+            log(
+                f"{self.name}: {len(pending)} runs on {self.args.workers} worker processes, "
+                f"{threads} torch thread(s) each"
             )
-            self.results[key] = {**result, "arm": arm.name, "budget": budget, "train_seed": seed}
-            self.exp.stale = True
-            if self.exp.fresh_runs > fresh:  # a run done now: the tables show it at once
-                self.exp.report_if_stale()
+            pool = cf.ProcessPoolExecutor(
+                max_workers=self.args.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(threads,),
+            )
+            try:
+                futures = {pool.submit(execute_run, job): what for what, job in pending}
+                for fut in cf.as_completed(futures):
+                    self.keep(*futures[fut], fut.result())
+                    self.exp.fresh_runs += 1
+                    self.exp.report_if_stale()
+            finally:  # a failed run stops the rest: it is a bug to see, not to run past
+                pool.shutdown(wait=True, cancel_futures=True)
+        for key, arm, budget, seed, selection, spec in waiting:
+            reused = self.finished(key, spec) or self._reuse(key, spec)
+            assert reused is not None, key  # its twin finished above
+            self.keep(key, arm, budget, seed, {**reused, "selection": selection})
+        self.exp.report_if_stale()
 
     def report(self) -> dict[str, Any]:
         """This direction's part of results.json (partial while runs are missing)."""
@@ -934,37 +1115,22 @@ class Experiment:
             precision=self.precision["eval"],
         )
 
-    def train(self, pairs, out: Path, seed: int) -> Path:
-        from gdig.io.errors import UsageError
-        from gdig.train.finetune import finetune
+    def settings(self) -> RunSettings:
+        a = self.args
+        return RunSettings(
+            base=Path(self.base),
+            template=a.template,
+            max_length=a.max_length,
+            device=a.device,
+            progress=a.progress,
+            eval_cfg=self.eval_cfg(),
+        )
 
-        kw = {
-            "template": self.args.template,
-            "max_length": self.args.max_length,
-            "device": self.args.device,
-            "progress": self.args.progress,
-        }
-        cfg = self.finetune_cfg(seed)
-        try:  # resumes its own checkpoint; a finished model of the same inputs is kept
-            return finetune(self.base, pairs, out, cfg, **kw)
-        except UsageError as exc:  # the folder holds another run's model or checkpoint
-            log(f"{out.name}: {exc}; starting it over")
-            return finetune(self.base, pairs, out, cfg, restart=True, **kw)
+    def train(self, pairs, out: Path, seed: int) -> Path:
+        return train_model(self.settings(), self.finetune_cfg(seed), pairs, out)
 
     def evaluate(self, model: Path, pairs, out_file: Path) -> dict[str, Any]:
-        from gdig.train.evaluate import evaluate
-
-        res = evaluate(
-            model,
-            pairs,
-            self.eval_cfg(),
-            out_file=out_file,
-            template=self.args.template,
-            max_length=self.args.max_length,
-            device=self.args.device,
-            progress=self.args.progress,
-        )
-        return {k: v for k, v in res.items() if k not in ("rows", "model")}  # rows: out_file
+        return evaluate_model(self.settings(), model, pairs, out_file)
 
     def measure_rates(self) -> dict[str, Any]:
         """The rates of ``SECONDS``, from one fine-tune and one decoding (wall and CPU)."""
@@ -1020,6 +1186,12 @@ class Experiment:
             self.stale = True  # the chart too, once a direction is done
             report = self.report_if_stale(chart=True)
         return report
+
+    def threads_per_worker(self) -> int:
+        import torch
+
+        a = self.args
+        return a.threads_per_worker or max(1, torch.get_num_threads() // a.workers)
 
     def n_planned(self) -> int:
         return sum(len(d.planned()) for d in self.directions)
