@@ -178,7 +178,7 @@ def test_smoke_run(tmp_path):
     assert sorted(line.split("] ")[1].split(":")[0] for line in trained) == sorted(
         key.replace("/runs/", " ") for key in lost
     ), trained
-    assert "de-en: 2 runs on 2 worker processes, 1 torch thread(s) each" in proc.stdout
+    assert "de-en: 2 worker processes, 1 torch thread(s) each" in proc.stdout
     again = json.loads((out / "results.json").read_text())
     assert again["status"]["done"] == 20
     runs = {(e["direction"], r["key"]): r for e in report["experiments"] for r in e["runs"]}

@@ -945,45 +945,49 @@ class Direction:
         self.exp.stale = True
 
     def run_parallel(self) -> None:
-        """The plan's runs on ``--workers`` processes; what is finished or reusable is taken
-        first, a run whose spec equals a pending one's waits for it and reuses it."""
+        """The plan's runs on ``--workers`` processes, each submitted as soon as its subset
+        is selected (the selections go on here meanwhile); a finished or reusable run is
+        taken as it is, and a run whose spec equals a submitted one's waits for it and
+        reuses it."""
         import concurrent.futures as cf
         import multiprocessing
 
-        waiting, pending, specs = [], [], set()
-        for key, arm, budget, seed, selection, pairs in self.main_runs():
-            spec = self.spec(seed, pairs, TEST_SETS)
-            old = self.finished(key, spec) or self._reuse(key, spec)
-            digest = json.dumps(spec, sort_keys=True)
-            if old is not None:
-                self.keep(key, arm, budget, seed, {**old, "selection": selection})
-            elif digest in specs:
-                waiting.append((key, arm, budget, seed, selection, spec))
-            else:
-                specs.add(digest)
-                job = self.job(key, spec, selection, pairs, TEST_SETS)
-                pending.append(((key, arm, budget, seed), job))
-        self.exp.report_if_stale()
-        if pending:
-            threads = self.exp.threads_per_worker()
-            log(
-                f"{self.name}: {len(pending)} runs on {self.args.workers} worker processes, "
-                f"{threads} torch thread(s) each"
-            )
-            pool = cf.ProcessPoolExecutor(
-                max_workers=self.args.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(threads,),
-            )
-            try:
-                futures = {pool.submit(execute_run, job): what for what, job in pending}
-                for fut in cf.as_completed(futures):
-                    self.keep(*futures[fut], fut.result())
-                    self.exp.fresh_runs += 1
-                    self.exp.report_if_stale()
-            finally:  # a failed run stops the rest: it is a bug to see, not to run past
-                pool.shutdown(wait=True, cancel_futures=True)
+        threads = self.exp.threads_per_worker()
+        pool = cf.ProcessPoolExecutor(
+            max_workers=self.args.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads,),
+        )
+        futures: dict[cf.Future, tuple] = {}
+        waiting, submitted = [], set()
+
+        def harvest(block: bool) -> None:
+            done = cf.as_completed(futures) if block else [f for f in futures if f.done()]
+            for fut in list(done):
+                self.keep(*futures.pop(fut), fut.result())
+                self.exp.fresh_runs += 1
+                self.exp.report_if_stale()
+
+        log(f"{self.name}: {self.args.workers} worker processes, {threads} torch thread(s) each")
+        try:
+            for key, arm, budget, seed, selection, pairs in self.main_runs():
+                spec = self.spec(seed, pairs, TEST_SETS)
+                old = self.finished(key, spec) or self._reuse(key, spec)
+                digest = json.dumps(spec, sort_keys=True)
+                if old is not None:
+                    self.keep(key, arm, budget, seed, {**old, "selection": selection})
+                elif digest in submitted:
+                    waiting.append((key, arm, budget, seed, selection, spec))
+                else:
+                    submitted.add(digest)
+                    job = self.job(key, spec, selection, pairs, TEST_SETS)
+                    futures[pool.submit(execute_run, job)] = (key, arm, budget, seed)
+                harvest(block=False)
+            self.exp.report_if_stale()
+            harvest(block=True)
+        finally:  # a failed run stops the rest: it is a bug to see, not to run past
+            pool.shutdown(wait=True, cancel_futures=True)
         for key, arm, budget, seed, selection, spec in waiting:
             reused = self.finished(key, spec) or self._reuse(key, spec)
             assert reused is not None, key  # its twin finished above
