@@ -169,6 +169,7 @@ def test_smoke_run(tmp_path):
 
     # resume on two worker processes: the lost results are redone, every other run skipped
     lost = ["de-en/runs/b10-random-s0", "de-en/runs/b10-loss-s0", "zh-en/runs/b10-less-s0"]
+    lost.append("zh-en/runs/all-s0")  # the whole pool: submitted first with --workers
     for key in lost:
         (out / key / "result.json").unlink()
     workers = [*cmd, "--workers", "2", "--threads-per-worker", "1"]

@@ -31,7 +31,8 @@ gdig at the smallest budget, fine-tune (training seed 0), decode dev; the best d
 tau and the scoring of the arms without one. The test sets never choose.
 
 Order: the main direction's largest budget (every arm, seed by seed), then its smaller
-budgets, then its whole pool, then each ``--also`` direction the same way.
+budgets, then its whole pool, then each ``--also`` direction the same way (with
+``--workers``, each direction's whole pool first).
 
 Resumable: every finished run leaves ``DIRECTION/runs/KEY/result.json`` under ``--out``
 and is skipped next time when what it depends on (``spec``: the subset's content, training
@@ -928,9 +929,10 @@ class Direction:
             if self.exp.fresh_runs > fresh:  # a run done now: the tables show it at once
                 self.exp.report_if_stale()
 
-    def main_runs(self):
-        """(key, arm, budget, seed, selection, pairs) of the plan, each subset selected."""
-        for key, arm, budget, seed in self.planned():
+    def main_runs(self, plan=None):
+        """(key, arm, budget, seed, selection, pairs) of ``plan`` (default: the plan), each
+        subset selected."""
+        for key, arm, budget, seed in self.planned() if plan is None else plan:
             scoring = arm.scoring or self.scoring
             pairs = self.subset(arm, budget, seed, self.tau, scoring)
             selection = (
@@ -970,8 +972,11 @@ class Direction:
                 self.exp.report_if_stale()
 
         log(f"{self.name}: {self.args.workers} worker processes, {threads} torch thread(s) each")
+        # the whole pool's runs first: the longest jobs, which would otherwise keep one
+        # worker busy at the end while the other has nothing left to do
+        plan = sorted(self.planned(), key=lambda run: not run[1].whole)
         try:
-            for key, arm, budget, seed, selection, pairs in self.main_runs():
+            for key, arm, budget, seed, selection, pairs in self.main_runs(plan):
                 spec = self.spec(seed, pairs, TEST_SETS)
                 old = self.finished(key, spec) or self._reuse(key, spec)
                 digest = json.dumps(spec, sort_keys=True)
