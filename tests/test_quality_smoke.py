@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from gdig.data.pairs import read_pairs
+from gdig.train.checkpoint import pairs_digest
+
 QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "quality"
 
 
@@ -182,6 +185,12 @@ def test_smoke_run(tmp_path):
     assert "de-en: 2 worker processes, 1 torch thread(s) each" in proc.stdout
     again = json.loads((out / "results.json").read_text())
     assert again["status"]["done"] == 20
+    # the whole pool's model of training seed 0 is kept: --finetune-first's scorer
+    for direction in ("zh-en", "de-en"):
+        kept = json.loads((out / direction / "scorer_model" / "gdig_finetune.json").read_text())
+        pool = read_pairs(out / direction / "data" / "pool.jsonl")
+        assert kept["fingerprint"]["pairs"]["sha256"] == pairs_digest(pool)
+        assert kept["fingerprint"]["config"]["train_seed"] == 0
     runs = {(e["direction"], r["key"]): r for e in report["experiments"] for r in e["runs"]}
     for key in lost:  # the same subset and settings, trained in a one-thread worker
         direction, _, name = key.split("/")

@@ -576,6 +576,7 @@ class RunJob:
     finetune_cfg: Any  # gdig.train.config.FinetuneConfig
     commit: str | None
     keep_model: bool
+    keep_as: Path | None  # a copy of the fine-tuned model is kept here (see Direction.job)
 
 
 def train_model(settings: RunSettings, cfg, pairs, out: Path) -> Path:
@@ -632,6 +633,12 @@ def execute_run(job: RunJob) -> dict[str, Any]:
     model = train_model(job.settings, job.finetune_cfg, job.pairs, run / "model")
     train_s, train_cpu = time.perf_counter() - t, time.process_time() - c
     meta = _finetune_meta(model)
+    if job.keep_as is not None and not (job.keep_as / "config.json").is_file():
+        tmp = job.keep_as.with_name(job.keep_as.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model, tmp, ignore=shutil.ignore_patterns("checkpoint"))
+        shutil.rmtree(job.keep_as, ignore_errors=True)
+        os.replace(tmp, job.keep_as)
     result: dict[str, Any] = {
         "key": run.name,
         "spec": job.spec,
@@ -678,6 +685,7 @@ class Direction:
     def __init__(self, exp: Experiment, name: str, budgets_text: str) -> None:
         self.exp, self.args, self.name = exp, exp.args, name
         self.out = exp.out / name
+        self.scorer_dir = self.out / "scorer_model"  # the base model fine-tuned on the pool
         self.budgets = parse_budgets(budgets_text, self.args.n_pool)
         self.budget_text = budgets_text
         self.tau, self.scoring = self.args.tau, self.args.scoring
@@ -736,7 +744,7 @@ class Direction:
         scorer, first_s = self.exp.base, None
         if a.finetune_first:
             log(f"{self.name}: fine-tuning the base model on the raw pool (training seed 0)")
-            scorer = self.exp.train(self.splits["pool"], self.out / "scorer_model", 0)
+            scorer = self.exp.train(self.splits["pool"], self.scorer_dir, 0)
             first_s = time.perf_counter() - t
         self.run_dir = self.out / "gdig_run"
         gdig_cli(
@@ -875,6 +883,11 @@ class Direction:
             finetune_cfg=self.exp.finetune_cfg(spec["train_seed"]),
             commit=self.exp.git["commit"],
             keep_model=self.args.keep_models,
+            # the whole pool's model of training seed 0 is exactly the scorer of
+            # --finetune-first (the paper's flow): kept, it saves that fine-tune
+            keep_as=self.scorer_dir
+            if selection.get("whole_pool") and spec["train_seed"] == 0
+            else None,
         )
 
     # -- the choice step on dev
