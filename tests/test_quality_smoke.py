@@ -92,6 +92,28 @@ def test_splits_disjoint_with_documented_noise(direction):
     assert [p.to_record() for p in again["pool"]] == [p.to_record() for p in splits["pool"]]
 
 
+@needs_data
+@pytest.mark.parametrize("direction", ["zh-en", "de-en"])
+def test_more_seeds_keep_every_split(direction):
+    """The study's more seeds: the split's seeds first, then pairs no split touches."""
+    cfg = qdata.SplitConfig(direction=direction, n_seeds=8, n_pool=120, n_dev=20, n_test=20)
+    splits = qdata.build_splits(qdata.DEFAULT_DATA_DIR, cfg)
+    seeds = qdata.more_seeds(qdata.DEFAULT_DATA_DIR, cfg, splits, 40)
+    assert len(seeds) == 40 and seeds[:8] == splits["seeds"]
+    assert qdata.more_seeds(qdata.DEFAULT_DATA_DIR, cfg, splits, 5) == splits["seeds"][:5]
+    texts = {_norm(t) for v in splits.values() for p in v for t in (p.src, p.tgt)}
+    ids = {p.id for v in splits.values() for p in v}
+    for p in seeds[8:]:
+        assert p.id not in ids and _norm(p.src) not in texts and _norm(p.tgt) not in texts
+        assert 5 <= len(p.tgt.split()) <= 14
+    assert len({p.id for p in seeds}) == 40
+    # deterministic, and the splits themselves do not move
+    assert seeds == qdata.more_seeds(qdata.DEFAULT_DATA_DIR, cfg, splits, 40)
+    assert qdata.build_splits(qdata.DEFAULT_DATA_DIR, cfg) == splits
+    with pytest.raises(qdata.DataError, match="unused seed-like pairs"):
+        qdata.more_seeds(qdata.DEFAULT_DATA_DIR, cfg, splits, 10**7)
+
+
 # An absolute path inside a string: a "/" not preceded by a name character, then a name.
 ABSOLUTE = re.compile(r"(?<![\w.~-])/[\w.+@-]+")
 

@@ -237,6 +237,35 @@ def build_splits(data_dir: str | Path, cfg: SplitConfig | None = None) -> dict[s
     }
 
 
+def more_seeds(
+    data_dir: str | Path, cfg: SplitConfig, splits: dict[str, list[Pair]], n: int
+) -> list[Pair]:
+    """``n`` seeds: the split's own seeds, then clean in-domain pairs of the same moderate
+    length that no split uses, in id or in either text (so the pool, dev and test sets are
+    unchanged; a donor whose target became a misaligned pool target is out too).
+
+    For the dev study's "more seeds" variant (``study.py``): changing ``cfg.n_seeds``
+    instead would move every split."""
+    seeds = list(splits["seeds"])
+    if n <= len(seeds):
+        return seeds[:n]
+    used = {p.id for pairs in splits.values() for p in pairs}
+    texts = {_norm(t) for pairs in splits.values() for p in pairs for t in (p.src, p.tgt)}
+    in_file = SOURCES[cfg.direction][0]
+    fresh = [
+        p
+        for p in _load(Path(data_dir) / in_file, in_file.split(".")[0], _in_domain_ok, cfg)
+        if 5 <= len(p.tgt.split()) <= 14
+        and p.id not in used
+        and _norm(p.src) not in texts
+        and _norm(p.tgt) not in texts
+    ]
+    random.Random(cfg.seed + 1).shuffle(fresh)
+    if len(fresh) < n - len(seeds):
+        raise DataError(f"{in_file}: {len(fresh)} unused seed-like pairs, need {n - len(seeds)}")
+    return seeds + fresh[: n - len(seeds)]
+
+
 def summarize(splits: dict[str, list[Pair]], cfg: SplitConfig) -> dict:
     in_file, other_file, (wrong_file, _) = SOURCES[cfg.direction]
     noise = Counter(p.extra["noise"] for p in splits["pool"])

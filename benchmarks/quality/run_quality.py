@@ -743,17 +743,43 @@ class Direction:
         t, c = time.perf_counter(), time.process_time()
         scorer, first_s = self.exp.base, None
         if a.finetune_first:
-            log(f"{self.name}: fine-tuning the base model on the raw pool (training seed 0)")
-            scorer = self.exp.train(self.splits["pool"], self.scorer_dir, 0)
+            scorer = self.pool_finetuned()
             first_s = time.perf_counter() - t
         self.run_dir = self.out / "gdig_run"
+        manifest = self.gdig_run(scorer, self.data_dir / "seeds.jsonl", self.run_dir)
+        self.subset_dir = self.subsets_of(manifest)
+        noise = manifest["stages"].get("report", {}).get("noise") or {}
+        self.gdig_info = {
+            "scorer": "model fine-tuned on the pool" if a.finetune_first else "base model",
+            "wall_s": round(time.perf_counter() - t, 1),
+            "cpu_s": round(time.process_time() - c, 1),
+            "finetune_first_s": first_s,
+            "stage_seconds": {s: r.get("seconds") for s, r in manifest["stages"].items()},
+            "noise_auc": {
+                k: v.get("auc_neg_benefit_mean") for k, v in noise.items() if isinstance(v, dict)
+            },
+        }
+        log(f"{self.name} gdig run: {self.gdig_info}")
+
+    def pool_finetuned(self) -> Path:
+        """The base model fine-tuned on the raw pool (training seed 0): the paper's scorer.
+        The whole pool's run of training seed 0 leaves it behind (``RunJob.keep_as``)."""
+        if not (self.scorer_dir / "config.json").is_file():
+            log(f"{self.name}: fine-tuning the base model on the raw pool (training seed 0)")
+        return self.exp.train(self.splits["pool"], self.scorer_dir, 0)
+
+    def gdig_run(
+        self, model: Path, seeds: Path, run_dir: Path, extra: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """``gdig run`` of this direction's pool into ``run_dir``; its manifest."""
+        a = self.args
         gdig_cli(
             [
                 "run",
-                "--model", str(scorer),
-                "--seeds", str(self.data_dir / "seeds.jsonl"),
+                "--model", str(model),
+                "--seeds", str(seeds),
                 "--pool", str(self.data_dir / "pool.jsonl"),
-                "--out", str(self.run_dir),
+                "--out", str(run_dir),
                 "--budget", str(max(self.budgets)),
                 "--label-field", "noise",
                 "--no-progress",
@@ -768,51 +794,42 @@ class Direction:
                 # options, another gdig version); what still matches is reused
                 "--force-restart",
                 *shlex.split(a.gdig_args),
+                *extra,
             ],
             self.out / "gdig.log",
         )  # fmt: skip
-        manifest = _read_json(self.run_dir / "manifest.json")
-        # subsets are cached per score fingerprint: other scores, other subsets
-        self.subset_dir = self.out / "subsets" / manifest["fingerprints"]["score"][:16]
-        noise = manifest["stages"].get("report", {}).get("noise") or {}
-        self.gdig_info = {
-            "scorer": "model fine-tuned on the pool" if a.finetune_first else "base model",
-            "wall_s": round(time.perf_counter() - t, 1),
-            "cpu_s": round(time.process_time() - c, 1),
-            "finetune_first_s": first_s,
-            "stage_seconds": {s: r.get("seconds") for s, r in manifest["stages"].items()},
-            "noise_auc": {
-                k: v.get("auc_neg_benefit_mean") for k, v in noise.items() if isinstance(v, dict)
-            },
-        }
-        log(f"{self.name} gdig run: {self.gdig_info}")
+        return _read_json(run_dir / "manifest.json")
 
-    def subset(self, arm: Arm, budget: int, seed: int, tau: float, scoring: str) -> list:
+    def subsets_of(self, manifest: dict[str, Any]) -> Path:
+        # subsets are cached per score fingerprint: other scores, other subsets
+        return self.out / "subsets" / manifest["fingerprints"]["score"][:16]
+
+    def select_into(self, run_dir: Path, subset_dir: Path, name: str, argv: list[str]) -> list:
+        """The pairs ``gdig select --name NAME ARGV`` picks from ``run_dir`` (cached in
+        ``subset_dir``)."""
         from gdig.data.pairs import read_pairs
 
+        path = subset_dir / f"{name}.jsonl"
+        if not path.is_file():
+            cmd = ["select", "--out", str(run_dir), "--name", name, "--no-progress", *argv]
+            gdig_cli(cmd, self.out / "gdig.log")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / "selections" / name / "selected.jsonl", path)
+        return read_pairs(path)
+
+    def subset(self, arm: Arm, budget: int, seed: int, tau: float, scoring: str) -> list:
         if arm.whole:
             return list(self.splits["pool"])
         name = f"b{budget}-{arm.selector}-{scoring}-tau{tau}-s{seed}"
-        path = self.subset_dir / f"{name}.jsonl"
-        if not path.is_file():
-            gdig_cli(
-                [
-                    "select",
-                    "--out", str(self.run_dir),
-                    "--name", name,
-                    "--selector", arm.selector,
-                    "--budget", str(budget),
-                    "--on-short", "fill",
-                    "--random-seed", str(seed),
-                    "--tau", str(tau),
-                    "--scoring", scoring,
-                    "--no-progress",
-                ],
-                self.out / "gdig.log",
-            )  # fmt: skip
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.run_dir / "selections" / name / "selected.jsonl", path)
-        return read_pairs(path)
+        argv = [
+            "--selector", arm.selector,
+            "--budget", str(budget),
+            "--on-short", "fill",
+            "--random-seed", str(seed),
+            "--tau", str(tau),
+            "--scoring", scoring,
+        ]  # fmt: skip
+        return self.select_into(self.run_dir, self.subset_dir, name, argv)
 
     # -- one fine-tune + evaluation
     def spec(self, seed: int, pairs, eval_splits: tuple[str, ...]) -> dict[str, Any]:
@@ -930,22 +947,20 @@ class Direction:
         self.build_data()
         self.score_pool()
         self.choose_on_dev()
+        plan = self.planned()
         if self.args.workers > 1:
-            self.run_parallel()
-            return
-        for key, arm, budget, seed, selection, pairs in self.main_runs():
-            fresh = self.exp.fresh_runs
-            result = self.one_run(
-                key, self.spec(seed, pairs, TEST_SETS), selection, pairs, TEST_SETS
-            )
-            self.keep(key, arm, budget, seed, result)
-            if self.exp.fresh_runs > fresh:  # a run done now: the tables show it at once
-                self.exp.report_if_stale()
+            # the whole pool's runs first: the longest jobs, which would otherwise keep one
+            # worker busy at the end while the other has nothing left to do
+            plan.sort(key=lambda run: not run[1].whole)
+        items = (
+            (key, (arm, budget, seed), self.spec(seed, pairs, TEST_SETS), selection, pairs)
+            for key, arm, budget, seed, selection, pairs in self.main_runs(plan)
+        )
+        self.run_items(items, TEST_SETS, lambda key, meta, res: self.keep(key, *meta, res))
 
-    def main_runs(self, plan=None):
-        """(key, arm, budget, seed, selection, pairs) of ``plan`` (default: the plan), each
-        subset selected."""
-        for key, arm, budget, seed in self.planned() if plan is None else plan:
+    def main_runs(self, plan):
+        """(key, arm, budget, seed, selection, pairs) of ``plan``, each subset selected."""
+        for key, arm, budget, seed in plan:
             scoring = arm.scoring or self.scoring
             pairs = self.subset(arm, budget, seed, self.tau, scoring)
             selection = (
@@ -959,11 +974,20 @@ class Direction:
         self.results[key] = {**result, "arm": arm.name, "budget": budget, "train_seed": seed}
         self.exp.stale = True
 
-    def run_parallel(self) -> None:
-        """The plan's runs on ``--workers`` processes, each submitted as soon as its subset
-        is selected (the selections go on here meanwhile); a finished or reusable run is
-        taken as it is, and a run whose spec equals a submitted one's waits for it and
+    def run_items(self, items, eval_splits: tuple[str, ...], store) -> None:
+        """Fine-tune and evaluate each ``(key, meta, spec, selection, pairs)`` of ``items``
+        (a finished or reusable run is taken as it is) and ``store(key, meta, result)``;
+        the report is rewritten after every run trained. With ``--workers`` > 1 each run
+        goes to a worker process as soon as its subset is selected (the selections go on
+        here meanwhile), and a run whose spec equals a submitted one's waits for it and
         reuses it."""
+        if self.args.workers <= 1:
+            for key, meta, spec, selection, pairs in items:
+                fresh = self.exp.fresh_runs
+                store(key, meta, self.one_run(key, spec, selection, pairs, eval_splits))
+                if self.exp.fresh_runs > fresh:  # a run done now: the tables show it at once
+                    self.exp.report_if_stale()
+            return
         import concurrent.futures as cf
         import multiprocessing
 
@@ -980,36 +1004,33 @@ class Direction:
         def harvest(block: bool) -> None:
             done = cf.as_completed(futures) if block else [f for f in futures if f.done()]
             for fut in list(done):
-                self.keep(*futures.pop(fut), fut.result())
+                key, meta = futures.pop(fut)
+                store(key, meta, fut.result())
                 self.exp.fresh_runs += 1
                 self.exp.report_if_stale()
 
         log(f"{self.name}: {self.args.workers} worker processes, {threads} torch thread(s) each")
-        # the whole pool's runs first: the longest jobs, which would otherwise keep one
-        # worker busy at the end while the other has nothing left to do
-        plan = sorted(self.planned(), key=lambda run: not run[1].whole)
         try:
-            for key, arm, budget, seed, selection, pairs in self.main_runs(plan):
-                spec = self.spec(seed, pairs, TEST_SETS)
+            for key, meta, spec, selection, pairs in items:
                 old = self.finished(key, spec) or self._reuse(key, spec)
                 digest = json.dumps(spec, sort_keys=True)
                 if old is not None:
-                    self.keep(key, arm, budget, seed, {**old, "selection": selection})
+                    store(key, meta, {**old, "selection": selection})
                 elif digest in submitted:
-                    waiting.append((key, arm, budget, seed, selection, spec))
+                    waiting.append((key, meta, spec, selection))
                 else:
                     submitted.add(digest)
-                    job = self.job(key, spec, selection, pairs, TEST_SETS)
-                    futures[pool.submit(execute_run, job)] = (key, arm, budget, seed)
+                    job = self.job(key, spec, selection, pairs, eval_splits)
+                    futures[pool.submit(execute_run, job)] = (key, meta)
                 harvest(block=False)
             self.exp.report_if_stale()
             harvest(block=True)
         finally:  # a failed run stops the rest: it is a bug to see, not to run past
             pool.shutdown(wait=True, cancel_futures=True)
-        for key, arm, budget, seed, selection, spec in waiting:
+        for key, meta, spec, selection in waiting:
             reused = self.finished(key, spec) or self._reuse(key, spec)
             assert reused is not None, key  # its twin finished above
-            self.keep(key, arm, budget, seed, {**reused, "selection": selection})
+            store(key, meta, {**reused, "selection": selection})
         self.exp.report_if_stale()
 
     def report(self) -> dict[str, Any]:
