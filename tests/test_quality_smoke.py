@@ -219,3 +219,45 @@ def test_smoke_run(tmp_path):
         redone = json.loads((out / key / "result.json").read_text())
         assert redone["torch_threads"] == 1 and redone["key"] == name
         assert redone["spec"] == runs[direction, name]["spec"]
+
+    # the dev study on the same work folder: dev only, its own report, RESULTS.md untouched
+    md_before = (out / "RESULTS.md").read_bytes()
+    variants = "zscore,best-first,rank0,seeds128,pool-finetuned"
+    study_cmd = [*workers, "--study", "--study-variants", variants]
+    proc = subprocess.run(study_cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "RESULTS.md").read_bytes() == md_before
+    study = json.loads((out / "study.json").read_text())
+    names = ["gdig", *variants.split(",")]
+    assert [v["name"] for v in study["variants"]] == names
+    assert study["status"] == {"done": 6, "planned": 6, "partial": False}
+    rows = {r["arm"]: r for r in study["table"]}
+    assert list(rows) == names
+    for row in rows.values():
+        assert row["n_pairs"] == 10 and math.isfinite(row["dev.chrf"]["mean"])
+        assert "test_in.chrf" not in row  # the test sets never enter the study
+    # the reference is the dev choice's own trial: the same subset and settings, reused
+    assert rows["gdig"]["reused"] == 1
+    assert {s["b"] for s in study["significance"] if s["metric"] == "chrf"} == set(names[1:])
+    # the variants that score again have their own gdig run; the pool-finetuned scorer is
+    # the whole pool's kept model (no fine-tune on the raw pool here)
+    assert set(study["scorings"]) == {"rank0", "seeds128", "pool-finetuned"}
+    assert "fine-tuning the base model on the raw pool" not in proc.stdout
+    seeds = (out / "zh-en" / "study" / "seeds128" / "seeds.jsonl").read_text().splitlines()
+    own = (out / "zh-en" / "data" / "seeds.jsonl").read_text().splitlines()
+    assert len(seeds) == 128 and seeds[:4] == own
+    rank0 = json.loads(
+        (out / "zh-en" / "study" / "rank0" / "gdig_run" / "manifest.json").read_text()
+    )
+    assert rank0["config"]["scoring"]["rank"] == 0
+    trained = {
+        line.split("] ")[1].split(":")[0]
+        for line in proc.stdout.splitlines()
+        if "fine-tuning on" in line
+    }
+    for run in study["runs"]:
+        assert run.get("same_as") or f"zh-en {run['key']}" in trained, run["key"]
+    md = (out / "STUDY.md").read_text()
+    assert all(f"| {n} |" in md for n in names)
+    bad = [x for x in _strings(study) if ABSOLUTE.search(x) or str(tmp_path) in x]
+    assert not bad, bad[:5]

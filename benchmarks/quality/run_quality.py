@@ -76,6 +76,7 @@ for _p in (HERE, HERE.parent, ROOT / "python"):
 
 import data as qdata  # noqa: E402
 import harness  # noqa: E402
+import study as qstudy  # noqa: E402
 import summary as qsummary  # noqa: E402
 
 WHOLE = "all"  # the arm of the whole pool (no budget)
@@ -362,6 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars"
     )
+    g = ap.add_argument_group("the dev study (study.py)")
+    g.add_argument(
+        "--study",
+        action="store_true",
+        help="run only the dev study of the main direction (STUDY.md, study.json)",
+    )
+    g.add_argument(
+        "--study-variants", default="", help="comma-separated variants of study.py ('' = all)"
+    )
+    g.add_argument("--study-seeds", default="0", help="training seeds of the study")
+    g.add_argument(
+        "--study-budget", default="", help="the study's budget ('' = the smallest budget)"
+    )
     ap.add_argument(
         "--workers",
         type=int,
@@ -383,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# What parse_args adds to the namespace, parsed from the options (not options themselves).
+PARSED = ("arm_list", "also_list", "variant_list")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from gdig.io.validate import OptionError
 
@@ -398,6 +416,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.arm_list = [parse_arm(a) for a in _words(args.arms)]
         args.also_list = parse_also(args.also)
+        args.variant_list = qstudy.parse_variants(args.study_variants)
+        if args.study_budget:
+            parse_budgets(args.study_budget, args.n_pool)
         for text in [args.budgets] + [b for _, b in args.also_list]:
             parse_budgets(text, args.n_pool)
     except (ValueError, argparse.ArgumentTypeError) as e:
@@ -459,6 +480,17 @@ def noise_of(pairs) -> dict[str, Any]:
         "n": n,
         "noise_rate": (n - kinds.get("clean", 0)) / n if n else float("nan"),
         "kinds": {k: kinds.get(k, 0) for k in ("clean", *qdata.NOISE_KINDS)},
+    }
+
+
+def scoring_info(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A ``gdig run``'s stage seconds and the noise AUC of each scoring, from its manifest."""
+    noise = manifest["stages"].get("report", {}).get("noise") or {}
+    return {
+        "stage_seconds": {s: r.get("seconds") for s, r in manifest["stages"].items()},
+        "noise_auc": {
+            k: v.get("auc_neg_benefit_mean") for k, v in noise.items() if isinstance(v, dict)
+        },
     }
 
 
@@ -694,6 +726,8 @@ class Direction:
         self.gdig_info: dict[str, Any] | None = None
         self.dev_choice: dict[str, Any] | None = None
         self.splits: dict[str, list] = {}
+        self.study_results: dict[str, dict[str, Any]] = {}  # key -> result (--study)
+        self.study_scorings: dict[str, dict[str, Any]] = {}  # variant -> its gdig run
 
     # -- the plan
     def planned(self) -> list[tuple[str, Arm, int | None, int]]:
@@ -748,16 +782,12 @@ class Direction:
         self.run_dir = self.out / "gdig_run"
         manifest = self.gdig_run(scorer, self.data_dir / "seeds.jsonl", self.run_dir)
         self.subset_dir = self.subsets_of(manifest)
-        noise = manifest["stages"].get("report", {}).get("noise") or {}
         self.gdig_info = {
             "scorer": "model fine-tuned on the pool" if a.finetune_first else "base model",
             "wall_s": round(time.perf_counter() - t, 1),
             "cpu_s": round(time.process_time() - c, 1),
             "finetune_first_s": first_s,
-            "stage_seconds": {s: r.get("seconds") for s, r in manifest["stages"].items()},
-            "noise_auc": {
-                k: v.get("auc_neg_benefit_mean") for k, v in noise.items() if isinstance(v, dict)
-            },
+            **scoring_info(manifest),
         }
         log(f"{self.name} gdig run: {self.gdig_info}")
 
@@ -1033,6 +1063,97 @@ class Direction:
             store(key, meta, {**reused, "selection": selection})
         self.exp.report_if_stale()
 
+    # -- the dev study (--study, study.py)
+    def run_study(self, variants: list[qstudy.Variant], budget: int, seeds: list[int]) -> None:
+        def store(key, meta, result):
+            variant, seed = meta
+            self.study_results[key] = {
+                **result,
+                "arm": variant.name,
+                "budget": budget,
+                "train_seed": seed,
+            }
+            self.exp.stale = True
+
+        items = self.study_items(variants, budget, seeds)
+        self.run_items(items, ("dev",), store)
+
+    def study_items(self, variants, budget: int, seeds: list[int]):
+        for v in variants:
+            run_dir, subset_dir = self.study_scoring(v)
+            for seed in seeds:
+                key = f"study-b{budget}-{v.name}-s{seed}"
+                argv = [
+                    "--selector", "gdig",
+                    "--budget", str(budget),
+                    "--on-short", "fill",
+                    "--random-seed", str(seed),
+                    "--tau", str(self.tau),
+                    "--scoring", self.scoring,
+                    *v.select,  # after the defaults: the variant's options win
+                ]  # fmt: skip
+                pairs = self.select_into(run_dir, subset_dir, key, argv)
+                selection = {"variant": v.name, "how": v.how(), "argv": argv}
+                yield key, (v, seed), self.spec(seed, pairs, ("dev",)), selection, pairs
+
+    def study_scoring(self, v: qstudy.Variant) -> tuple[Path, Path]:
+        """The run folder and subset cache a variant selects from: the experiment's own, or,
+        for a variant that scores again, its own ``gdig run`` under ``study/VARIANT``."""
+        if not v.rescored:
+            return self.run_dir, self.subset_dir
+        from gdig.data.pairs import write_jsonl
+
+        folder = self.out / "study" / v.name
+        seeds_file = self.data_dir / "seeds.jsonl"
+        if v.n_seeds is not None:
+            seeds = qdata.more_seeds(self.exp.data_dir, self.split_cfg, self.splits, v.n_seeds)
+            seeds_file = folder / "seeds.jsonl"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_jsonl(seeds_file, seeds)
+        model = self.pool_finetuned() if v.scorer == "pool-finetuned" else self.exp.base
+        log(f"{self.name} study {v.name}: gdig run ({v.how()})")
+        manifest = self.gdig_run(Path(model), seeds_file, folder / "gdig_run", v.run)
+        self.study_scorings[v.name] = {"how": v.how(), **scoring_info(manifest)}
+        return folder / "gdig_run", self.subsets_of(manifest)
+
+    def study_report(self, variants, budget: int, seeds: list[int]) -> dict[str, Any]:
+        planned = [f"study-b{budget}-{v.name}-s{s}" for v in variants for s in seeds]
+        runs = [self.study_results[k] for k in planned if k in self.study_results]
+        out: dict[str, Any] = {
+            "direction": self.name,
+            "budget": budget,
+            "seeds": seeds,
+            "n_dev": len(self.splits["dev"]),
+            "tau": self.tau,
+            "scoring": self.scoring,
+            "status": {
+                "done": len(runs),
+                "planned": len(planned),
+                "partial": len(runs) < len(planned),
+            },
+            "variants": [{"name": v.name, "what": v.what, "how": v.how()} for v in variants],
+            "scorings": self.study_scorings,
+            "table": [],
+            "significance": [],
+        }
+        if runs:
+            out.update(
+                qsummary.build(
+                    runs=runs,
+                    refs={"dev": [p.tgt for p in self.splits["dev"]]},
+                    run_dir=self.out / "runs",
+                    arms=[v.name for v in variants],
+                    reference=qstudy.REFERENCE,
+                    budgets=[budget],
+                    bootstrap_n=self.args.bootstrap_n,
+                    tgt_lang=self.splits["dev"][0].tgt_lang,
+                    cache=self.exp.stats_cache,
+                    cache_prefix=f"{self.name}-study",
+                )
+            )
+        out["runs"] = runs
+        return out
+
     def report(self) -> dict[str, Any]:
         """This direction's part of results.json (partial while runs are missing)."""
         plan = self.planned()
@@ -1220,14 +1341,54 @@ class Experiment:
 
     # -- everything
     def run(self) -> dict[str, Any]:
-        log(f"planned: {self.n_planned()} runs; {time_budget(self.args)}")
         self.base = self.base_model()
         self.resolve_precision()
+        if self.args.study:
+            return self.run_study()
+        log(f"planned: {self.n_planned()} runs; {time_budget(self.args)}")
         report = None
         for d in self.directions:
             d.run()
             self.stale = True  # the chart too, once a direction is done
             report = self.report_if_stale(chart=True)
+        return report
+
+    def run_study(self) -> dict[str, Any]:
+        """The dev study of the main direction (``study.py``): its data, gdig run and dev
+        choice as the experiment has them, then every variant; STUDY.md and study.json."""
+        a, d = self.args, self.directions[0]
+        d.build_data()
+        d.score_pool()
+        d.choose_on_dev()
+        self.study = (
+            a.variant_list,
+            parse_budgets(a.study_budget, a.n_pool)[0] if a.study_budget else min(d.budgets),
+            _ints(a.study_seeds),
+        )
+        log(f"study: {len(a.variant_list)} variants x {len(self.study[2])} training seeds")
+        d.run_study(*self.study)
+        self.stale = True
+        return self.report_if_stale()
+
+    def write_study_report(self) -> dict[str, Any]:
+        d = self.directions[0]
+        report = {
+            "command": "python benchmarks/quality/run_quality.py "
+            + shlex.join(shown_path(x) if os.path.isabs(x) else x for x in self.argv),
+            "commit": self.git,
+            "written": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{harness.cpu_model()}, {os.cpu_count()} cores, torch threads "
+            f"{self.threads_per_worker() if self.args.workers > 1 else 'all'} per run, "
+            f"{self.args.workers} worker(s)",
+            "precision": self.precision,
+            **d.study_report(*self.study),
+        }
+        report = relative_strings(report, self.known_paths())
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.report_dir / "study.json", report)
+        (self.report_dir / "STUDY.md").write_text(qstudy.markdown(report), encoding="utf-8")
+        st = report["status"]
+        log(f"study report: {st['done']} of {st['planned']} runs in STUDY.md")
         return report
 
     def threads_per_worker(self) -> int:
@@ -1243,6 +1404,8 @@ class Experiment:
         if not self.stale:
             return None
         self.stale = False
+        if self.args.study:  # the study has its own report; RESULTS.md stays as it is
+            return self.write_study_report()
         return self.write_report(chart)
 
     def known_paths(self) -> dict[str, str]:
@@ -1278,13 +1441,13 @@ class Experiment:
                 "loadavg_now": [round(x, 2) for x in os.getloadavg()],
             },
             "args": {
-                **{k: v for k, v in vars(a).items() if k not in ("arm_list", "also_list")},
+                **{k: v for k, v in vars(a).items() if k not in PARSED},
                 "data_dir": shown_path(self.data_dir),
             },
             "non_default_args": {
                 k: v
                 for k, v in vars(a).items()
-                if k not in ("out", "report_dir", "progress", "data_dir", "arm_list", "also_list")
+                if k not in ("out", "report_dir", "progress", "data_dir", *PARSED)
                 and v != defaults.get_default(k)
             },
             "arms": [vars(arm) for arm in self.arms],
