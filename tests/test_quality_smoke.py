@@ -195,7 +195,11 @@ def test_smoke_run(tmp_path):
     # resume on two worker processes: the lost results are redone, every other run skipped
     lost = ["de-en/runs/b10-random-s0", "de-en/runs/b10-loss-s0", "zh-en/runs/b10-less-s0"]
     lost.append("zh-en/runs/all-s0")  # the whole pool: submitted first with --workers
-    for key in lost:
+    lost.append("de-en/runs/dev-b10-gdig-tau0.9-raw")  # a dev trial: the same way
+    # the cosine trial chose the same pairs: it waits for the raw one and reuses it
+    twin = "de-en/runs/dev-b10-gdig-tau0.9-cosine"
+    specs = {key: json.loads((out / key / "result.json").read_text())["spec"] for key in lost}
+    for key in [*lost, twin]:
         (out / key / "result.json").unlink()
     workers = [*cmd, "--workers", "2", "--threads-per-worker", "1"]
     proc = subprocess.run(workers, capture_output=True, text=True, timeout=900)
@@ -205,6 +209,9 @@ def test_smoke_run(tmp_path):
         key.replace("/runs/", " ") for key in lost
     ), trained
     assert "de-en: 2 worker processes, 1 torch thread(s) each" in proc.stdout
+    assert (
+        json.loads((out / twin / "result.json").read_text())["same_as"] == lost[-1].split("/")[-1]
+    )
     again = json.loads((out / "results.json").read_text())
     assert again["status"]["done"] == 20
     # the whole pool's model of training seed 0 is kept: --finetune-first's scorer
@@ -213,12 +220,10 @@ def test_smoke_run(tmp_path):
         pool = read_pairs(out / direction / "data" / "pool.jsonl")
         assert kept["fingerprint"]["pairs"]["sha256"] == pairs_digest(pool)
         assert kept["fingerprint"]["config"]["train_seed"] == 0
-    runs = {(e["direction"], r["key"]): r for e in report["experiments"] for r in e["runs"]}
     for key in lost:  # the same subset and settings, trained in a one-thread worker
-        direction, _, name = key.split("/")
         redone = json.loads((out / key / "result.json").read_text())
-        assert redone["torch_threads"] == 1 and redone["key"] == name
-        assert redone["spec"] == runs[direction, name]["spec"]
+        assert redone["torch_threads"] == 1 and redone["key"] == key.split("/")[-1]
+        assert redone["spec"] == specs[key]
 
     # the dev study on the same work folder: dev only, its own report, RESULTS.md untouched
     md_before = (out / "RESULTS.md").read_bytes()

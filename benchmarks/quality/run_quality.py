@@ -946,26 +946,30 @@ class Direction:
             return
         budget = min(self.budgets)
         gdig = Arm(REFERENCE, REFERENCE)
-        trials = []
-        for tau in taus:
-            for scoring in scorings:
+        grid = [(tau, scoring) for tau in taus for scoring in scorings]
+
+        def items():
+            for tau, scoring in grid:
                 key = f"dev-b{budget}-gdig-tau{tau}-{scoring}"
                 pairs = self.subset(gdig, budget, 0, tau, scoring)
-                spec = self.spec(0, pairs, ("dev",))
                 selection = {"tau": tau, "scoring": scoring}
-                res = self.one_run(key, spec, selection, pairs, ("dev",))
-                trials.append(
-                    {
-                        "tau": tau,
-                        "scoring": scoring,
-                        "dev_chrf": res["eval"]["dev"]["chrf"],
-                        "dev_bleu": res["eval"]["dev"]["bleu"],
-                        "noise_rate": res["subset"]["noise_rate"],
-                        "same_as": res.get("same_as"),
-                        "train_s": res["train_s"],
-                        "eval_s": res["eval"]["dev"]["eval_s"],
-                    }
-                )
+                yield key, (tau, scoring), self.spec(0, pairs, ("dev",)), selection, pairs
+
+        done: dict[tuple[float, str], dict[str, Any]] = {}
+        self.run_items(items(), ("dev",), lambda key, meta, res: done.__setitem__(meta, res))
+        trials = [
+            {
+                "tau": tau,
+                "scoring": scoring,
+                "dev_chrf": res["eval"]["dev"]["chrf"],
+                "dev_bleu": res["eval"]["dev"]["bleu"],
+                "noise_rate": res["subset"]["noise_rate"],
+                "same_as": res.get("same_as"),
+                "train_s": res["train_s"],
+                "eval_s": res["eval"]["dev"]["eval_s"],
+            }
+            for (tau, scoring), res in ((t, done[t]) for t in grid)
+        ]
         # the first of equal dev scores wins (the order given): no tie is broken by a test
         best = max(trials, key=lambda r: r["dev_chrf"])
         self.tau, self.scoring = best["tau"], best["scoring"]

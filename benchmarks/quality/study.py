@@ -91,7 +91,9 @@ VARIANTS: tuple[Variant, ...] = (
         select=("--selector", "coverage", "--scoring", "cosine"),
     ),
     Variant("rank0", "exact seed gradients (no rank compression; default 64)", run=("--rank", "0")),
-    Variant("seeds128", "128 trusted seeds: the 32, then 96 unused in-domain pairs", n_seeds=128),
+    Variant(
+        "seeds128", "128 trusted seeds: the split's own, then unused in-domain pairs", n_seeds=128
+    ),
     Variant(
         "pool-finetuned",
         "scored with the base model fine-tuned on the raw pool (the paper's flow)",
