@@ -344,6 +344,16 @@ def _machine_line(report: dict[str, Any]) -> str:
     )
 
 
+def _scoring_time(g: dict[str, Any]) -> str:
+    """What the scoring cost: its stages' own seconds (kept in the run's manifest, so a
+    resumed invocation that reused them still shows them), and a pool fine-tune first."""
+    stages = {k: v for k, v in (g.get("stage_seconds") or {}).items() if v}
+    text = " + ".join(f"{k} {v:.0f} s" for k, v in stages.items()) or f"{g.get('wall_s', 0):.0f} s"
+    if (g.get("finetune_first_s") or 0) >= 1:
+        text = f"fine-tuning on the pool {g['finetune_first_s']:.0f} s, then " + text
+    return text
+
+
 def _data_section(exp: dict[str, Any], args: dict[str, Any]) -> list[str]:
     d = exp["data"]
     lines = [
@@ -394,7 +404,7 @@ def _experiment_section(exp: dict[str, Any], report: dict[str, Any]) -> list[str
         f"Scored once by `gdig run` with the {g.get('scorer', '?')} (factor samples "
         f"{a['factor_samples']}, layer stride {a['layer_stride']}, autocast {a['autocast']}"
         + (f", `{a['gdig_args']}`" if a["gdig_args"] else "")
-        + f"; {g.get('wall_s', 0):.0f} s). Each subset: `gdig select --selector S --scoring C "
+        + f"; {_scoring_time(g)}). Each subset: `gdig select --selector S --scoring C "
         f"--tau {g.get('tau')} --budget B --random-seed SEED --on-short fill` (SEED = the "
         f"training seed); arms without a scoring use {g.get('scoring')!r}.",
     ]
