@@ -266,3 +266,25 @@ def test_smoke_run(tmp_path):
     assert all(f"| {n} |" in md for n in names)
     bad = [x for x in _strings(study) if ABSOLUTE.search(x) or str(tmp_path) in x]
     assert not bad, bad[:5]
+
+    # what won on dev is confirmed on the test sets as an arm: gdig+VARIANT selects the
+    # study's very subset (at the study's budget and seed) and is tested against gdig
+    confirm = [
+        *cmd,
+        "--arms",
+        "gdig,gdig+best-first",
+        "--also",
+        "",
+        "--report-dir",
+        str(tmp_path / "c"),
+    ]
+    proc = subprocess.run(confirm, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = json.loads((tmp_path / "c" / "results.json").read_text())
+    (exp,) = rep["experiments"]
+    assert [r["arm"] for r in exp["table"]] == ["gdig", "gdig+best-first"]
+    run = {r["key"]: r for r in exp["runs"]}["b10-gdig+best-first-s0"]
+    assert run["selection"]["variant"] == "best-first"
+    studied = {r["key"]: r for r in study["runs"]}["study-b10-best-first-s0"]
+    assert run["spec"]["subset_sha256"] == studied["spec"]["subset_sha256"]
+    assert {s["b"] for s in exp["significance"]} == {"gdig+best-first"}

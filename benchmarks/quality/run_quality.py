@@ -165,11 +165,14 @@ def _words(text: str) -> list[str]:
 @dataclass(frozen=True)
 class Arm:
     """What chooses a training subset: ``selector`` with ``scoring`` (None: the scoring
-    chosen on dev), or the whole pool (``selector`` None)."""
+    chosen on dev), the whole pool (``selector`` None), or a variant of gdig from the dev
+    study's table (``gdig+VARIANT``: ``variant``), to confirm on the test sets what won on
+    dev."""
 
     name: str
     selector: str | None
     scoring: str | None = None
+    variant: str | None = None
 
     @property
     def whole(self) -> bool:
@@ -177,12 +180,16 @@ class Arm:
 
 
 def parse_arm(text: str) -> Arm:
-    """``SELECTOR``, ``SELECTOR-SCORING`` or ``all``, checked against gdig's two tables."""
+    """``SELECTOR``, ``SELECTOR-SCORING``, ``gdig+VARIANT`` or ``all``, checked against
+    gdig's two tables and the study's."""
     from gdig.select.choosers import SELECTORS
     from gdig.select.scorings import SCORINGS
 
     if text == WHOLE:
         return Arm(text, None)
+    variant = text.removeprefix(REFERENCE + "+")
+    if variant != text and variant != qstudy.REFERENCE and variant in qstudy.BY_NAME:
+        return Arm(text, REFERENCE, variant=variant)
     if text in SELECTORS:
         return Arm(text, text)
     for selector in SELECTORS:
@@ -191,7 +198,8 @@ def parse_arm(text: str) -> Arm:
                 return Arm(text, selector, scoring)
     raise ValueError(
         f"arm {text!r}: use SELECTOR or SELECTOR-SCORING (selectors {', '.join(SELECTORS)}; "
-        f"scorings {', '.join(SCORINGS)}) or {WHOLE!r}"
+        f"scorings {', '.join(SCORINGS)}), {REFERENCE}+VARIANT (variants of study.py: "
+        f"{', '.join(v for v in qstudy.BY_NAME if v != qstudy.REFERENCE)}) or {WHOLE!r}"
     )
 
 
@@ -728,6 +736,7 @@ class Direction:
         self.splits: dict[str, list] = {}
         self.study_results: dict[str, dict[str, Any]] = {}  # key -> result (--study)
         self.study_scorings: dict[str, dict[str, Any]] = {}  # variant -> its gdig run
+        self.scoring_folders: dict[str, tuple[Path, Path]] = {}  # variant -> run, subsets
 
     # -- the plan
     def planned(self) -> list[tuple[str, Arm, int | None, int]]:
@@ -850,6 +859,8 @@ class Direction:
     def subset(self, arm: Arm, budget: int, seed: int, tau: float, scoring: str) -> list:
         if arm.whole:
             return list(self.splits["pool"])
+        if arm.variant:
+            return self.variant_subset(qstudy.BY_NAME[arm.variant], budget, seed)[0]
         name = f"b{budget}-{arm.selector}-{scoring}-tau{tau}-s{seed}"
         argv = [
             "--selector", arm.selector,
@@ -1002,6 +1013,9 @@ class Direction:
                 if arm.whole
                 else {"selector": arm.selector, "scoring": scoring, "tau": self.tau}
             )
+            if arm.variant:
+                how = qstudy.BY_NAME[arm.variant].how()
+                selection.update(variant=arm.variant, how=how)
             yield key, arm, budget, seed, selection, pairs
 
     def keep(self, key: str, arm: Arm, budget: int | None, seed: int, result) -> None:
@@ -1084,27 +1098,36 @@ class Direction:
 
     def study_items(self, variants, budget: int, seeds: list[int]):
         for v in variants:
-            run_dir, subset_dir = self.study_scoring(v)
             for seed in seeds:
-                key = f"study-b{budget}-{v.name}-s{seed}"
-                argv = [
-                    "--selector", "gdig",
-                    "--budget", str(budget),
-                    "--on-short", "fill",
-                    "--random-seed", str(seed),
-                    "--tau", str(self.tau),
-                    "--scoring", self.scoring,
-                    *v.select,  # after the defaults: the variant's options win
-                ]  # fmt: skip
-                pairs = self.select_into(run_dir, subset_dir, key, argv)
+                pairs, argv = self.variant_subset(v, budget, seed)
                 selection = {"variant": v.name, "how": v.how(), "argv": argv}
+                key = f"study-b{budget}-{v.name}-s{seed}"
                 yield key, (v, seed), self.spec(seed, pairs, ("dev",)), selection, pairs
+
+    def variant_subset(self, v: qstudy.Variant, budget: int, seed: int) -> tuple[list, list]:
+        """The pairs variant ``v`` of gdig selects (the study's and a ``gdig+VARIANT`` arm's,
+        cached under one name), and its ``gdig select`` options."""
+        run_dir, subset_dir = self.study_scoring(v)
+        argv = [
+            "--selector", REFERENCE,
+            "--budget", str(budget),
+            "--on-short", "fill",
+            "--random-seed", str(seed),
+            "--tau", str(self.tau),
+            "--scoring", self.scoring,
+            *v.select,  # after the defaults: the variant's options win
+        ]  # fmt: skip
+        name = f"study-b{budget}-{v.name}-s{seed}"
+        return self.select_into(run_dir, subset_dir, name, argv), argv
 
     def study_scoring(self, v: qstudy.Variant) -> tuple[Path, Path]:
         """The run folder and subset cache a variant selects from: the experiment's own, or,
-        for a variant that scores again, its own ``gdig run`` under ``study/VARIANT``."""
+        for a variant that scores again, its own ``gdig run`` under ``study/VARIANT`` (run
+        once per invocation)."""
         if not v.rescored:
             return self.run_dir, self.subset_dir
+        if v.name in self.scoring_folders:
+            return self.scoring_folders[v.name]
         from gdig.data.pairs import write_jsonl
 
         folder = self.out / "study" / v.name
@@ -1118,7 +1141,8 @@ class Direction:
         log(f"{self.name} study {v.name}: gdig run ({v.how()})")
         manifest = self.gdig_run(Path(model), seeds_file, folder / "gdig_run", v.run)
         self.study_scorings[v.name] = {"how": v.how(), **scoring_info(manifest)}
-        return folder / "gdig_run", self.subsets_of(manifest)
+        self.scoring_folders[v.name] = (folder / "gdig_run", self.subsets_of(manifest))
+        return self.scoring_folders[v.name]
 
     def study_report(self, variants, budget: int, seeds: list[int]) -> dict[str, Any]:
         planned = [f"study-b{budget}-{v.name}-s{s}" for v in variants for s in seeds]

@@ -7,7 +7,9 @@ Each variant changes one thing of gdig as the experiment runs it (tau and scorin
 on dev, the base model as the scorer, 32 seeds, the default clusters), selects at the study
 budget (default: the smallest budget), fine-tunes (each ``--study-seeds`` training seed) and
 decodes the dev pairs. The test sets never enter: a variant that wins here becomes a default
-only if the test confirms it in a later run of the experiment.
+only if the test confirms it in a later run of the experiment, where it is an arm of its own
+(``--arms gdig,...,gdig+VARIANT``: the same subsets at every budget and training seed,
+tested against gdig like every other arm).
 
 ``VARIANTS`` is the table of variants: one row each, what it changes in words, and how:
 

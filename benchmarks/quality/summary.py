@@ -562,6 +562,7 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
                 f"`{x['name']}`"
                 + (f" (scoring {x['scoring']})" if x["scoring"] else "")
                 + (" (the whole pool)" if x["selector"] is None else "")
+                + (f" (the dev study's variant {x['variant']})" if x.get("variant") else "")
                 for x in report["arms"]
             )
             + ".",
