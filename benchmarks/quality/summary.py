@@ -12,8 +12,9 @@ TEST_NAMES = {"test_in": "in-domain test", "test_other": "other-domain test"}
 METRICS = ("chrf", "bleu")
 METRIC_NAMES = {"chrf": "chrF", "bleu": "BLEU"}
 # The arms the summary names gdig's difference to, by selector (the issue's question:
-# random, the cleaning rules, the loss filter, LESS, and gdig's own halves).
-SUMMARY_SELECTORS = ("random", "rules", "loss", "less", "quality", "diversity")
+# random, the cleaning rules, the loss filter, LESS, and gdig's own halves; then coverage,
+# ours). A gdig+VARIANT arm is named too; the whole pool is not (it is no selection).
+SUMMARY_SELECTORS = ("random", "rules", "loss", "less", "quality", "diversity", "coverage")
 NOISE_DOC = {
     "misaligned": "the target of another, unrelated in-domain pair",
     "untranslated": "the target is a copy of the source",
@@ -195,7 +196,9 @@ def plain_words(report: dict[str, Any]) -> list[str]:
     where gdig loses. Nothing here is typed in by hand."""
     ref = report["reference"]
     arms = [a["name"] for a in report["arms"]]
-    selector_of = {a["name"]: a["selector"] for a in report["arms"]}
+    selector_of = {
+        a["name"]: "variant" if a.get("variant") else a["selector"] for a in report["arms"]
+    }
     lines = []
     for exp in report["experiments"]:
         d = exp["direction"]
@@ -235,7 +238,9 @@ def plain_words(report: dict[str, Any]) -> list[str]:
                 text += f"; {ref}: {_cell(gdig, 'test_in', 'chrf')}"
                 text += f", {ref} minus {best['arm']} {_interval(s)}." if s else "."
             named = [
-                a for a in arms if a != ref and selector_of.get(a) in SUMMARY_SELECTORS
+                a
+                for a in arms
+                if a != ref and selector_of.get(a) in (*SUMMARY_SELECTORS, "variant")
             ]  # in the order of --arms
             diffs = [
                 f"{a} {_interval(sig[(a, 'test_in', 'chrf')])}"
