@@ -87,3 +87,31 @@ def test_report_rejects_misaligned_pairs(tmp_path) -> None:
     swapped[best], swapped[other] = swapped[other], swapped[best]
     with pytest.raises(ValueError, match=f"row {best} has id {pairs[other][0]!r}"):
         write_report(tmp_path, sel, swapped, None, {})
+
+
+@pytest.mark.parametrize("shape", [(600, 900), (900, 300), (40, 5000)])
+def test_principal_axes_match_the_full_svd(shape) -> None:
+    """The map's top two axes by subspace iteration equal the full SVD's (up to sign) on
+    gradient-like data: a few strong directions over isotropic noise."""
+    from gdig.report.figures import principal_axes
+
+    rng = np.random.default_rng(1)
+    n, d = shape
+    strong = rng.standard_normal((4, d)) * np.array([[9.0], [6.0], [4.0], [3.0]])
+    x = rng.standard_normal((n, 4)) @ strong + rng.standard_normal((n, d))
+    x -= x.mean(axis=0)
+    exact = np.linalg.svd(x, full_matrices=False)[2][:2]
+    fast = principal_axes(x, 2)
+    assert fast.shape == (2, d)
+    cos = np.abs(np.sum(exact * fast, axis=1))  # unit vectors: |cos| 1 = the same axis
+    np.testing.assert_allclose(cos, 1.0, atol=1e-8)
+    np.testing.assert_allclose(fast @ fast.T, np.eye(2), atol=1e-10)
+
+
+def test_principal_axes_small_inputs() -> None:
+    from gdig.report.figures import principal_axes
+
+    x = np.array([[1.0, 2.0, 3.0]])
+    assert principal_axes(x, 2).shape == (1, 3)  # one row: one axis
+    x = np.random.default_rng(0).standard_normal((30, 1))
+    np.testing.assert_allclose(np.abs(principal_axes(x, 2)), [[1.0]])
