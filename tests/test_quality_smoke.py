@@ -114,6 +114,25 @@ def test_more_seeds_keep_every_split(direction):
         qdata.more_seeds(qdata.DEFAULT_DATA_DIR, cfg, splits, 10**7)
 
 
+def test_completed_yields_each_run_as_it_finishes():
+    """The driver reports a run as soon as it is done, not when the slowest one is."""
+    import concurrent.futures as cf
+    import threading
+
+    rq = _load("quality_run", "run_quality.py")
+    release = threading.Event()
+    with cf.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(release.wait, 30)
+        fast = pool.submit(lambda: 1)
+        futures = {slow: "slow", fast: "fast"}
+        fast.result()
+        assert list(rq.completed(futures, block=False)) == [fast]
+        first = next(rq.completed(futures, block=True))
+        assert first is fast and not slow.done()
+        release.set()
+    assert slow.result() is True
+
+
 # An absolute path inside a string: a "/" not preceded by a name character, then a name.
 ABSOLUTE = re.compile(r"(?<![\w.~-])/[\w.+@-]+")
 

@@ -652,6 +652,18 @@ def evaluate_model(settings: RunSettings, model: Path, pairs, out_file: Path) ->
     return {k: v for k, v in res.items() if k not in ("rows", "model")}  # rows: out_file
 
 
+def completed(futures, block: bool):
+    """The finished futures of ``futures``, each as it finishes: with ``block``, waiting for
+    every one in turn (never for all of them at once: ``list(as_completed(...))`` would
+    hold every report back until the last run, a whole-pool fine-tune, is done)."""
+    import concurrent.futures as cf
+
+    if block:
+        yield from cf.as_completed(list(futures))
+    else:
+        yield from [f for f in futures if f.done()]
+
+
 def _worker_init(threads: int) -> None:
     import torch
 
@@ -1050,8 +1062,7 @@ class Direction:
         waiting, submitted = [], set()
 
         def harvest(block: bool) -> None:
-            done = cf.as_completed(futures) if block else [f for f in futures if f.done()]
-            for fut in list(done):
+            for fut in completed(futures, block):
                 key, meta = futures.pop(fut)
                 store(key, meta, fut.result())
                 self.exp.fresh_runs += 1
