@@ -221,7 +221,7 @@ def plain_words(report: dict[str, Any]) -> list[str]:
                 if s["budget"] == budget
             }
             best = max(rows, key=lambda r: r["test_in.chrf"]["mean"])
-            seeds = max(r["n_runs"] for r in rows)
+            seeds = best["n_runs"]  # its own (a partial table's arms may differ)
             text = (
                 f"{d}, budget {label}: the best in-domain chrF is {best['arm']}'s, "
                 f"{_cell(best, 'test_in', 'chrf')} (mean ± std over {seeds} training "
