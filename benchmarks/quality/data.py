@@ -144,6 +144,11 @@ def _load(path: Path, prefix: str, ok, cfg: SplitConfig) -> list[Pair]:
     return [_renamed(p, prefix) for p in _READ[key] if ok(p, cfg)]
 
 
+def _seed_like(p: Pair) -> bool:
+    """A trusted seed's moderate length: 5-14 target words."""
+    return 5 <= len(p.tgt.split()) <= 14
+
+
 def _donor_ok(p: Pair, cfg: SplitConfig) -> bool:
     """A wrong-language donor: a plain sentence of 3 words or more."""
     return not _invisible(p.src + p.tgt) and 3 <= len(p.src.split()) <= cfg.max_tgt_words
@@ -176,7 +181,7 @@ def build_splits(data_dir: str | Path, cfg: SplitConfig | None = None) -> dict[s
     counts = noise_plan_counts(cfg.n_pool, cfg.noise_frac)
 
     # in-domain: seeds (moderate length), dev, test, pool base, then donors
-    seeds = [p for p in ind if 5 <= len(p.tgt.split()) <= 14][: cfg.n_seeds]
+    seeds = [p for p in ind if _seed_like(p)][: cfg.n_seeds]
     taken = {p.id for p in seeds}
     rest = [p for p in ind if p.id not in taken]
     n_base = cfg.n_pool - counts["other_domain"]
@@ -255,7 +260,7 @@ def more_seeds(
     fresh = [
         p
         for p in _load(Path(data_dir) / in_file, in_file.split(".")[0], _in_domain_ok, cfg)
-        if 5 <= len(p.tgt.split()) <= 14
+        if _seed_like(p)
         and p.id not in used
         and _norm(p.src) not in texts
         and _norm(p.tgt) not in texts

@@ -66,13 +66,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 for _p in (HERE, HERE.parent, ROOT / "python"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+
+if TYPE_CHECKING:
+    from gdig.train.config import EvalConfig, FinetuneConfig
 
 import data as qdata  # noqa: E402
 import harness  # noqa: E402
@@ -491,6 +494,23 @@ def noise_of(pairs) -> dict[str, Any]:
     }
 
 
+def select_argv(selector: str, budget: int, seed: int, tau: float, scoring: str) -> list[str]:
+    """``gdig select`` options of a subset: the selection's random seed is the training seed."""
+    return [
+        "--selector", selector,
+        "--budget", str(budget),
+        "--on-short", "fill",
+        "--random-seed", str(seed),
+        "--tau", str(tau),
+        "--scoring", scoring,
+    ]  # fmt: skip
+
+
+def study_key(budget: int, variant: str, seed: int) -> str:
+    """A study run's key, also the name its subset is selected and cached under."""
+    return f"study-b{budget}-{variant}-s{seed}"
+
+
 def scoring_info(manifest: dict[str, Any]) -> dict[str, Any]:
     """A ``gdig run``'s stage seconds and the noise AUC of each scoring, from its manifest."""
     noise = manifest["stages"].get("report", {}).get("noise") or {}
@@ -598,7 +618,7 @@ class RunSettings:
     max_length: int
     device: str
     progress: bool
-    eval_cfg: Any
+    eval_cfg: EvalConfig
 
 
 @dataclass
@@ -613,13 +633,13 @@ class RunJob:
     pairs: list
     eval_sets: dict[str, list]  # split name -> its pairs
     settings: RunSettings
-    finetune_cfg: Any  # gdig.train.config.FinetuneConfig
+    finetune_cfg: FinetuneConfig
     commit: str | None
     keep_model: bool
     keep_as: Path | None  # a copy of the fine-tuned model is kept here (see Direction.job)
 
 
-def train_model(settings: RunSettings, cfg, pairs, out: Path) -> Path:
+def train_model(settings: RunSettings, cfg: FinetuneConfig, pairs, out: Path) -> Path:
     from gdig.io.errors import UsageError
     from gdig.train.finetune import finetune
 
@@ -874,14 +894,7 @@ class Direction:
         if arm.variant:
             return self.variant_subset(qstudy.BY_NAME[arm.variant], budget, seed)[0]
         name = f"b{budget}-{arm.selector}-{scoring}-tau{tau}-s{seed}"
-        argv = [
-            "--selector", arm.selector,
-            "--budget", str(budget),
-            "--on-short", "fill",
-            "--random-seed", str(seed),
-            "--tau", str(tau),
-            "--scoring", scoring,
-        ]  # fmt: skip
+        argv = select_argv(arm.selector, budget, seed, tau, scoring)
         return self.select_into(self.run_dir, self.subset_dir, name, argv)
 
     # -- one fine-tune + evaluation
@@ -921,12 +934,9 @@ class Direction:
     def one_run(
         self, key: str, spec: dict[str, Any], selection: dict[str, Any], pairs, eval_splits
     ) -> dict[str, Any]:
-        old = self.finished(key, spec)
+        old = self.prior(key, spec)
         if old is not None:
             return {**old, "selection": selection}
-        reused = self._reuse(key, spec)
-        if reused is not None:
-            return {**reused, "selection": selection}
         self.exp.report_if_stale()  # the tables show what is done before the next run starts
         result = execute_run(self.job(key, spec, selection, pairs, eval_splits))
         self.exp.fresh_runs += 1
@@ -940,6 +950,10 @@ class Direction:
             if old.get("spec") == spec:
                 return old
         return None
+
+    def prior(self, key: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """``key``'s own finished result with this spec, else another run's (copied)."""
+        return self.finished(key, spec) or self._reuse(key, spec)
 
     def job(self, key: str, spec: dict[str, Any], selection, pairs, eval_splits) -> RunJob:
         return RunJob(
@@ -979,20 +993,26 @@ class Direction:
                 yield key, (tau, scoring), self.spec(0, pairs, ("dev",)), selection, pairs
 
         done: dict[tuple[float, str], dict[str, Any]] = {}
-        self.run_items(items(), ("dev",), lambda key, meta, res: done.__setitem__(meta, res))
-        trials = [
-            {
-                "tau": tau,
-                "scoring": scoring,
-                "dev_chrf": res["eval"]["dev"]["chrf"],
-                "dev_bleu": res["eval"]["dev"]["bleu"],
-                "noise_rate": res["subset"]["noise_rate"],
-                "same_as": res.get("same_as"),
-                "train_s": res["train_s"],
-                "eval_s": res["eval"]["dev"]["eval_s"],
-            }
-            for (tau, scoring), res in ((t, done[t]) for t in grid)
-        ]
+
+        def store(key: str, meta: tuple[float, str], result) -> None:
+            done[meta] = result
+
+        self.run_items(items(), ("dev",), store)
+        trials = []
+        for tau, scoring in grid:
+            res = done[tau, scoring]
+            trials.append(
+                {
+                    "tau": tau,
+                    "scoring": scoring,
+                    "dev_chrf": res["eval"]["dev"]["chrf"],
+                    "dev_bleu": res["eval"]["dev"]["bleu"],
+                    "noise_rate": res["subset"]["noise_rate"],
+                    "same_as": res.get("same_as"),
+                    "train_s": res["train_s"],
+                    "eval_s": res["eval"]["dev"]["eval_s"],
+                }
+            )
         # the first of equal dev scores wins (the order given): no tie is broken by a test
         best = max(trials, key=lambda r: r["dev_chrf"])
         self.tau, self.scoring = best["tau"], best["scoring"]
@@ -1010,10 +1030,10 @@ class Direction:
             # worker busy at the end while the other has nothing left to do
             plan.sort(key=lambda run: not run[1].whole)
         items = (
-            (key, (arm, budget, seed), self.spec(seed, pairs, TEST_SETS), selection, pairs)
+            (key, (arm.name, budget, seed), self.spec(seed, pairs, TEST_SETS), selection, pairs)
             for key, arm, budget, seed, selection, pairs in self.main_runs(plan)
         )
-        self.run_items(items, TEST_SETS, lambda key, meta, res: self.keep(key, *meta, res))
+        self.run_items(items, TEST_SETS, self.keeper(self.results))
 
     def main_runs(self, plan):
         """(key, arm, budget, seed, selection, pairs) of ``plan``, each subset selected."""
@@ -1030,9 +1050,16 @@ class Direction:
                 selection.update(variant=arm.variant, how=how)
             yield key, arm, budget, seed, selection, pairs
 
-    def keep(self, key: str, arm: Arm, budget: int | None, seed: int, result) -> None:
-        self.results[key] = {**result, "arm": arm.name, "budget": budget, "train_seed": seed}
-        self.exp.stale = True
+    def keeper(self, into: dict[str, dict[str, Any]]):
+        """A ``run_items`` store: each result under its key in ``into``, with its arm (or
+        variant) name, budget and training seed (the ``meta`` of the items)."""
+
+        def store(key: str, meta: tuple[str, int | None, int], result) -> None:
+            arm, budget, seed = meta
+            into[key] = {**result, "arm": arm, "budget": budget, "train_seed": seed}
+            self.exp.stale = True
+
+        return store
 
     def run_items(self, items, eval_splits: tuple[str, ...], store) -> None:
         """Fine-tune and evaluate each ``(key, meta, spec, selection, pairs)`` of ``items``
@@ -1071,7 +1098,7 @@ class Direction:
         log(f"{self.name}: {self.args.workers} worker processes, {threads} torch thread(s) each")
         try:
             for key, meta, spec, selection, pairs in items:
-                old = self.finished(key, spec) or self._reuse(key, spec)
+                old = self.prior(key, spec)
                 digest = json.dumps(spec, sort_keys=True)
                 if old is not None:
                     store(key, meta, {**old, "selection": selection})
@@ -1087,49 +1114,32 @@ class Direction:
         finally:  # a failed run stops the rest: it is a bug to see, not to run past
             pool.shutdown(wait=True, cancel_futures=True)
         for key, meta, spec, selection in waiting:
-            reused = self.finished(key, spec) or self._reuse(key, spec)
+            reused = self.prior(key, spec)
             assert reused is not None, key  # its twin finished above
             store(key, meta, {**reused, "selection": selection})
         self.exp.report_if_stale()
 
     # -- the dev study (--study, study.py)
     def run_study(self, variants: list[qstudy.Variant], budget: int, seeds: list[int]) -> None:
-        def store(key, meta, result):
-            variant, seed = meta
-            self.study_results[key] = {
-                **result,
-                "arm": variant.name,
-                "budget": budget,
-                "train_seed": seed,
-            }
-            self.exp.stale = True
-
         items = self.study_items(variants, budget, seeds)
-        self.run_items(items, ("dev",), store)
+        self.run_items(items, ("dev",), self.keeper(self.study_results))
 
     def study_items(self, variants, budget: int, seeds: list[int]):
         for v in variants:
             for seed in seeds:
                 pairs, argv = self.variant_subset(v, budget, seed)
                 selection = {"variant": v.name, "how": v.how(), "argv": argv}
-                key = f"study-b{budget}-{v.name}-s{seed}"
-                yield key, (v, seed), self.spec(seed, pairs, ("dev",)), selection, pairs
+                meta = (v.name, budget, seed)
+                key = study_key(budget, v.name, seed)
+                yield key, meta, self.spec(seed, pairs, ("dev",)), selection, pairs
 
     def variant_subset(self, v: qstudy.Variant, budget: int, seed: int) -> tuple[list, list]:
         """The pairs variant ``v`` of gdig selects (the study's and a ``gdig+VARIANT`` arm's,
         cached under one name), and its ``gdig select`` options."""
         run_dir, subset_dir = self.study_scoring(v)
-        argv = [
-            "--selector", REFERENCE,
-            "--budget", str(budget),
-            "--on-short", "fill",
-            "--random-seed", str(seed),
-            "--tau", str(self.tau),
-            "--scoring", self.scoring,
-            *v.select,  # after the defaults: the variant's options win
-        ]  # fmt: skip
-        name = f"study-b{budget}-{v.name}-s{seed}"
-        return self.select_into(run_dir, subset_dir, name, argv), argv
+        # the variant's options after the defaults: they win
+        argv = [*select_argv(REFERENCE, budget, seed, self.tau, self.scoring), *v.select]
+        return self.select_into(run_dir, subset_dir, study_key(budget, v.name, seed), argv), argv
 
     def study_scoring(self, v: qstudy.Variant) -> tuple[Path, Path]:
         """The run folder and subset cache a variant selects from: the experiment's own, or,
@@ -1156,7 +1166,7 @@ class Direction:
         return self.scoring_folders[v.name]
 
     def study_report(self, variants, budget: int, seeds: list[int]) -> dict[str, Any]:
-        planned = [f"study-b{budget}-{v.name}-s{s}" for v in variants for s in seeds]
+        planned = [study_key(budget, v.name, s) for v in variants for s in seeds]
         runs = [self.study_results[k] for k in planned if k in self.study_results]
         out: dict[str, Any] = {
             "direction": self.name,
@@ -1395,19 +1405,26 @@ class Experiment:
     def run_study(self) -> dict[str, Any]:
         """The dev study of the main direction (``study.py``): its data, gdig run and dev
         choice as the experiment has them, then every variant; STUDY.md and study.json."""
-        a, d = self.args, self.directions[0]
+        d = self.directions[0]
         d.build_data()
         d.score_pool()
         d.choose_on_dev()
-        self.study = (
-            a.variant_list,
-            parse_budgets(a.study_budget, a.n_pool)[0] if a.study_budget else min(d.budgets),
-            _ints(a.study_seeds),
-        )
-        log(f"study: {len(a.variant_list)} variants x {len(self.study[2])} training seeds")
-        d.run_study(*self.study)
+        variants, budget, seeds = self.study_plan()
+        log(f"study: {len(variants)} variants x {len(seeds)} training seeds")
+        d.run_study(variants, budget, seeds)
         self.stale = True
         return self.report_if_stale()
+
+    def study_plan(self) -> tuple[list[qstudy.Variant], int, list[int]]:
+        """The study's variants, budget (default: the main direction's smallest) and
+        training seeds, from the options."""
+        a = self.args
+        budget = (
+            parse_budgets(a.study_budget, a.n_pool)[0]
+            if a.study_budget
+            else min(self.directions[0].budgets)
+        )
+        return a.variant_list, budget, _ints(a.study_seeds)
 
     def write_study_report(self) -> dict[str, Any]:
         d = self.directions[0]
@@ -1420,7 +1437,7 @@ class Experiment:
             f"{self.threads_per_worker() if self.args.workers > 1 else 'all'} per run, "
             f"{self.args.workers} worker(s)",
             "precision": self.precision,
-            **d.study_report(*self.study),
+            **d.study_report(*self.study_plan()),
         }
         report = relative_strings(report, self.known_paths())
         self.report_dir.mkdir(parents=True, exist_ok=True)

@@ -27,9 +27,10 @@ holds the table and the report; ``run_quality.Direction.run_study`` runs them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from summary import cell, interval
 
 REFERENCE = "gdig"
 
@@ -119,12 +120,6 @@ def parse_variants(text: str) -> list[Variant]:
 # --------------------------------------------------------------------------- report
 
 
-def _cell(c: dict[str, Any] | None) -> str:
-    if not c or not math.isfinite(c["mean"]):
-        return "-"
-    return f"{c['mean']:.2f} ± {c['std']:.2f}"
-
-
 def markdown(study: dict[str, Any]) -> str:
     """STUDY.md from ``study.json``'s content; every number comes from it."""
     seeds = study["seeds"]
@@ -161,14 +156,10 @@ def markdown(study: dict[str, Any]) -> str:
             lines.append(f"| {v['name']} | {v['what']} | {v['how']} | - | - | - | - | - |")
             continue
         s = sig.get(v["name"])
-        delta = (
-            f"{s['delta']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}]"
-            if s
-            else ("-" if v["name"] != REFERENCE else "0")
-        )
+        delta = interval(s) if s else ("-" if v["name"] != REFERENCE else "0")
         lines.append(
             f"| {v['name']} | {v['what']} | {v['how']} | {100 * r['noise_rate']:.1f}% | "
-            f"{_cell(r.get('dev.chrf'))} | {_cell(r.get('dev.bleu'))} | {delta} | "
+            f"{cell(r, 'dev', 'chrf')} | {cell(r, 'dev', 'bleu')} | {delta} | "
             f"{r['reused']} of {r['n_runs']} |"
         )
     lines += [

@@ -179,11 +179,11 @@ def significance(
 # --------------------------------------------------------------------------- plain words
 
 
-def _interval(s: dict[str, Any]) -> str:
+def interval(s: dict[str, Any]) -> str:
     return f"{s['delta']:+.2f} [{s['ci_low']:+.2f}, {s['ci_high']:+.2f}]"
 
 
-def _cell(row: dict[str, Any], split: str, metric: str) -> str:
+def cell(row: dict[str, Any], split: str, metric: str) -> str:
     c = row.get(f"{split}.{metric}")
     if not c or not math.isfinite(c["mean"]):
         return "-"
@@ -224,7 +224,7 @@ def plain_words(report: dict[str, Any]) -> list[str]:
             seeds = best["n_runs"]  # its own (a partial table's arms may differ)
             text = (
                 f"{d}, budget {label}: the best in-domain chrF is {best['arm']}'s, "
-                f"{_cell(best, 'test_in', 'chrf')} (mean ± std over {seeds} training "
+                f"{cell(best, 'test_in', 'chrf')} (mean ± std over {seeds} training "
                 f"seed{'s' if seeds > 1 else ''})"
             )
             gdig = next((r for r in rows if r["arm"] == ref), None)
@@ -235,15 +235,15 @@ def plain_words(report: dict[str, Any]) -> list[str]:
                 text += f": {ref} itself."
             else:
                 s = sig.get((best["arm"], "test_in", "chrf"))
-                text += f"; {ref}: {_cell(gdig, 'test_in', 'chrf')}"
-                text += f", {ref} minus {best['arm']} {_interval(s)}." if s else "."
+                text += f"; {ref}: {cell(gdig, 'test_in', 'chrf')}"
+                text += f", {ref} minus {best['arm']} {interval(s)}." if s else "."
             named = [
                 a
                 for a in arms
                 if a != ref and selector_of.get(a) in (*SUMMARY_SELECTORS, "variant")
             ]  # in the order of --arms
             diffs = [
-                f"{a} {_interval(sig[(a, 'test_in', 'chrf')])}"
+                f"{a} {interval(sig[(a, 'test_in', 'chrf')])}"
                 for a in named
                 if (a, "test_in", "chrf") in sig
             ]
@@ -255,7 +255,7 @@ def plain_words(report: dict[str, Any]) -> list[str]:
                 )
             losses = [
                 f"{s['b']} on the {TEST_NAMES[s['test']]} ({METRIC_NAMES[s['metric']]} "
-                f"{_interval(s)})"
+                f"{interval(s)})"
                 for s in sig.values()
                 if s["ci_high"] < 0
             ]
@@ -446,7 +446,7 @@ def _experiment_section(exp: dict[str, Any], report: dict[str, Any]) -> list[str
         for r in table:
             lines.append(
                 f"| {blabel(r['budget'])} | {r['arm']} | {r['n_runs']} | "
-                f"{r['noise_rate']:.1%} | {_cell(r, split, 'bleu')} | {_cell(r, split, 'chrf')}"
+                f"{r['noise_rate']:.1%} | {cell(r, split, 'bleu')} | {cell(r, split, 'chrf')}"
                 f" | {r[f'{split}.n_runaway']:.1f} | {r[f'{split}.n_format_failures']:.1f} |"
             )
         lines.append("")
