@@ -21,8 +21,9 @@ tested against gdig like every other arm).
   length, ``data.more_seeds``), scored again in the variant's own run folder.
 
 Variant runs reuse any finished run with the same subset and settings (the ``gdig`` variant
-is the dev choice's own trial, the ``zscore`` and ``tau0.8`` ones may be too). This module
-holds the table and the report; ``run_quality.Direction.run_study`` runs them.
+is the dev choice's own trial, the ``zscore`` and ``tau0.8`` ones may be too; ``cosine``
+always is gdig's own: the sign count ignores scale and gdig draws at random in clusters).
+This module holds the table and the report; ``run_quality.Direction.run_study`` runs them.
 """
 
 from __future__ import annotations
