@@ -283,6 +283,10 @@ def test_smoke_run(tmp_path):
         assert run.get("same_as") or f"zh-en {run['key']}" in trained, run["key"]
     md = (out / "STUDY.md").read_text()
     assert all(f"| {n} |" in md for n in names)
+    # the dev choice (2 trials) picked gdig at this budget and training seed 0: said, since
+    # the reference is favoured there
+    assert study["chosen_at"] == {"budget": study["budget"], "seed": 0}
+    assert "Selection bias at training seed 0" in md
     bad = [x for x in _strings(study) if ABSOLUTE.search(x) or str(tmp_path) in x]
     assert not bad, bad[:5]
 

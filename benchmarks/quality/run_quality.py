@@ -85,6 +85,7 @@ import summary as qsummary  # noqa: E402
 WHOLE = "all"  # the arm of the whole pool (no budget)
 REFERENCE = "gdig"  # the arm every other arm is tested against
 TEST_SETS = ("test_in", "test_other")
+DEV_CHOICE_SEED = 0  # the training seed of the dev choice's trials
 DEFAULT_ARMS = (
     "gdig,quality-raw,quality-cosine,diversity,random,rules,loss,less,coverage-cosine," + WHOLE
 )
@@ -988,9 +989,10 @@ class Direction:
         def items():
             for tau, scoring in grid:
                 key = f"dev-b{budget}-gdig-tau{tau}-{scoring}"
-                pairs = self.subset(gdig, budget, 0, tau, scoring)
+                pairs = self.subset(gdig, budget, DEV_CHOICE_SEED, tau, scoring)
                 selection = {"tau": tau, "scoring": scoring}
-                yield key, (tau, scoring), self.spec(0, pairs, ("dev",)), selection, pairs
+                spec = self.spec(DEV_CHOICE_SEED, pairs, ("dev",))
+                yield key, (tau, scoring), spec, selection, pairs
 
         done: dict[tuple[float, str], dict[str, Any]] = {}
 
@@ -1175,6 +1177,13 @@ class Direction:
             "n_dev": len(self.splits["dev"]),
             "tau": self.tau,
             "scoring": self.scoring,
+            # the dev choice kept the best of its trials at training seed 0 on these very dev
+            # pairs and budget: the reference's score there is favoured by that selection
+            "chosen_at": (
+                {"budget": self.dev_choice["budget"], "seed": DEV_CHOICE_SEED}
+                if self.dev_choice and len(self.dev_choice["trials"]) > 1
+                else None
+            ),
             "status": {
                 "done": len(runs),
                 "planned": len(planned),

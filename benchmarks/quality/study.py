@@ -163,6 +163,15 @@ def markdown(study: dict[str, Any]) -> str:
             f"{cell(r, 'dev', 'chrf')} | {cell(r, 'dev', 'bleu')} | {delta} | "
             f"{r['reused']} of {r['n_runs']} |"
         )
+    chosen = study.get("chosen_at")
+    if chosen and chosen["seed"] in seeds and chosen["budget"] == study["budget"]:
+        lines += [
+            "",
+            f"**Selection bias at training seed {chosen['seed']}:** the dev choice kept gdig's "
+            "tau and scoring as the best of its trials on these very dev pairs, at this budget "
+            "and training seed, so gdig's score there is favoured against every variant; the "
+            "training seeds the choice did not see are free of that bias.",
+        ]
     lines += [
         "",
         "The interval is a two-level bootstrap (training seeds, then dev sentences, paired) of "
