@@ -133,6 +133,34 @@ def test_completed_yields_each_run_as_it_finishes():
     assert slow.result() is True
 
 
+def test_study_table_reads_variant_minus_gdig():
+    """The study's significance rows hold gdig minus the variant; its table shows the
+    variant minus gdig, so a variant that lost reads negative (it once read +2.86)."""
+    qstudy = _load("quality_run", "run_quality.py").qstudy
+
+    def sig(b, delta, low, high):
+        return {"b": b, "metric": "chrf", "delta": delta, "ci_low": low, "ci_high": high}
+
+    def row(arm, chrf):
+        stat = {"mean": chrf, "std": 0.0}
+        return {"arm": arm, "noise_rate": 0.1, "dev.chrf": stat, "dev.bleu": stat,
+                "reused": 0, "n_runs": 1}  # fmt: skip
+
+    study = {
+        "status": {"done": 3, "planned": 3, "partial": False}, "command": "c",
+        "commit": {"commit": "abc"}, "machine": "m", "written": "w", "direction": "zh-en",
+        "budget": 150, "seeds": [1], "n_dev": 200, "tau": 0.9, "scoring": "raw",
+        "variants": [{"name": n, "what": n, "how": n} for n in ("gdig", "worse", "better")],
+        "table": [row("gdig", 27.0), row("worse", 24.0), row("better", 28.0)],
+        "significance": [sig("worse", 3.0, 1.0, 5.0), sig("better", -1.0, -2.5, 0.25)],
+        "scorings": {},
+    }  # fmt: skip
+    lines = {ln.split(" | ")[0]: ln for ln in qstudy.markdown(study).splitlines()}
+    assert "| -3.00 [-5.00, -1.00] |" in lines["| worse"]
+    assert "| +1.00 [-0.25, +2.50] |" in lines["| better"]
+    assert "Selection bias" not in "\n".join(lines.values())  # no dev choice in this study
+
+
 # An absolute path inside a string: a "/" not preceded by a name character, then a name.
 ABSOLUTE = re.compile(r"(?<![\w.~-])/[\w.+@-]+")
 

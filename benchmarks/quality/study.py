@@ -121,6 +121,12 @@ def parse_variants(text: str) -> list[Variant]:
 # --------------------------------------------------------------------------- report
 
 
+def variant_minus_gdig(s: dict[str, Any]) -> str:
+    """A significance row holds gdig minus the variant (``a`` is the reference, as in the
+    experiment's tables); the study reads better the other way: above 0 = the variant wins."""
+    return interval({"delta": -s["delta"], "ci_low": -s["ci_high"], "ci_high": -s["ci_low"]})
+
+
 def markdown(study: dict[str, Any]) -> str:
     """STUDY.md from ``study.json``'s content; every number comes from it."""
     seeds = study["seeds"]
@@ -146,7 +152,7 @@ def markdown(study: dict[str, Any]) -> str:
         f"it: tau {study['tau']}, scoring {study['scoring']}, the base model as the scorer.",
         "",
         "| variant | what changes | how | noise of subset | dev chrF | dev BLEU | "
-        "chrF minus gdig [95% interval] | reused |",
+        "variant's chrF minus gdig's [95% interval] | reused |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     sig = {s["b"]: s for s in study["significance"] if s["metric"] == "chrf"}
@@ -157,7 +163,7 @@ def markdown(study: dict[str, Any]) -> str:
             lines.append(f"| {v['name']} | {v['what']} | {v['how']} | - | - | - | - | - |")
             continue
         s = sig.get(v["name"])
-        delta = interval(s) if s else ("-" if v["name"] != REFERENCE else "0")
+        delta = variant_minus_gdig(s) if s else ("-" if v["name"] != REFERENCE else "0")
         lines.append(
             f"| {v['name']} | {v['what']} | {v['how']} | {100 * r['noise_rate']:.1f}% | "
             f"{cell(r, 'dev', 'chrf')} | {cell(r, 'dev', 'bleu')} | {delta} | "
