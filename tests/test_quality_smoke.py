@@ -150,15 +150,27 @@ def test_study_table_reads_variant_minus_gdig():
         "status": {"done": 3, "planned": 3, "partial": False}, "command": "c",
         "commit": {"commit": "abc"}, "machine": "m", "written": "w", "direction": "zh-en",
         "budget": 150, "seeds": [1], "n_dev": 200, "tau": 0.9, "scoring": "raw",
-        "variants": [{"name": n, "what": n, "how": n} for n in ("gdig", "worse", "better")],
-        "table": [row("gdig", 27.0), row("worse", 24.0), row("better", 28.0)],
-        "significance": [sig("worse", 3.0, 1.0, 5.0), sig("better", -1.0, -2.5, 0.25)],
+        "variants": [
+            {"name": n, "what": n, "how": n} for n in ("gdig", "worse", "better", "same")
+        ],
+        "table": [row("gdig", 27.0), row("worse", 24.0), row("better", 28.0), row("same", 27.0)],
+        "significance": [
+            sig("worse", 3.0, 1.0, 5.0), sig("better", -1.0, -2.5, 0.25), sig("same", 0, 0, 0)
+        ],
         "scorings": {},
     }  # fmt: skip
     lines = {ln.split(" | ")[0]: ln for ln in qstudy.markdown(study).splitlines()}
     assert "| -3.00 [-5.00, -1.00] |" in lines["| worse"]
     assert "| +1.00 [-0.25, +2.50] |" in lines["| better"]
     assert "Selection bias" not in "\n".join(lines.values())  # no dev choice in this study
+    # the verdict reads the same intervals: worse loses, better ties (its interval spans 0)
+    words = next(ln for ln in lines.values() if ln.startswith("**In words"))
+    assert (
+        "gdig's very translations: same; no variant beats gdig; lose to it: worse; "
+        "tie with it: better (" in words
+    )
+    assert "| +0.00 [+0.00, +0.00] |" in lines["| same"]  # no "-0.00" from the sign flip
+    assert "the best of them by its mean: better, +1.00 [-0.25, +2.50]" in words
 
 
 # An absolute path inside a string: a "/" not preceded by a name character, then a name.

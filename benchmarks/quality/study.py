@@ -124,7 +124,31 @@ def parse_variants(text: str) -> list[Variant]:
 def variant_minus_gdig(s: dict[str, Any]) -> str:
     """A significance row holds gdig minus the variant (``a`` is the reference, as in the
     experiment's tables); the study reads better the other way: above 0 = the variant wins."""
-    return interval({"delta": -s["delta"], "ci_low": -s["ci_high"], "ci_high": -s["ci_low"]})
+    flip = {"delta": -s["delta"], "ci_low": -s["ci_high"], "ci_high": -s["ci_low"]}
+    return interval({k: v + 0.0 for k, v in flip.items()})  # + 0.0: no "-0.00"
+
+
+def verdict(study: dict[str, Any]) -> list[str]:
+    """The table in words: which variants beat gdig on dev (interval above 0), which lose
+    (below 0), which tie, and the best tie by its mean; nothing typed in by hand."""
+    sig = [s for s in study["significance"] if s["metric"] == "chrf"]
+    if not sig:
+        return []
+    wins = [s["b"] for s in sig if s["ci_high"] < 0]  # gdig minus the variant below 0
+    losses = [s["b"] for s in sig if s["ci_low"] > 0]
+    # the same translations as gdig's (e.g. cosine, whose subset is gdig's): no bootstrap moves
+    same = [s["b"] for s in sig if s["ci_low"] == s["ci_high"] == 0]
+    ties = [s for s in sig if s["ci_low"] <= 0 <= s["ci_high"] and s["b"] not in same]
+    text = "**In words (dev chrF, the two-level interval of each variant minus gdig):** "
+    if same:
+        text += f"gdig's very translations: {', '.join(same)}; "
+    text += f"beat gdig: {', '.join(wins)}; " if wins else "no variant beats gdig; "
+    text += f"lose to it: {', '.join(losses)}; " if losses else "none loses to it; "
+    text += f"tie with it: {', '.join(s['b'] for s in ties)}" if ties else "none ties"
+    if ties:
+        best = min(ties, key=lambda s: s["delta"])
+        text += f" (the best of them by its mean: {best['b']}, {variant_minus_gdig(best)})"
+    return [text + ".", ""]
 
 
 def markdown(study: dict[str, Any]) -> str:
@@ -151,6 +175,7 @@ def markdown(study: dict[str, Any]) -> str:
         f"{', '.join(map(str, seeds))}, {study['n_dev']} dev pairs; gdig as the experiment runs "
         f"it: tau {study['tau']}, scoring {study['scoring']}, the base model as the scorer.",
         "",
+        *verdict(study),
         "| variant | what changes | how | noise of subset | dev chrF | dev BLEU | "
         "variant's chrF minus gdig's [95% interval] | reused |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
