@@ -1177,7 +1177,7 @@ class Direction:
             "n_dev": len(self.splits["dev"]),
             "tau": self.tau,
             "scoring": self.scoring,
-            # the dev choice kept the best of its trials at training seed 0 on these very dev
+            # the dev choice kept the best of its trials at DEV_CHOICE_SEED on these very dev
             # pairs and budget: the reference's score there is favoured by that selection
             "chosen_at": (
                 {"budget": self.dev_choice["budget"], "seed": DEV_CHOICE_SEED}

@@ -86,7 +86,7 @@ def register_scoring(scoring: Scoring) -> None:
 
 
 def scoring_help() -> str:
-    # raw and cosine differ by a positive factor per pair: users asked why `gdig` did not move
+    # raw and cosine differ by a positive factor per pair: the dev study found gdig's subset unmoved
     return "; ".join(f"{s.name}: {s.help}" for s in SCORINGS.values()) + (
         ". raw and cosine have the same signs, so the quality filter passes the same pairs and "
         "`--selector gdig` (random inside clusters) picks the same subset; the order of "
