@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -351,3 +352,26 @@ def test_smoke_run(tmp_path):
     studied = {r["key"]: r for r in study["runs"]}["study-b10-best-first-s0"]
     assert run["spec"]["subset_sha256"] == studied["spec"]["subset_sha256"]
     assert {s["b"] for s in exp["significance"]} == {"gdig+best-first"}
+
+    # a work folder lost with its machine: --directions de-en runs de-en alone (all its runs
+    # are still there) and keeps zh-en's part of results.json as it was, its origin named
+    before = json.loads((out / "results.json").read_text())
+    shutil.rmtree(out / "zh-en")
+    keep = [*workers, "--directions", "de-en"]
+    proc = subprocess.run(keep, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fine-tuning on" not in proc.stdout and "zh-en: kept from" in proc.stdout
+    after = json.loads((out / "results.json").read_text())
+    assert after["status"] == before["status"]
+    zh, de = after["experiments"]
+    assert zh["kept"]["commit"] == before["commit"] and zh["kept"]["command"] == before["command"]
+    assert {k: v for k, v in zh.items() if k != "kept"} == before["experiments"][0]
+    assert de["table"] == before["experiments"][1]["table"] and "kept" not in de
+    assert "**Kept as an earlier invocation left it**" in (out / "RESULTS.md").read_text()
+    # kept results must compare with this invocation's: other settings are refused, named
+    written = (out / "results.json").read_bytes()
+    proc = subprocess.run([*keep, "--bootstrap-n", "60"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "bootstrap_n 50 there, 60 here" in proc.stderr, proc.stderr
+    assert (out / "results.json").read_bytes() == written
+    proc = subprocess.run([*cmd, "--directions", "fr-en"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "fr-en not planned (planned: zh-en, de-en)" in proc.stderr

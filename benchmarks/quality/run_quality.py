@@ -38,6 +38,10 @@ Resumable: every finished run leaves ``DIRECTION/runs/KEY/result.json`` under ``
 and is skipped next time when what it depends on (``spec``: the subset's content, training
 and decoding settings, the test data) is unchanged; a run whose spec equals a finished run's
 (two arms or dev trials that chose the same pairs) reuses it. ``gdig run`` resumes by itself.
+A work folder lost with its machine loses its directions' hypotheses, which the bootstrap
+needs: ``--directions de-en`` runs only the named directions and keeps every other one's part
+of results.json as the report folder has it (its runs, tables, commit, machine and
+precision, named in RESULTS.md), when it was written with the same settings.
 
 ``--workers N`` trains and decodes N runs at once, each in its own process with
 ``--threads-per-worker`` torch threads (default: this process's threads split evenly). On
@@ -314,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="more directions, DIRECTION:BUDGETS (';' between several; '' = none): the same "
         "arms and settings, their own data, gdig run, dev choice and work subfolder",
     )
+    g.add_argument(
+        "--directions",
+        default="",
+        help="run only these of the planned directions (comma-separated; '' = all); each "
+        "other one's part of the report folder's results.json is kept as it is there (e.g. "
+        "a finished direction whose work folder was lost)",
+    )
     g.add_argument("--n-seeds", type=int, default=32, help="trusted seed pairs")
     g.add_argument("--n-pool", type=int, default=3000, help="pool pairs")
     g.add_argument("--n-dev", type=int, default=200, help="dev pairs")
@@ -411,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # What parse_args adds to the namespace, parsed from the options (not options themselves).
 PARSED = ("arm_list", "also_list", "variant_list")
+# Options that change where and how fast an invocation runs, not what its numbers mean: a
+# direction kept from an earlier results.json may differ from this invocation in these only.
+INVOCATION_ONLY = (
+    "out", "report_dir", "data_dir", "progress", "workers", "threads_per_worker", "directions",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -445,6 +461,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--arms: an arm is named twice")
     if args.direction in {d for d, _ in args.also_list}:
         ap.error(f"--also: {args.direction} is already the main direction")
+    planned = [args.direction, *(d for d, _ in args.also_list)]
+    unknown = [d for d in _words(args.directions) if d not in planned]
+    if unknown:
+        ap.error(f"--directions: {', '.join(unknown)} not planned (planned: {', '.join(planned)})")
+    if args.directions and args.study:
+        ap.error("--directions: not with --study (the study runs the main direction)")
     from gdig.train.config import PRECISIONS
 
     if args.precision not in PRECISIONS:
@@ -1262,9 +1284,14 @@ class Experiment:
         self.arms: list[Arm] = args.arm_list
         self.seeds = _ints(args.train_seeds)
         self.whole_seeds = _ints(args.whole_seeds)
-        self.directions = [Direction(self, args.direction, args.budgets)] + [
+        planned = [Direction(self, args.direction, args.budgets)] + [
             Direction(self, d, b) for d, b in args.also_list
         ]
+        self.order = [d.name for d in planned]  # the report's order
+        run_here = set(_words(args.directions)) or set(self.order)
+        self.directions = [d for d in planned if d.name in run_here]
+        # direction -> its part of an earlier results.json, kept as it was (--directions)
+        self.kept = self.kept_parts([n for n in self.order if n not in run_here])
         self.t0 = time.perf_counter()
         self.started = time.strftime("%Y-%m-%d %H:%M")
         self.load_start = os.getloadavg()[0]
@@ -1463,7 +1490,45 @@ class Experiment:
         return a.threads_per_worker or max(1, torch.get_num_threads() // a.workers)
 
     def n_planned(self) -> int:
-        return sum(len(d.planned()) for d in self.directions)
+        kept = sum(e["n_planned"] for e in self.kept.values())
+        return kept + sum(len(d.planned()) for d in self.directions)
+
+    def kept_parts(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The parts of the report folder's results.json for the directions not run here,
+        each with the invocation that ran it (``kept``); a DataError when one is missing or
+        was run with other settings than this invocation's (its tables would not compare)."""
+        if not names:
+            return {}
+        path = self.report_dir / "results.json"
+        if not path.is_file():
+            raise qdata.DataError(
+                f"--directions: {', '.join(names)} not run here, and there is no "
+                f"{shown_path(path)} to keep their results from"
+            )
+        old = _read_json(path)
+        now = {k: v for k, v in vars(self.args).items() if k not in PARSED}
+        differ = [
+            f"{k} {old['args'].get(k)!r} there, {now.get(k)!r} here"
+            for k in sorted(set(old["args"]) | set(now))
+            if k not in INVOCATION_ONLY and old["args"].get(k) != now.get(k)
+        ]
+        if differ:
+            raise qdata.DataError(
+                f"--directions: {shown_path(path)} was written with other settings ("
+                + "; ".join(differ)
+                + f"), so its {', '.join(names)} results cannot stand beside this "
+                "invocation's: run every direction, or give another --report-dir"
+            )
+        parts = {e["direction"]: e for e in old["experiments"]}
+        missing = [n for n in names if n not in parts]
+        if missing:
+            raise qdata.DataError(
+                f"--directions: {shown_path(path)} holds no results of {', '.join(missing)}"
+            )
+        ran_by = {k: old[k] for k in ("command", "commit", "machine", "precision", "written")}
+        for n in names:
+            log(f"{n}: kept from {shown_path(path)} (written {old['written']}), not run here")
+        return {n: {**parts[n], "kept": parts[n].get("kept") or ran_by} for n in names}
 
     def report_if_stale(self, chart: bool = False) -> dict[str, Any] | None:
         if not self.stale:
@@ -1489,7 +1554,8 @@ class Experiment:
         """results.json and RESULTS.md from every finished run; ``chart``: quality.png too
         (drawn when a direction is done: a few seconds that every run need not pay)."""
         a = self.args
-        exps = [d.report() for d in self.directions]
+        run_here = {d.name: d for d in self.directions}
+        exps = [self.kept[n] if n in self.kept else run_here[n].report() for n in self.order]
         done, planned = sum(e["n_done"] for e in exps), self.n_planned()
         defaults = build_parser()
         report = {

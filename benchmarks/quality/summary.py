@@ -339,13 +339,32 @@ def _machine_line(report: dict[str, Any]) -> str:
         {r.get("commit") for e in report["experiments"] for r in e["runs"] if r.get("commit")}
     )
     ran_on = f"; the runs ran on commits {', '.join(commits)}" if len(commits) > 1 else ""
+    kept = [e["direction"] for e in report["experiments"] if e.get("kept")]
+    kept_note = (
+        f" {', '.join(kept)}: kept from an earlier invocation, on the machine its section names."
+        if kept
+        else ""
+    )
     return (
         f"Commit {g['commit']} at the start of this invocation{dirty}{ran_on}. "
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['cpus_usable']} usable), torch "
         f"{m['torch']} (threads: {m['torch_threads']}), Python {m['python']}, device "
         f"{m['device']}; 1-minute load {m['loadavg_at_start']} at the start, "
         f"{m['loadavg_now'][0]} when this file was written ({report['written']}; started "
-        f"{report['started']})."
+        f"{report['started']}).{kept_note}"
+    )
+
+
+def _kept_line(exp: dict[str, Any]) -> str:
+    """Where a direction kept from an earlier results.json (``--directions``) was run."""
+    k = exp["kept"]
+    m, p = k["machine"], k["precision"]
+    return (
+        f"**Kept as an earlier invocation left it** (this invocation ran other directions; "
+        f"the hypotheses are in that invocation's work folder): `{k['command']}` at commit "
+        f"{k['commit']['commit']}, written {k['written']}, on {m['cpu']} ({m['cores']} cores, "
+        f"torch {m['torch']}); precision: training {p['train']}, decoding {p['eval']} "
+        f"({p['why']})."
     )
 
 
@@ -399,6 +418,8 @@ def _experiment_section(exp: dict[str, Any], report: dict[str, Any]) -> list[str
         + (" (**partial**)." if exp["n_done"] < exp["n_planned"] else "."),
         "",
     ]
+    if exp.get("kept"):
+        lines += [_kept_line(exp), ""]
     if exp["data"] is None:
         return lines + ["Not started yet.", ""]
     lines += ["### Data", "", *_data_section(exp, a)]
@@ -605,7 +626,12 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
         f"example {a['max_length']} tokens; training seeds {a['train_seeds']} (whole pool: "
         f"{a['whole_seeds']}); a fresh copy of the base model for every run.",
         f"- decoding: greedy, max new tokens {a['max_new_tokens']}, batch {a['eval_batch_size']}.",
-        f"- precision: training {p['train']}, decoding {p['eval']} ({p['why']}).",
+        f"- precision: training {p['train']}, decoding {p['eval']} ({p['why']})"
+        + (
+            "; a kept direction names its own."
+            if any(e.get("kept") for e in report["experiments"])
+            else "."
+        ),
         f"- choices on dev only: taus {a['dev_taus'] or a['tau']}, scorings "
         f"{a['dev_scorings'] or a['scoring']}; the test sets choose nothing.",
         "",
