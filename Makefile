@@ -88,6 +88,8 @@ peers: $(PEERS_STAMP)
 # and 10% of a 3,000-pair pool, de-en at 10%. Hours (TIME_BUDGET in run_quality.py) and
 # resumable: run it again to go on. Work folder ../quality-work; RESULTS.md in benchmarks/quality.
 # QUALITY_ARGS="--workers 2" trains two runs at once (1.34x the throughput on 2 cores).
+# The runs' results, hypotheses and subsets are mirrored to benchmarks/quality/durable (commit
+# it): a new machine restores them and redoes only `gdig run` and the unfinished runs.
 # QUALITY_ARGS="--directions de-en" runs de-en alone and keeps zh-en's part of results.json
 # (e.g. when zh-en's work folder was lost with its machine: its hypotheses cannot be redone).
 quality: $(BUILD_STAMP)

@@ -259,8 +259,9 @@ def test_smoke_run(tmp_path):
     # the cosine trial chose the same pairs: it waits for the raw one and reuses it
     twin = "de-en/runs/dev-b10-gdig-tau0.9-cosine"
     specs = {key: json.loads((out / key / "result.json").read_text())["spec"] for key in lost}
-    for key in [*lost, twin]:
+    for key in [*lost, twin]:  # lost from the work folder and from its durable copy
         (out / key / "result.json").unlink()
+        (out / "durable" / key / "result.json").unlink()
     workers = [*cmd, "--workers", "2", "--threads-per-worker", "1"]
     proc = subprocess.run(workers, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -375,3 +376,18 @@ def test_smoke_run(tmp_path):
     assert (out / "results.json").read_bytes() == written
     proc = subprocess.run([*cmd, "--directions", "fr-en"], capture_output=True, text=True)
     assert proc.returncode == 2 and "fr-en not planned (planned: zh-en, de-en)" in proc.stderr
+
+    # the durable copy beside the report: a work folder lost with its machine is restored
+    # from it, and only gdig run is redone (the subsets are found by its fingerprint)
+    durable = out / "durable" / "de-en"
+    work = sorted(str(f.relative_to(out / "de-en")) for f in (out / "de-en").glob("*/*/*.json*"))
+    kept = sorted(str(f.relative_to(durable)) for f in durable.glob("*/*/*.json*"))
+    assert kept == [f for f in work if f.startswith(("runs/", "subsets/")) and "spec" not in f]
+    assert len(kept) > 2 * len(de["runs"]), kept  # results, hypotheses, subsets
+    shutil.rmtree(out / "de-en")
+    proc = subprocess.run(keep, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fine-tuning on" not in proc.stdout
+    assert f"de-en: {len(kept)} files restored from DIR/durable" in proc.stdout, proc.stdout
+    restored = json.loads((out / "results.json").read_text())["experiments"][1]
+    assert restored["table"] == de["table"] and restored["runs"] == de["runs"]

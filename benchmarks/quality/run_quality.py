@@ -38,10 +38,15 @@ Resumable: every finished run leaves ``DIRECTION/runs/KEY/result.json`` under ``
 and is skipped next time when what it depends on (``spec``: the subset's content, training
 and decoding settings, the test data) is unchanged; a run whose spec equals a finished run's
 (two arms or dev trials that chose the same pairs) reuses it. ``gdig run`` resumes by itself.
-A work folder lost with its machine loses its directions' hypotheses, which the bootstrap
-needs: ``--directions de-en`` runs only the named directions and keeps every other one's part
-of results.json as the report folder has it (its runs, tables, commit, machine and
-precision, named in RESULTS.md), when it was written with the same settings.
+The work folder may not outlive its machine, so the part of it the report is computed from
+is mirrored beside the report after every finished run (``--durable``, default
+``REPORT_DIR/durable``: each run's result and hypotheses, and the selected subsets, a few
+MB) and copied back into an emptied work folder at the start: a new machine redoes only
+``gdig run`` (its subsets are found by the fingerprint of its inputs and options) and the
+unfinished runs. ``--directions de-en`` runs only the named directions and keeps every other
+one's part of results.json as the report folder has it (its runs, tables, commit, machine
+and precision, named in RESULTS.md), when it was written with the same settings: for a
+direction whose work folder was lost before ``--durable`` existed.
 
 ``--workers N`` trains and decodes N runs at once, each in its own process with
 ``--threads-per-worker`` torch threads (default: this process's threads split evenly). On
@@ -308,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where RESULTS.md, results.json and quality.png go (default: benchmarks/quality; "
         "with --smoke: --out)",
     )
+    ap.add_argument(
+        "--durable",
+        default=None,
+        help="where the work folder's results, hypotheses and subsets are mirrored after "
+        "every run and restored from at the start ('' = nowhere; default: REPORT_DIR/durable)",
+    )
     ap.add_argument("--model", default="smollm2", help="base model (gdig --model forms)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     g = ap.add_argument_group("data (data.py)")
@@ -426,7 +437,11 @@ PARSED = ("arm_list", "also_list", "variant_list")
 # direction kept from an earlier results.json may differ from this invocation in these only.
 INVOCATION_ONLY = (
     "out", "report_dir", "data_dir", "progress", "workers", "threads_per_worker", "directions",
+    "durable",
 )  # fmt: skip
+# What --durable keeps of a direction's work folder (paths below it): every run's result and
+# hypotheses (what the tables and the bootstrap read) and the subsets they trained on.
+DURABLE = ("runs/*/result.json", "runs/*/hyps_*.json", "runs/*/hyps_*.jsonl", "subsets/*/*.jsonl")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -439,6 +454,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.report_dir is None:
         args.report_dir = args.out if args.smoke else str(HERE)
+    if args.durable is None:
+        args.durable = str(Path(args.report_dir) / "durable")
     if args.progress is None:
         args.progress = sys.stderr.isatty()
     try:
@@ -486,6 +503,24 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def mirror(src: Path, dst: Path, missing_only: bool) -> int:
+    """Copy the ``DURABLE`` files under ``src`` to the same places under ``dst``: each one
+    that ``dst`` lacks, and (``missing_only`` False) each one whose content differs; the
+    number copied."""
+    n = 0
+    for pattern in DURABLE:
+        for f in sorted(src.glob(pattern)):
+            to = dst / f.relative_to(src)
+            if to.is_file() and (missing_only or to.read_bytes() == f.read_bytes()):
+                continue
+            to.parent.mkdir(parents=True, exist_ok=True)
+            tmp = to.with_name(to.name + ".part")  # a stop mid-copy leaves no torn file
+            shutil.copyfile(f, tmp)
+            tmp.replace(to)
+            n += 1
+    return n
 
 
 def _read_json(path: Path) -> Any:
@@ -1044,7 +1079,17 @@ class Direction:
         log(f"{self.name} dev choice: tau {self.tau}, scoring {self.scoring}")
 
     # -- everything of this direction
+    def restore(self) -> None:
+        """Copy what ``--durable`` kept of this direction into the work folder where it is
+        missing (a new machine, an emptied folder): finished runs are then taken as they are
+        when their spec still matches, and the subsets need no new selection."""
+        if self.args.durable:
+            n = mirror(Path(self.args.durable).resolve() / self.name, self.out, missing_only=True)
+            if n:
+                log(f"{self.name}: {n} files restored from {shown_path(self.args.durable)}")
+
     def run(self) -> None:
+        self.restore()
         self.build_data()
         self.score_pool()
         self.choose_on_dev()
@@ -1555,6 +1600,9 @@ class Experiment:
         (drawn when a direction is done: a few seconds that every run need not pay)."""
         a = self.args
         run_here = {d.name: d for d in self.directions}
+        if a.durable:  # first: RESULTS.md never shows a run the durable copy lacks
+            for d in self.directions:
+                mirror(d.out, Path(a.durable).resolve() / d.name, missing_only=False)
         exps = [self.kept[n] if n in self.kept else run_here[n].report() for n in self.order]
         done, planned = sum(e["n_done"] for e in exps), self.n_planned()
         defaults = build_parser()
