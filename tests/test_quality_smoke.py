@@ -382,7 +382,9 @@ def test_smoke_run(tmp_path):
     durable = out / "durable" / "de-en"
     work = sorted(str(f.relative_to(out / "de-en")) for f in (out / "de-en").glob("*/*/*.json*"))
     kept = sorted(str(f.relative_to(durable)) for f in durable.glob("*/*/*.json*"))
-    assert kept == [f for f in work if f.startswith(("runs/", "subsets/")) and "spec" not in f]
+    assert kept == [
+        f for f in work if f.startswith(("runs/", "subsets/")) and f.endswith(("result.json", "l"))
+    ]
     assert len(kept) > 2 * len(de["runs"]), kept  # results, hypotheses, subsets
     shutil.rmtree(out / "de-en")
     proc = subprocess.run(keep, capture_output=True, text=True, timeout=900)

@@ -440,8 +440,9 @@ INVOCATION_ONLY = (
     "durable",
 )  # fmt: skip
 # What --durable keeps of a direction's work folder (paths below it): every run's result and
-# hypotheses (what the tables and the bootstrap read) and the subsets they trained on.
-DURABLE = ("runs/*/result.json", "runs/*/hyps_*.json", "runs/*/hyps_*.jsonl", "subsets/*/*.jsonl")
+# hypotheses (what the tables and the bootstrap read) and the subsets they trained on; not
+# the evaluations' own hyps_*.json (result.json holds them, and they name the model's path).
+DURABLE = ("runs/*/result.json", "runs/*/hyps_*.jsonl", "subsets/*/*.jsonl")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
