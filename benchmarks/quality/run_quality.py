@@ -1627,7 +1627,7 @@ class Experiment:
             "non_default_args": {
                 k: v
                 for k, v in vars(a).items()
-                if k not in ("out", "report_dir", "progress", "data_dir", *PARSED)
+                if k not in ("out", "report_dir", "durable", "progress", "data_dir", *PARSED)
                 and v != defaults.get_default(k)
             },
             "arms": [vars(arm) for arm in self.arms],

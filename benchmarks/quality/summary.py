@@ -360,8 +360,8 @@ def _kept_line(exp: dict[str, Any]) -> str:
     k = exp["kept"]
     m, p = k["machine"], k["precision"]
     return (
-        f"**Kept as an earlier invocation left it** (this invocation ran other directions; "
-        f"the hypotheses are in that invocation's work folder): `{k['command']}` at commit "
+        f"**Kept as an earlier invocation left it** (this invocation did not run it; its "
+        f"hypotheses were in that invocation's work folder): `{k['command']}` at commit "
         f"{k['commit']['commit']}, written {k['written']}, on {m['cpu']} ({m['cores']} cores, "
         f"torch {m['torch']}); precision: training {p['train']}, decoding {p['eval']} "
         f"({p['why']})."
