@@ -386,10 +386,14 @@ def test_smoke_run(tmp_path):
         f for f in work if f.startswith(("runs/", "subsets/")) and f.endswith(("result.json", "l"))
     ]
     assert len(kept) > 2 * len(de["runs"]), kept  # results, hypotheses, subsets
+    decided = (out / "precision.json").read_bytes()
+    assert (out / "durable" / "precision.json").read_bytes() == decided
     shutil.rmtree(out / "de-en")
+    (out / "precision.json").unlink()  # restored too, not decided anew
     proc = subprocess.run(keep, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fine-tuning on" not in proc.stdout
     assert f"de-en: {len(kept)} files restored from DIR/durable" in proc.stdout, proc.stdout
+    assert "precision restored from DIR/durable" in proc.stdout
     restored = json.loads((out / "results.json").read_text())["experiments"][1]
     assert restored["table"] == de["table"] and restored["runs"] == de["runs"]

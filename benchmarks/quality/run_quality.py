@@ -40,8 +40,9 @@ and decoding settings, the test data) is unchanged; a run whose spec equals a fi
 (two arms or dev trials that chose the same pairs) reuses it. ``gdig run`` resumes by itself.
 The work folder may not outlive its machine, so the part of it the report is computed from
 is mirrored beside the report after every finished run (``--durable``, default
-``REPORT_DIR/durable``: each run's result and hypotheses, and the selected subsets, a few
-MB) and copied back into an emptied work folder at the start: a new machine redoes only
+``REPORT_DIR/durable``: each run's result and hypotheses, the selected subsets and the
+precision decided, a few MB) and copied back into an emptied work folder at the start (the
+precision too, even where this machine would decide otherwise): a new machine redoes only
 ``gdig run`` (its subsets are found by the fingerprint of its inputs and options) and the
 unfinished runs. ``--directions de-en`` runs only the named directions and keeps every other
 one's part of results.json as the report folder has it (its runs, tables, commit, machine
@@ -443,6 +444,9 @@ INVOCATION_ONLY = (
 # hypotheses (what the tables and the bootstrap read) and the subsets they trained on; not
 # the evaluations' own hyps_*.json (result.json holds them, and they name the model's path).
 DURABLE = ("runs/*/result.json", "runs/*/hyps_*.jsonl", "subsets/*/*.jsonl")
+# ... and of the whole work folder: the precision decided once (a new machine that decided
+# anew would give every finished run another spec, and the directions other numerics)
+DURABLE_TOP = ("precision.json",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -506,12 +510,12 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def mirror(src: Path, dst: Path, missing_only: bool) -> int:
-    """Copy the ``DURABLE`` files under ``src`` to the same places under ``dst``: each one
-    that ``dst`` lacks, and (``missing_only`` False) each one whose content differs; the
+def mirror(src: Path, dst: Path, missing_only: bool, patterns=DURABLE) -> int:
+    """Copy the files of ``patterns`` under ``src`` to the same places under ``dst``: each
+    one that ``dst`` lacks, and (``missing_only`` False) each one whose content differs; the
     number copied."""
     n = 0
-    for pattern in DURABLE:
+    for pattern in patterns:
         for f in sorted(src.glob(pattern)):
             to = dst / f.relative_to(src)
             if to.is_file() and (missing_only or to.read_bytes() == f.read_bytes()):
@@ -1367,6 +1371,8 @@ class Experiment:
         if a.precision != "auto":
             self.precision = {"train": a.precision, "eval": a.precision, "why": "as asked"}
             return
+        if a.durable and mirror(Path(a.durable).resolve(), self.out, True, DURABLE_TOP):
+            log(f"precision restored from {shown_path(a.durable)}")
         if path.is_file():
             self.precision = _read_json(path)
             return
@@ -1602,6 +1608,7 @@ class Experiment:
         a = self.args
         run_here = {d.name: d for d in self.directions}
         if a.durable:  # first: RESULTS.md never shows a run the durable copy lacks
+            mirror(self.out, Path(a.durable).resolve(), False, DURABLE_TOP)
             for d in self.directions:
                 mirror(d.out, Path(a.durable).resolve() / d.name, missing_only=False)
         exps = [self.kept[n] if n in self.kept else run_here[n].report() for n in self.order]
