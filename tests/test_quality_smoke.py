@@ -134,6 +134,33 @@ def test_completed_yields_each_run_as_it_finishes():
     assert slow.result() is True
 
 
+def test_mirror_copies_what_differs_and_only_that(tmp_path):
+    """--durable's mirror: a new run and a rewritten one (same size, other bytes) are copied;
+    an unchanged one is not; missing_only never overwrites."""
+    import os
+
+    rq = _load("quality_run", "run_quality.py")
+    src, dst = tmp_path / "work", tmp_path / "durable"
+    run = src / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text('{"chrf": 1}')
+    assert rq.mirror(src, dst, missing_only=False) == 1
+    assert rq.mirror(src, dst, missing_only=False) == 0  # unchanged: nothing copied
+    kept = dst / "runs" / "r1" / "result.json"
+    # same size, other bytes, another mtime: the bytes decide
+    (run / "result.json").write_text('{"chrf": 2}')
+    os.utime(run / "result.json", ns=(0, kept.stat().st_mtime_ns + 10**9))
+    assert rq.mirror(src, dst, missing_only=True) == 0
+    assert kept.read_text() == '{"chrf": 1}'
+    assert rq.mirror(src, dst, missing_only=False) == 1
+    assert kept.read_text() == '{"chrf": 2}'
+    # equal bytes under another mtime: not copied, and the mtime is synced for next time
+    os.utime(kept, ns=(0, 12345))
+    assert rq.mirror(src, dst, missing_only=False) == 0
+    assert kept.stat().st_mtime_ns == (run / "result.json").stat().st_mtime_ns
+    assert not list(dst.rglob("*.part"))
+
+
 def test_study_table_reads_variant_minus_gdig():
     """The study's significance rows hold gdig minus the variant; its table shows the
     variant minus gdig, so a variant that lost reads negative (it once read +2.86)."""

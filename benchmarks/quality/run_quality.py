@@ -510,7 +510,7 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def mirror(src: Path, dst: Path, missing_only: bool, patterns=DURABLE) -> int:
+def mirror(src: Path, dst: Path, *, missing_only: bool, patterns=DURABLE) -> int:
     """Copy the files of ``patterns`` under ``src`` to the same places under ``dst``: each
     one that ``dst`` lacks, and (``missing_only`` False) each one whose content differs; the
     number copied."""
@@ -518,14 +518,29 @@ def mirror(src: Path, dst: Path, missing_only: bool, patterns=DURABLE) -> int:
     for pattern in patterns:
         for f in sorted(src.glob(pattern)):
             to = dst / f.relative_to(src)
-            if to.is_file() and (missing_only or to.read_bytes() == f.read_bytes()):
+            if to.is_file() and (missing_only or _same_file(f, to)):
                 continue
             to.parent.mkdir(parents=True, exist_ok=True)
             tmp = to.with_name(to.name + ".part")  # a stop mid-copy leaves no torn file
-            shutil.copyfile(f, tmp)
+            shutil.copy2(f, tmp)  # the mtime too: the next _same_file needs no read
             tmp.replace(to)
             n += 1
     return n
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``b`` holds ``a``'s bytes. Equal size and mtime are taken as equal (rsync's
+    quick check: a report mirrors every run after every run, and would otherwise read them
+    all); else the bytes decide, and equal ones get ``a``'s mtime for next time."""
+    sa, sb = a.stat(), b.stat()
+    if sa.st_size != sb.st_size:
+        return False
+    if sa.st_mtime_ns == sb.st_mtime_ns:
+        return True
+    if a.read_bytes() != b.read_bytes():
+        return False
+    os.utime(b, ns=(sb.st_atime_ns, sa.st_mtime_ns))
+    return True
 
 
 def _read_json(path: Path) -> Any:
@@ -1088,8 +1103,8 @@ class Direction:
         """Copy what ``--durable`` kept of this direction into the work folder where it is
         missing (a new machine, an emptied folder): finished runs are then taken as they are
         when their spec still matches, and the subsets need no new selection."""
-        if self.args.durable:
-            n = mirror(Path(self.args.durable).resolve() / self.name, self.out, missing_only=True)
+        if self.exp.durable:
+            n = mirror(self.exp.durable / self.name, self.out, missing_only=True)
             if n:
                 log(f"{self.name}: {n} files restored from {shown_path(self.args.durable)}")
 
@@ -1331,6 +1346,8 @@ class Experiment:
         self.out = Path(args.out).resolve()
         self.report_dir = Path(args.report_dir).resolve()
         self.data_dir = harness.data_dir(args.data_dir)
+        # where --durable keeps each run (None: nowhere); before the directions, which read it
+        self.durable = Path(args.durable).resolve() if args.durable else None
         self.arms: list[Arm] = args.arm_list
         self.seeds = _ints(args.train_seeds)
         self.whole_seeds = _ints(args.whole_seeds)
@@ -1371,7 +1388,7 @@ class Experiment:
         if a.precision != "auto":
             self.precision = {"train": a.precision, "eval": a.precision, "why": "as asked"}
             return
-        if a.durable and mirror(Path(a.durable).resolve(), self.out, True, DURABLE_TOP):
+        if self.durable and mirror(self.durable, self.out, missing_only=True, patterns=DURABLE_TOP):
             log(f"precision restored from {shown_path(a.durable)}")
         if path.is_file():
             self.precision = _read_json(path)
@@ -1607,10 +1624,10 @@ class Experiment:
         (drawn when a direction is done: a few seconds that every run need not pay)."""
         a = self.args
         run_here = {d.name: d for d in self.directions}
-        if a.durable:  # first: RESULTS.md never shows a run the durable copy lacks
-            mirror(self.out, Path(a.durable).resolve(), False, DURABLE_TOP)
+        if self.durable:  # first: RESULTS.md never shows a run the durable copy lacks
+            mirror(self.out, self.durable, missing_only=False, patterns=DURABLE_TOP)
             for d in self.directions:
-                mirror(d.out, Path(a.durable).resolve() / d.name, missing_only=False)
+                mirror(d.out, self.durable / d.name, missing_only=False)
         exps = [self.kept[n] if n in self.kept else run_here[n].report() for n in self.order]
         done, planned = sum(e["n_done"] for e in exps), self.n_planned()
         defaults = build_parser()
