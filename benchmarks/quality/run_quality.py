@@ -434,12 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # What parse_args adds to the namespace, parsed from the options (not options themselves).
 PARSED = ("arm_list", "also_list", "variant_list")
-# Options that change where and how fast an invocation runs, not what its numbers mean: a
-# direction kept from an earlier results.json may differ from this invocation in these only.
-INVOCATION_ONLY = (
-    "out", "report_dir", "data_dir", "progress", "workers", "threads_per_worker", "directions",
-    "durable",
-)  # fmt: skip
+# Options that say where an invocation reads and writes (left out of results.json's
+# non-default options) ...
+WHERE_ONLY = ("out", "report_dir", "data_dir", "progress", "durable")
+# ... and, with how fast and which directions, those that do not change what its numbers
+# mean: a direction kept from an earlier results.json may differ from this one in these only.
+INVOCATION_ONLY = (*WHERE_ONLY, "workers", "threads_per_worker", "directions")
 # What --durable keeps of a direction's work folder (paths below it): every run's result and
 # hypotheses (what the tables and the bootstrap read) and the subsets they trained on; not
 # the evaluations' own hyps_*.json (result.json holds them, and they name the model's path).
@@ -1651,8 +1651,7 @@ class Experiment:
             "non_default_args": {
                 k: v
                 for k, v in vars(a).items()
-                if k not in ("out", "report_dir", "durable", "progress", "data_dir", *PARSED)
-                and v != defaults.get_default(k)
+                if k not in (*WHERE_ONLY, *PARSED) and v != defaults.get_default(k)
             },
             "arms": [vars(arm) for arm in self.arms],
             "reference": REFERENCE,
